@@ -1,0 +1,201 @@
+"""The one small interface every platform adapter implements.
+
+An adapter is the only place that knows its platform's quirks. It speaks HTTP through an
+injected ``httpx.Client`` (tests pass one whose transport reaches the fake platform server), reads
+the time from an injected clock, and raises only the errors of ``social_accounts.errors``.
+It never touches the database or the broker: callers persist what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from social_accounts.errors import Permanent
+from social_accounts.settings import Settings
+
+__all__ = [
+    "AccountProfile",
+    "Clock",
+    "PlatformAdapter",
+    "RefreshModel",
+    "RevokeResult",
+    "Stats",
+    "TokenSet",
+    "utcnow",
+]
+
+Clock = Callable[[], datetime]
+
+#: How a platform keeps access alive:
+#: ``rotate``  a refresh grant that returns a new refresh token each time (X, TikTok, Pinterest, Bluesky)
+#: ``reuse``   a refresh grant whose refresh token normally stays the same (YouTube, LinkedIn partners)
+#: ``extend``  no refresh token: the long-lived access token itself is exchanged for a fresh one
+#:             before it expires (Instagram via fb_exchange_token, Threads th_refresh_token)
+#: ``none``    the token does not expire (Mastodon, Facebook Page tokens)
+RefreshModel = Literal["rotate", "reuse", "extend", "none"]
+
+#: ``revoked`` the platform confirmed; ``none`` the platform has no revocation endpoint
+RevokeResult = Literal["revoked", "none"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What a platform gave us to act for an account.
+
+    ``metadata`` holds non-secret facts the adapter needs later (Meta user id, Mastodon instance,
+    Bluesky DID and PDS URL, the refresh model of this particular token). Secrets go only in
+    ``access_token`` and ``refresh_token``: those two are the columns encrypted at rest.
+    """
+
+    access_token: str
+    refresh_token: str | None = None
+    expires_at: datetime | None = None
+    refresh_expires_at: datetime | None = None
+    scopes: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> TokenSet:
+        return dataclasses.replace(self, **changes)
+
+    def merged_with(self, newer: TokenSet) -> TokenSet:
+        """``newer`` wins, but an empty refresh token or missing expiry never wipes a stored one."""
+        return TokenSet(
+            access_token=newer.access_token or self.access_token,
+            refresh_token=newer.refresh_token or self.refresh_token,
+            expires_at=newer.expires_at,
+            refresh_expires_at=newer.refresh_expires_at or self.refresh_expires_at,
+            scopes=newer.scopes or self.scopes,
+            metadata={**self.metadata, **newer.metadata},
+        )
+
+    def __repr__(self) -> str:  # never print secrets, even in a debugger or a traceback
+        return (
+            f"TokenSet(access_token=<redacted>, refresh_token={'<redacted>' if self.refresh_token else None},"
+            f" expires_at={self.expires_at!r}, scopes={self.scopes!r}, metadata={self.metadata!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counts; ``None`` means the platform does not give it (never guessed as 0)."""
+
+    followers: int | None = None
+    following: int | None = None
+    posts: int | None = None
+    engagement_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class AccountProfile:
+    """One account reachable with a token (a user, a Facebook Page, an Instagram business account).
+
+    ``tokens`` is the token set to store for *this* account: a Page gets its own Page token.
+    """
+
+    platform_account_id: str
+    name: str | None
+    handle: str | None
+    avatar_url: str | None
+    tokens: TokenSet
+    stats: Stats = field(default_factory=Stats)
+    refresh_model: RefreshModel = "none"
+
+
+class PlatformAdapter(ABC):
+    """Base class of the ten adapters.
+
+    Class attributes describe the platform; instances hold its settings, HTTP client and clock.
+    """
+
+    #: platform id from the contract (``facebook``, ``twitter``...)
+    platform: ClassVar[str]
+    #: ``oauth2`` (redirect flow), ``app_password`` (Bluesky)
+    auth_type: ClassVar[str] = "oauth2"
+    #: how tokens of this platform stay valid (per account it may differ: see AccountProfile)
+    refresh_model: ClassVar[RefreshModel] = "none"
+    #: refresh this long before expiry (capped at half the token's lifetime by the caller)
+    refresh_margin: ClassVar[timedelta] = timedelta(minutes=10)
+    #: env vars that must be set for this platform to be usable
+    required_env: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Settings, http: httpx.Client, clock: Clock = utcnow) -> None:
+        self.settings = settings
+        self.http = http
+        self.clock = clock
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def missing_env(self) -> list[str]:
+        """The required env vars that are not set (empty list: configured)."""
+        return [name for name in self.required_env if not getattr(self.settings, name.lower(), None)]
+
+    @property
+    def configured(self) -> bool:
+        return not self.missing_env()
+
+    def endpoint(self, kind: str, default: str) -> str:
+        """The ``P_<KIND>`` override from settings, else the platform's real endpoint."""
+        return self.settings.endpoint(self.platform, kind) or default
+
+    # ---- the connect flow -------------------------------------------------------------------
+
+    @abstractmethod
+    def authorization_url(
+        self, *, state: str, redirect_uri: str, code_challenge: str | None, instance: str | None = None
+    ) -> str:
+        """The URL the user's browser is sent to. ``code_challenge`` is the S256 PKCE challenge."""
+
+    @abstractmethod
+    def exchange_code(
+        self, *, code: str, redirect_uri: str, code_verifier: str | None, instance: str | None = None
+    ) -> TokenSet:
+        """Exchange an authorization code (plus any follow-up exchange) for a token set.
+
+        Raises ``RequestMaybeSent`` when the request may have reached the platform without an
+        answer: codes are single-use, so the caller must not try again.
+        """
+
+    @abstractmethod
+    def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
+        """Every account this token gives access to (one for most platforms)."""
+
+    # ---- keeping it alive -------------------------------------------------------------------
+
+    @abstractmethod
+    def fetch_stats(self, platform_account_id: str, tokens: TokenSet) -> Stats:
+        """Current counts for one account."""
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        """Return a fresh token set following the platform's own model.
+
+        The result is already merged with ``tokens`` (a response without a refresh token keeps
+        the old one), so the caller persists it as is, before anything else uses it.
+        """
+        raise Permanent("this platform has nothing to refresh", platform=self.platform)
+
+    def revoke(self, tokens: TokenSet) -> RevokeResult:
+        """Revoke the grant at the platform where it has an endpoint; ``none`` where it has not."""
+        return "none"
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def expires_at(self, expires_in: object) -> datetime | None:
+        """Server-supplied ``expires_in`` seconds as an aware UTC time (None when absent)."""
+        try:
+            seconds = int(float(str(expires_in)))
+        except (TypeError, ValueError):
+            return None
+        if seconds <= 0:
+            return None
+        return self.clock() + timedelta(seconds=seconds)

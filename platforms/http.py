@@ -1,0 +1,146 @@
+"""Sending a request to a platform and turning failures into the error tree.
+
+Adapters call :func:`send`; it maps transport failures (``ConnectError`` is safe to repeat, a
+read timeout after the request went out is not) and the signals every platform shares (429 with
+``Retry-After``, 5xx). What is left (401, 400 ``invalid_grant``, Meta code 190...) is decided by
+the adapter's own ``classify`` function, because only it knows what its platform means.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from social_accounts.errors import (
+    Permanent,
+    PlatformError,
+    RateLimited,
+    RequestMaybeSent,
+    Transient,
+)
+
+__all__ = ["Classifier", "default_timeout", "json_body", "oauth_error", "parse_retry_after", "scrub", "send"]
+
+#: An adapter's own reading of a non-2xx response; return None to fall back to the defaults.
+Classifier = Callable[[httpx.Response], PlatformError | None]
+
+#: used when a platform says "too many requests" without saying for how long
+DEFAULT_RETRY_AFTER = 60.0
+
+_TOKENISH = re.compile(r"[A-Za-z0-9._~+/=|-]{24,}")
+
+
+def default_timeout(seconds: float = 10.0) -> httpx.Timeout:
+    """Connect fast, read patiently: far below any lock we hold around a call."""
+    return httpx.Timeout(seconds, connect=min(3.0, seconds))
+
+
+def scrub(text: object, limit: int = 200) -> str:
+    """A platform's message made safe to log: long token-like runs removed, length capped."""
+    cleaned = _TOKENISH.sub("<redacted>", str(text or ""))
+    cleaned = " ".join(cleaned.split())
+    return cleaned[:limit]
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The JSON body, or None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def oauth_error(response: httpx.Response) -> tuple[str | None, str]:
+    """``(error, description)`` from an RFC 6749 error body (scrubbed)."""
+    body = json_body(response)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"], scrub(body.get("error_description") or body.get("message") or "")
+    return None, ""
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date. None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def seconds_until_epoch(value: str | None, now: float | None = None) -> float | None:
+    """A reset header holding Unix epoch seconds (X, Bluesky) as seconds from now."""
+    if not value:
+        return None
+    try:
+        reset = float(value.strip())
+    except ValueError:
+        return None
+    return max(0.0, reset - (time.time() if now is None else now))
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    platform: str,
+    classify: Classifier | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send one request; return the 2xx response or raise from the error tree.
+
+    Parameters:
+      client(httpx.Client): the injected client (its transport is the test seam).
+      platform(str): named in every error.
+      classify(Classifier): the adapter's reading of failures, tried before the defaults.
+    Raises:
+      Transient: connection failures (nothing was sent) and 5xx.
+      RequestMaybeSent: the request went out and no answer came back.
+      RateLimited: 429, with the platform's Retry-After.
+      PlatformError: whatever ``classify`` decided, else Permanent.
+    """
+    try:
+        response = client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise Transient(f"could not connect ({type(exc).__name__})", platform=platform) from None
+    except httpx.TransportError as exc:
+        raise RequestMaybeSent(f"no answer ({type(exc).__name__})", platform=platform) from None
+    if response.is_success:
+        return response
+    if classify is not None:
+        error = classify(response)
+        if error is not None:
+            raise error
+    raise default_error(response, platform)
+
+
+def default_error(response: httpx.Response, platform: str) -> PlatformError:
+    """The reading shared by every platform, for what the adapter did not claim."""
+    status = response.status_code
+    code, description = oauth_error(response)
+    if status == 429:
+        retry = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimited(
+            "rate limited",
+            retry_after=DEFAULT_RETRY_AFTER if retry is None else retry,
+            platform=platform,
+            status=status,
+            code=code,
+        )
+    if status >= 500:
+        return Transient("platform error", platform=platform, status=status, code=code)
+    return Permanent(description or "request refused", platform=platform, status=status, code=code)

@@ -1,0 +1,196 @@
+"""One exception tree for the whole service.
+
+Every layer catches at the level it can act on, the way httpx's tree works::
+
+    SocialAccountsError
+    ├── ConfigError                  a setting is missing or malformed (one clear line at start-up)
+    ├── CryptoError                  a ciphertext cannot be read
+    │   ├── UnknownKeyError          ... because its key id is not in TOKEN_KEYS
+    │   └── DecryptError             ... because it was tampered with or moved to another row/column
+    ├── InputError                   the caller sent something we refuse (HTTP 400/422); changes nothing
+    │   ├── UnknownPlatform
+    │   ├── PlatformNotConfigured    names the env vars that are missing
+    │   └── UnsafeAddress            a URL pointing into our own network (SSRF guard)
+    └── PlatformError                a platform call failed; the subclass decides what happens next
+        ├── RateLimited              wait ``retry_after`` seconds, then try again (not sooner)
+        ├── NeedsReconnect           the grant is gone: the user must connect again; never retried
+        ├── Transient                network blip or 5xx: retry with backoff
+        │   ├── AccessTokenExpired   the access token expired: refresh first, then retry
+        │   └── RequestMaybeSent     the request may have reached the platform; unsafe to repeat
+        │                            for single-use operations (code exchange, rotating refresh)
+        └── Permanent                anything else: retrying will not help
+            ├── LoginFailed          wrong handle or app password (Bluesky)
+            └── InstanceUnreachable  not a reachable Mastodon instance
+
+Messages never contain a token, code, password or secret: platform error bodies are reduced
+to their error code and a short, scrubbed description before they become a message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessTokenExpired",
+    "ConfigError",
+    "CryptoError",
+    "DecryptError",
+    "InputError",
+    "InstanceUnreachable",
+    "LoginFailed",
+    "NeedsReconnect",
+    "Permanent",
+    "PlatformError",
+    "PlatformNotConfigured",
+    "RateLimited",
+    "RequestMaybeSent",
+    "SocialAccountsError",
+    "Transient",
+    "UnknownKeyError",
+    "UnknownPlatform",
+    "UnsafeAddress",
+]
+
+
+class SocialAccountsError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class ConfigError(SocialAccountsError):
+    """A setting is missing or malformed."""
+
+
+class CryptoError(SocialAccountsError):
+    """A stored ciphertext cannot be decrypted."""
+
+
+class UnknownKeyError(CryptoError):
+    """The ciphertext names a key id that TOKEN_KEYS does not hold."""
+
+
+class DecryptError(CryptoError):
+    """The ciphertext fails authentication (tampered, truncated, or bound to another row/column)."""
+
+
+class InputError(SocialAccountsError):
+    """Bad input from a caller. ``code`` is a short machine-readable reason."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UnknownPlatform(InputError):
+    code = "unknown_platform"
+
+
+class PlatformNotConfigured(InputError):
+    code = "platform_not_configured"
+
+    def __init__(self, platform: str, missing: list[str]) -> None:
+        self.platform = platform
+        self.missing = list(missing)
+        super().__init__(f"{platform} is not configured: set {', '.join(self.missing)}")
+
+
+class UnsafeAddress(InputError):
+    code = "unsafe_address"
+
+
+class PlatformError(SocialAccountsError):
+    """A call to a platform failed.
+
+    Parameters:
+      message(str): a scrubbed description, safe to log and to show.
+      platform(str): the platform id.
+      status(int | None): the HTTP status, when there was a response.
+      code(str | None): the platform's own error code (``invalid_grant``, ``190``...).
+    """
+
+    #: the error class name used in metrics, events and ``last_error``
+    kind = "platform_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        platform: str = "",
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.platform = platform
+        self.status = status
+        self.code = code
+
+    def __str__(self) -> str:
+        where = f"{self.platform}: " if self.platform else ""
+        extra = []
+        if self.status is not None:
+            extra.append(f"HTTP {self.status}")
+        if self.code:
+            extra.append(str(self.code))
+        tail = f" ({', '.join(extra)})" if extra else ""
+        return f"{where}{self.message}{tail}"
+
+
+class RateLimited(PlatformError):
+    """The platform asked us to slow down.
+
+    ``retry_after`` is in seconds, taken from the platform's own signal. ``scope`` says whom the
+    limit applies to: ``"app"`` (every account of this platform) or ``"account"`` (one user).
+    """
+
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, scope: str = "account", **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = max(0.0, float(retry_after))
+        self.scope = scope
+
+
+class NeedsReconnect(PlatformError):
+    """The grant is gone (revoked, expired refresh token, invalid_grant): only the user can fix it."""
+
+    kind = "needs_reconnect"
+
+
+class Transient(PlatformError):
+    """A temporary failure: network error, timeout, 5xx. Retry with backoff."""
+
+    kind = "transient"
+
+
+class AccessTokenExpired(Transient):
+    """The access token expired; refresh it and try again (Bluesky answers 400 ExpiredToken)."""
+
+    kind = "access_token_expired"
+
+
+class RequestMaybeSent(Transient):
+    """The request may have reached the platform but no answer came back.
+
+    Safe to retry for reads; not for single-use operations such as a code exchange.
+    """
+
+    kind = "request_maybe_sent"
+
+
+class Permanent(PlatformError):
+    """The platform refused for a reason retrying will not change."""
+
+    kind = "permanent"
+
+
+class LoginFailed(Permanent):
+    """Bluesky refused the handle or app password."""
+
+    kind = "login_failed"
+
+
+class InstanceUnreachable(Permanent):
+    """The Mastodon instance cannot be reached or is not a Mastodon server."""
+
+    kind = "instance_unreachable"

@@ -1,0 +1,226 @@
+"""One settings object, read from the environment and a ``.env`` file.
+
+Names are those of CONTRACT.md. ``get_settings()`` caches one instance per process; tests build
+their own ``Settings(...)`` and pass it in (every component takes settings as an argument).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from social_accounts.errors import ConfigError
+
+__all__ = ["OAUTH_PLATFORMS", "PLATFORMS", "Settings", "get_settings", "parse_key_ring"]
+
+#: every platform id, in the order the dashboard shows them
+PLATFORMS = (
+    "facebook",
+    "instagram",
+    "twitter",
+    "linkedin",
+    "tiktok",
+    "youtube",
+    "pinterest",
+    "threads",
+    "bluesky",
+    "mastodon",
+)
+#: platforms whose endpoints can be overridden with P_AUTHORIZE_URL / P_TOKEN_URL / P_API_URL / P_REVOKE_URL
+OAUTH_PLATFORMS = PLATFORMS[:8]
+ENDPOINT_KINDS = ("authorize_url", "token_url", "api_url", "revoke_url")
+
+#: the secrets `run` generates once when they are missing
+GENERATED_SECRETS = ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
+
+
+class Settings(BaseSettings):
+    """Every environment variable of the contract (plus a few operational knobs)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str = "sqlite:///social_accounts.db"
+    broker_url: str | None = None  # None: redis://127.0.0.1:6379/0, or memory:// under `run`
+    public_url: str = "http://127.0.0.1:8000"
+    api_token: str | None = None
+    state_secret: str | None = None
+    token_keys: str | None = None
+    return_to_allowed: str | None = None
+    allow_private_network: bool = False
+    refresh_scan_seconds: int = Field(60, ge=1)
+    sync_every_seconds: int = Field(21600, ge=1)
+    health_every_seconds: int = Field(900, ge=1)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: str = "text"
+    log_level: str = "INFO"
+    redis_namespace: str = "social-accounts"
+    meta_graph_version: str = "v21.0"
+    http_timeout_seconds: float = 10.0
+
+    meta_app_id: str | None = None
+    meta_app_secret: str | None = None
+    threads_app_id: str | None = None
+    threads_app_secret: str | None = None
+    twitter_client_id: str | None = None
+    twitter_client_secret: str | None = None
+    linkedin_client_id: str | None = None
+    linkedin_client_secret: str | None = None
+    tiktok_client_key: str | None = None
+    tiktok_client_secret: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    pinterest_app_id: str | None = None
+    pinterest_app_secret: str | None = None
+
+    bluesky_service_url: str = "https://bsky.social"
+    bluesky_plc_url: str = "https://plc.directory"
+
+    facebook_authorize_url: str | None = None
+    facebook_token_url: str | None = None
+    facebook_api_url: str | None = None
+    facebook_revoke_url: str | None = None
+    instagram_authorize_url: str | None = None
+    instagram_token_url: str | None = None
+    instagram_api_url: str | None = None
+    instagram_revoke_url: str | None = None
+    twitter_authorize_url: str | None = None
+    twitter_token_url: str | None = None
+    twitter_api_url: str | None = None
+    twitter_revoke_url: str | None = None
+    linkedin_authorize_url: str | None = None
+    linkedin_token_url: str | None = None
+    linkedin_api_url: str | None = None
+    linkedin_revoke_url: str | None = None
+    tiktok_authorize_url: str | None = None
+    tiktok_token_url: str | None = None
+    tiktok_api_url: str | None = None
+    tiktok_revoke_url: str | None = None
+    youtube_authorize_url: str | None = None
+    youtube_token_url: str | None = None
+    youtube_api_url: str | None = None
+    youtube_revoke_url: str | None = None
+    pinterest_authorize_url: str | None = None
+    pinterest_token_url: str | None = None
+    pinterest_api_url: str | None = None
+    pinterest_revoke_url: str | None = None
+    threads_authorize_url: str | None = None
+    threads_token_url: str | None = None
+    threads_api_url: str | None = None
+    threads_revoke_url: str | None = None
+
+    # ---- derived values -------------------------------------------------------------------
+
+    def endpoint(self, platform: str, kind: str) -> str | None:
+        """The override for ``P_<KIND>`` (``kind`` in authorize_url/token_url/api_url/revoke_url)."""
+        if kind not in ENDPOINT_KINDS:
+            raise ValueError(f"unknown endpoint kind {kind!r}")
+        value = getattr(self, f"{platform}_{kind}", None)
+        return value or None
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url.rstrip("/") + "/oauth/callback"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def allowed_return_origins(self) -> list[str]:
+        raw = self.return_to_allowed or _origin(self.public_url)
+        return [_origin(item.strip()) for item in raw.split(",") if item.strip()]
+
+    def require(self, *names: str) -> None:
+        """Fail with one line naming the first required variable that is missing."""
+        for name in names:
+            if not getattr(self, name.lower(), None):
+                raise ConfigError(f"{name} is required but not set (see .env.example)")
+
+    def key_ring(self) -> list[tuple[str, bytes]]:
+        """TOKEN_KEYS parsed into ``[(kid, key)]``, newest (encrypting) key first."""
+        self.require("TOKEN_KEYS")
+        assert self.token_keys is not None
+        return parse_key_ring(self.token_keys)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ConfigError(f"not an absolute URL: {url!r}")
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def parse_key_ring(raw: str) -> list[tuple[str, bytes]]:
+    """Parse ``kid:base64key,kid:base64key``. Each key must be 32 bytes (AES-256)."""
+    ring: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        kid, sep, encoded = item.partition(":")
+        kid = kid.strip()
+        if not sep or not kid or not encoded.strip():
+            raise ConfigError("TOKEN_KEYS is malformed: expected kid:base64key[,kid:base64key...]")
+        if not kid.replace("-", "").replace("_", "").isalnum() or len(kid) > 32:
+            raise ConfigError(f"TOKEN_KEYS key id {kid!r} must be letters, digits, - or _ (at most 32)")
+        if kid in seen:
+            raise ConfigError(f"TOKEN_KEYS names key id {kid!r} twice")
+        try:
+            key = base64.urlsafe_b64decode(encoded.strip() + "=" * (-len(encoded.strip()) % 4))
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"TOKEN_KEYS key {kid!r} is not valid base64") from None
+        if len(key) != 32:
+            raise ConfigError(f"TOKEN_KEYS key {kid!r} is {len(key)} bytes; it must be 32 (AES-256)")
+        seen.add(kid)
+        ring.append((kid, key))
+    if not ring:
+        raise ConfigError("TOKEN_KEYS is empty: expected kid:base64key")
+    return ring
+
+
+def new_token_key(kid: str = "k1") -> str:
+    """A fresh ``kid:base64key`` entry for TOKEN_KEYS."""
+    return f"{kid}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
+
+
+def ensure_local_secrets(path: Path) -> dict[str, str]:
+    """For `run`: create missing secrets once in ``path`` (mode 0600) and return them.
+
+    Values already in the environment win; the file is only written when something is missing,
+    and never rewritten afterwards, so tokens encrypted under its key stay readable.
+    """
+    existing: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip():
+                existing[name.strip()] = value.strip()
+    changed = False
+    for name in GENERATED_SECRETS:
+        if os.environ.get(name) or existing.get(name):
+            continue
+        existing[name] = new_token_key() if name == "TOKEN_KEYS" else secrets.token_urlsafe(32)
+        changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("# generated once by `social-accounts run`; keep it private\n")
+            for name, value in existing.items():
+                fh.write(f"{name}={value}\n")
+    os.chmod(path, 0o600)
+    return existing
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

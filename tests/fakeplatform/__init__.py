@@ -1,0 +1,10 @@
+"""A fake of the eight OAuth platforms and Mastodon, served on loopback for the tests.
+
+Each platform lives in its own module (``fakeplatform/twitter.py``...) and mounts its routes
+under ``/<platform>/`` on one :class:`FakePlatformServer`. Responses are shaped exactly as
+``shared/platforms.md`` documents them, errors and rate-limit headers included.
+"""
+
+from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, GrantStore
+
+__all__ = ["FakePlatformServer", "FakeRequest", "FakeResponse", "GrantStore"]

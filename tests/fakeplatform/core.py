@@ -1,0 +1,356 @@
+"""The fake server's machinery: routing, a request log, injected faults and an OAuth grant store.
+
+Deliberately plain (``http.server`` in a thread): it has to behave like a remote platform, not
+like our code, so it shares nothing with the service but HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    match: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def form(self) -> dict[str, str]:
+        ctype = self.headers.get("content-type", "")
+        if "application/x-www-form-urlencoded" in ctype:
+            return {k: v[-1] for k, v in parse_qs(self.body.decode(), keep_blank_values=True).items()}
+        return {}
+
+    @property
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Query and form fields together (Meta accepts either)."""
+        return {**self.query, **self.form}
+
+    def bearer(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        return self.query.get("access_token") or self.form.get("access_token")
+
+    def basic(self) -> tuple[str, str] | None:
+        auth = self.headers.get("authorization", "")
+        if not auth.lower().startswith("basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+        except ValueError:
+            return None
+        return user, password
+
+
+@dataclass
+class FakeResponse:
+    status: int = 200
+    body: Any = None  # dict/list -> JSON; str -> text; bytes as is
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> tuple[bytes, str]:
+        if isinstance(self.body, bytes):
+            return self.body, "application/octet-stream"
+        if isinstance(self.body, str):
+            return self.body.encode(), "text/plain; charset=utf-8"
+        if self.body is None:
+            return b"", "text/plain"
+        return json.dumps(self.body).encode(), "application/json"
+
+
+Handler = Callable[[FakeRequest], FakeResponse]
+
+
+@dataclass
+class Fault:
+    prefix: str
+    response: FakeResponse
+    times: int
+    delay: float = 0.0
+
+
+class FakePlatformServer:
+    """One loopback server for every fake platform.
+
+    ``route(method, pattern)`` registers a handler; ``{name}`` in the pattern matches a path
+    segment. ``fail(prefix, response, times)`` makes the next ``times`` requests whose path starts
+    with ``prefix`` answer ``response`` instead (429s, 5xx, Meta 190...). ``delay`` slows every
+    answer (benchmarks). ``requests`` records everything seen, for counting calls.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.requests: list[FakeRequest] = []
+        self.delay = 0.0
+        self.grants = GrantStore()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakePlatformServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-platform", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # ---- configuration ----------------------------------------------------------------------
+
+    def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+        def register(handler: Handler) -> Handler:
+            self._routes.append((method.upper(), regex, handler))
+            return handler
+
+        return register
+
+    def fail(self, prefix: str, response: FakeResponse, times: int = 1, delay: float = 0.0) -> None:
+        with self._lock:
+            self._faults.append(Fault(prefix, response, times, delay))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def count(self, path: str, method: str | None = None) -> int:
+        """How many requests reached ``path`` (exact path, or a prefix ending in ``*``)."""
+        with self._lock:
+            seen = list(self.requests)
+        if path.endswith("*"):
+            hits = [r for r in seen if r.path.startswith(path[:-1])]
+        else:
+            hits = [r for r in seen if r.path == path]
+        return len([r for r in hits if method is None or r.method == method.upper()])
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    def dispatch(self, request: FakeRequest) -> FakeResponse:
+        with self._lock:
+            self.requests.append(request)
+            fault = next((f for f in self._faults if request.path.startswith(f.prefix)), None)
+            if fault is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+        if self.delay:
+            time.sleep(self.delay)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            return fault.response
+        for method, regex, handler in self._routes:
+            m = regex.match(request.path)
+            if m and method == request.method:
+                request.match = m.groupdict()
+                return handler(request)
+        return FakeResponse(404, {"error": "not_found", "path": request.path})
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                request = FakeRequest(
+                    method=self.command,
+                    path=parts.path,
+                    query={k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()},
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
+                try:
+                    response = server.dispatch(request)
+                except Exception as exc:  # a bug in the fake must show, not hang the test
+                    response = FakeResponse(500, {"error": "fake_crashed", "detail": repr(exc)})
+                payload, ctype = response.encode()
+                self.send_response(response.status)
+                headers = {"content-type": ctype, **{k.lower(): v for k, v in response.headers.items()}}
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _serve
+
+        return Handler
+
+
+# ---- OAuth grants ---------------------------------------------------------------------------
+
+
+@dataclass
+class Grant:
+    """One user's authorization of one client: the unit a platform revokes as a whole."""
+
+    grant_id: str
+    client_id: str
+    user: str
+    scopes: list[str]
+    revoked: bool = False
+    refresh_tokens: list[str] = field(default_factory=list)  # newest last; older ones are spent
+
+
+@dataclass
+class IssuedCode:
+    code: str
+    client_id: str
+    redirect_uri: str
+    user: str
+    scopes: list[str]
+    code_challenge: str | None
+    used: bool = False
+    grant_id: str | None = None
+
+
+class GrantStore:
+    """Single-use codes bound to PKCE, access tokens with expiry, rotating refresh tokens.
+
+    Reusing an authorization code, or a refresh token that was already rotated, revokes the whole
+    grant, as RFC 6749 §4.1.2 / RFC 9700 allow and as X is reported to do.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.codes: dict[str, IssuedCode] = {}
+        self.grants: dict[str, Grant] = {}
+        self.access: dict[str, tuple[str, float]] = {}  # token -> (grant_id, expires at epoch)
+        self.refresh_owner: dict[str, str] = {}  # refresh token -> grant_id
+        self.refresh_calls = 0
+
+    def issue_code(
+        self, *, client_id: str, redirect_uri: str, user: str, scopes: list[str], code_challenge: str | None
+    ) -> str:
+        code = "code_" + secrets.token_urlsafe(16)
+        with self.lock:
+            self.codes[code] = IssuedCode(code, client_id, redirect_uri, user, scopes, code_challenge)
+        return code
+
+    def redeem_code(
+        self, code: str, *, client_id: str, redirect_uri: str | None, code_verifier: str | None
+    ) -> tuple[Grant | None, str | None]:
+        """``(grant, None)`` on success, ``(None, error)`` with an OAuth error code otherwise."""
+        with self.lock:
+            issued = self.codes.get(code)
+            if issued is None or issued.client_id != client_id:
+                return None, "invalid_grant"
+            if issued.used:
+                if issued.grant_id:  # code replay: revoke what it produced
+                    self.grants[issued.grant_id].revoked = True
+                return None, "invalid_grant"
+            if redirect_uri is not None and redirect_uri != issued.redirect_uri:
+                return None, "invalid_grant"
+            if issued.code_challenge is not None:
+                if not code_verifier:
+                    return None, "invalid_request"
+                digest = hashlib.sha256(code_verifier.encode()).digest()
+                if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != issued.code_challenge:
+                    return None, "invalid_grant"
+            issued.used = True
+            grant = Grant("g_" + secrets.token_hex(6), client_id, issued.user, issued.scopes)
+            issued.grant_id = grant.grant_id
+            self.grants[grant.grant_id] = grant
+            return grant, None
+
+    def new_access(self, grant: Grant, lifetime: float | None, prefix: str = "at_") -> str:
+        token = prefix + secrets.token_urlsafe(24)
+        with self.lock:
+            self.access[token] = (grant.grant_id, time.time() + lifetime if lifetime else float("inf"))
+        return token
+
+    def new_refresh(self, grant: Grant, prefix: str = "rt_") -> str:
+        token = prefix + secrets.token_urlsafe(24)
+        with self.lock:
+            grant.refresh_tokens.append(token)
+            self.refresh_owner[token] = grant.grant_id
+        return token
+
+    def check_access(self, token: str | None) -> tuple[Grant | None, str | None]:
+        """``(grant, None)``, or ``(None, "invalid" | "expired" | "revoked")``."""
+        if not token:
+            return None, "invalid"
+        with self.lock:
+            entry = self.access.get(token)
+            if entry is None:
+                return None, "invalid"
+            grant = self.grants[entry[0]]
+            if grant.revoked:
+                return None, "revoked"
+            if entry[1] < time.time():
+                return None, "expired"
+            return grant, None
+
+    def use_refresh(self, token: str | None, *, rotate: bool) -> tuple[Grant | None, str | None]:
+        """Validate a refresh token. With ``rotate``, only the newest is valid and reuse of an older
+        one revokes the grant. Returns ``(grant, None)`` or ``(None, "invalid_grant")``."""
+        with self.lock:
+            self.refresh_calls += 1
+            grant_id = self.refresh_owner.get(token or "")
+            if grant_id is None:
+                return None, "invalid_grant"
+            grant = self.grants[grant_id]
+            if grant.revoked:
+                return None, "invalid_grant"
+            if rotate and grant.refresh_tokens and grant.refresh_tokens[-1] != token:
+                grant.revoked = True
+                return None, "invalid_grant"
+            return grant, None
+
+    def revoke_token(self, token: str) -> bool:
+        with self.lock:
+            grant_id = self.refresh_owner.get(token) or (self.access.get(token) or (None,))[0]
+            if grant_id is None:
+                return False
+            self.grants[grant_id].revoked = True
+            return True
+
+    def expire_access(self, token: str) -> None:
+        with self.lock:
+            grant_id, _ = self.access[token]
+            self.access[token] = (grant_id, time.time() - 1)
