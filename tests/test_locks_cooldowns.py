@@ -1,0 +1,102 @@
+"""The refresh lock and the shared cooldowns, on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from social_accounts.health import compute_health, health_colour
+from workers.cooldowns import active_cooldowns, remaining, set_cooldown, take_budget
+from workers.locks import account_lock, lock_key
+
+NS = "sa-test"
+
+
+def test_only_one_holder_of_an_account_lock_at_a_time(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal inside, most
+        with account_lock(client, NS, "acc-1", wait_seconds=5) as got:
+            assert got
+            with guard:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.02)
+            with guard:
+                inside -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most == 1
+    assert client.exists(lock_key(NS, "acc-1")) == 0
+
+
+def test_a_busy_lock_is_not_acquired_without_waiting_and_other_owners_cannot_release(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with account_lock(client, NS, "acc-2") as first:
+        assert first
+        with account_lock(client, NS, "acc-2") as second:
+            assert not second
+        # the failed second attempt must not have released the first owner's lock
+        assert client.exists(lock_key(NS, "acc-2")) == 1
+    assert client.exists(lock_key(NS, "acc-2")) == 0
+
+
+def test_an_expired_lock_taken_by_another_owner_is_left_to_them(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with account_lock(client, NS, "acc-3", ttl_seconds=0.1) as got:
+        assert got
+        time.sleep(0.2)
+        thief = client.lock(lock_key(NS, "acc-3"), timeout=5, thread_local=False)
+        assert thief.acquire(blocking=False)
+    # our release must not have deleted the thief's lock
+    assert client.exists(lock_key(NS, "acc-3")) == 1
+    thief.release()
+
+
+def test_cooldowns_apply_per_app_and_per_account_and_only_extend(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert remaining(client, NS, "twitter", "a1") == 0
+    set_cooldown(client, NS, "twitter", 30, account_id="a1")
+    assert 29 < remaining(client, NS, "twitter", "a1") <= 30
+    assert remaining(client, NS, "twitter", "a2") == 0  # another account is not held back
+    set_cooldown(client, NS, "twitter", 5, account_id="a1")  # a shorter wait does not shorten it
+    assert remaining(client, NS, "twitter", "a1") > 29
+    set_cooldown(client, NS, "twitter", 60)  # app-wide
+    assert remaining(client, NS, "twitter", "a2") > 59
+    assert remaining(client, NS, "youtube", "a2") == 0
+    found = {(c.platform, c.scope) for c in active_cooldowns(client, NS)}
+    assert found == {("twitter", "app"), ("twitter", "account:a1")}
+
+
+def test_budget_allows_the_limit_then_says_how_long_to_wait(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    waits = [take_budget(client, NS, "bluesky:login:alice", limit=3, window_seconds=300) for _ in range(4)]
+    assert waits[:3] == [0, 0, 0]
+    assert 299 < waits[3] <= 300
+    assert take_budget(client, NS, "bluesky:login:bob", limit=3, window_seconds=300) == 0
+
+
+def test_health_score_follows_the_rules() -> None:
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    fresh = dict(token_expires_at=None, last_synced_at=now, last_error_at=None, now=now)
+    assert compute_health(status="active", **fresh).score == 100
+    assert compute_health(status="expired", **fresh).score == 50
+    assert compute_health(status="rate_limited", **fresh).score == 70
+    stale = dict(fresh, last_synced_at=now - timedelta(hours=25), last_error_at=now - timedelta(hours=1))
+    health = compute_health(status="rate_limited", **stale)
+    assert health.score == 40
+    assert "rate limiting" in health.reason and "24 hours" in health.reason
+    worst = dict(stale, token_expires_at=now - timedelta(seconds=1))
+    assert compute_health(status="rate_limited", **worst).score == 0  # floor 0, never negative
+    assert [health_colour(s) for s in (100, 79, 49)] == ["green", "yellow", "red"]
