@@ -1,0 +1,125 @@
+"""The one place that turns ``DATABASE_URL`` into a SQLAlchemy engine.
+
+Why each setting:
+
+* PostgreSQL (psycopg 3): ``postgresql://`` means psycopg2 to SQLAlchemy, which is not installed,
+  so it is rewritten to ``postgresql+psycopg://``. ``pool_pre_ping`` survives database restarts;
+  ``-c timezone=utc`` makes timestamptz come back in UTC; the pool is sized for a worker
+  process's threads (one session per actor call); ``connect_timeout`` keeps a blackholed host
+  from hanging start-up.
+* SQLite (the embedded default): WAL lets readers run while one writer writes,
+  ``check_same_thread=False`` lets the pool hand connections to worker threads, and a busy
+  timeout makes a second writer wait instead of failing with "database is locked".
+
+``check_database`` turns "the database does not answer" into one ``ConfigError`` line (no
+driver traceback), which is what an operator needs at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from social_accounts.errors import ConfigError
+
+__all__ = ["check_database", "make_engine", "normalize_url", "safe_url"]
+
+#: seconds a SQLite writer waits for another writer before giving up
+SQLITE_BUSY_TIMEOUT = 15
+#: seconds to wait for PostgreSQL to accept a connection
+PG_CONNECT_TIMEOUT = 5
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick the psycopg 3 driver for PostgreSQL (``ConfigError`` when unparsable)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a valid database URL") from None
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        raise ConfigError(f"DATABASE_URL must be postgresql+psycopg://... or sqlite:///..., not {parsed.drivername}://")
+    return parsed
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def make_engine(url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> Engine:
+    """An engine configured for this service.
+
+    Parameters:
+      url: ``DATABASE_URL``.
+      pool_size(int): steady connections (PostgreSQL); at least the worker threads per process.
+      max_overflow(int): extra connections allowed under bursts.
+    """
+    parsed = normalize_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, echo=echo)
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_recycle=1800,
+            connect_args={"options": "-c timezone=utc", "connect_timeout": PG_CONNECT_TIMEOUT},
+            echo=echo,
+        )
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise ConfigError(f"DATABASE_URL {safe_url(parsed)} cannot be used: {_first_line(exc)}") from None
+
+
+def _sqlite_engine(parsed: URL, *, echo: bool) -> Engine:
+    in_memory = parsed.database in (None, "", ":memory:")
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+        "echo": echo,
+    }
+    if in_memory:  # one shared connection, or every thread would see its own empty database
+        kwargs["poolclass"] = StaticPool
+    engine = sa.create_engine(parsed, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def check_database(engine: Engine) -> None:
+    """Connect once and run ``SELECT 1``; any failure becomes one clear ``ConfigError`` line."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except DBAPIError as exc:
+        reason = _first_line(exc.orig) if exc.orig is not None else type(exc).__name__
+        raise ConfigError(f"database {safe_url(engine.url)} does not answer: {reason}") from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"database {safe_url(engine.url)} cannot be used: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (driver errors span several lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:300]
+    return type(exc).__name__

@@ -1,0 +1,299 @@
+"""What workers, the web app and the CLI call to read and write accounts (docs/design.md).
+
+Functions take a ``Session`` and never commit: the caller owns the transaction, so a step
+(save tokens, record the event, mark the attempt) commits as one unit or not at all. Writes that
+race with other processes are single statements with their own guard:
+
+* ``upsert_account`` is ONE ``INSERT ... ON CONFLICT (site_id, platform, platform_account_id)
+  DO UPDATE``: two workers connecting the same account at once cannot create two rows, and an
+  empty token in the new data never wipes the stored one (``COALESCE``/``CASE`` in the SET).
+* ``save_refreshed_tokens`` is a compare-and-set on ``token_version``: when two refreshes race,
+  the loser learns it (``False``) instead of overwriting a rotated refresh token with a dead one.
+
+Attempts, Mastodon apps and the public JSON view live in sibling modules and are re-exported
+here, so callers have one import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Session
+
+from models.attempts import (
+    append_history,
+    attempt_secret,
+    create_attempt,
+    load_attempt,
+    read_token_bundle,
+    store_token_bundle,
+    tokens_from_json,
+    tokens_to_json,
+)
+from models.crypto import KeyRing
+from models.dialect import upsert_insert
+from models.ids import account_id as make_account_id
+from models.ids import new_id
+from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
+from models.public import account_public_dict, health_reason
+from models.tables import SocialAccount, SocialAccountEvent, table_of, utcnow
+from platforms.base import AccountProfile, TokenSet
+
+__all__ = [
+    "LoadedAccount",
+    "MastodonAppRecord",
+    "account_public_dict",
+    "append_history",
+    "attempt_secret",
+    "create_attempt",
+    "find_mastodon_app",
+    "health_reason",
+    "list_accounts",
+    "load_account",
+    "load_attempt",
+    "read_token_bundle",
+    "record_event",
+    "save_mastodon_app",
+    "save_refreshed_tokens",
+    "store_token_bundle",
+    "tokens_from_json",
+    "tokens_to_json",
+    "upsert_account",
+]
+
+ACCOUNTS = table_of(SocialAccount)
+EVENTS = table_of(SocialAccountEvent)
+_T = "social_accounts"
+
+
+@dataclass(frozen=True)
+class LoadedAccount:
+    """An account row with its tokens decrypted into a ``TokenSet`` (what a worker acts with)."""
+
+    id: str
+    site_id: str
+    platform: str
+    platform_account_id: str
+    user_id: str | None
+    status: str
+    health_score: int
+    token_version: int
+    refresh_model: str
+    next_refresh_at: datetime | None
+    consecutive_failures: int
+    first_failure_at: datetime | None
+    rate_limited_until: datetime | None
+    tokens: TokenSet
+    row: SocialAccount = field(repr=False, compare=False)
+
+
+def _forget(session: Session, row_id: str) -> None:
+    """Drop a cached ORM copy after a Core statement changed the row behind the session's back."""
+    cached = session.identity_map.get(session.identity_key(SocialAccount, row_id))
+    if cached is not None:
+        session.expire(cached)
+
+
+def upsert_account(
+    session: Session,
+    ring: KeyRing,
+    *,
+    site_id: str,
+    platform: str,
+    user_id: str | None,
+    profile: AccountProfile,
+    next_refresh_at: datetime | None,
+    now: datetime,
+) -> tuple[str, bool]:
+    """Insert or update the account for ``profile``; returns ``(account_id, inserted)``.
+
+    The account comes back ``active`` with health 100 and its failure counters cleared (a fresh
+    connect proves the grant works); ``token_version`` goes up by one on update.
+    """
+    acc_id = make_account_id(site_id, platform, profile.platform_account_id)
+    tokens, stats = profile.tokens, profile.stats
+    has_stats = any(v is not None for v in (stats.followers, stats.following, stats.posts, stats.engagement_rate))
+    values: dict[str, Any] = {
+        "id": acc_id,
+        "site_id": site_id,
+        "platform": platform,
+        "platform_account_id": profile.platform_account_id,
+        "account_name": profile.name,
+        "account_handle": profile.handle,
+        "account_avatar": profile.avatar_url,
+        "access_token": ring.encrypt_optional(tokens.access_token, table=_T, column="access_token", row_id=acc_id),
+        "refresh_token": ring.encrypt_optional(tokens.refresh_token, table=_T, column="refresh_token", row_id=acc_id),
+        "token_expires_at": tokens.expires_at,
+        "refresh_token_expires_at": tokens.refresh_expires_at,
+        "scopes": list(tokens.scopes),
+        "followers_count": stats.followers,
+        "following_count": stats.following,
+        "posts_count": stats.posts,
+        "engagement_rate": stats.engagement_rate,
+        "last_synced_at": now if has_stats else None,
+        "status": "active",
+        "health_score": 100,
+        "token_metadata": dict(tokens.metadata),
+        "created_at": now,
+        "updated_at": now,
+        "token_version": 0,
+        "next_refresh_at": next_refresh_at,
+        "consecutive_failures": 0,
+        "user_id": user_id,
+        "refresh_model": profile.refresh_model,
+    }
+    stmt = upsert_insert(session, ACCOUNTS).values(**values)
+    new, cur = stmt.excluded, ACCOUNTS.c
+
+    def keep(name: str) -> Any:  # the new value, unless it is NULL
+        return sa.func.coalesce(new[name], cur[name])
+
+    def with_token(token: str, name: str) -> Any:  # an expiry belongs to its token
+        return sa.case((new[token].is_(None), cur[name]), else_=new[name])
+
+    set_: dict[str, Any] = {
+        **{name: keep(name) for name in ("account_name", "account_handle", "account_avatar", "user_id")},
+        **{name: keep(name) for name in ("followers_count", "following_count", "posts_count", "engagement_rate")},
+        "access_token": keep("access_token"),
+        "refresh_token": keep("refresh_token"),
+        "token_expires_at": with_token("access_token", "token_expires_at"),
+        "refresh_token_expires_at": with_token("refresh_token", "refresh_token_expires_at"),
+        "last_synced_at": keep("last_synced_at"),
+        "token_metadata": new.token_metadata,
+        "status": "active",
+        "health_score": 100,
+        "last_error": sa.null(),
+        "last_error_at": sa.null(),
+        "consecutive_failures": 0,
+        "first_failure_at": sa.null(),
+        "rate_limited_until": sa.null(),
+        "next_refresh_at": new.next_refresh_at,
+        "refresh_model": new.refresh_model,
+        "token_version": cur.token_version + 1,
+        "updated_at": new.updated_at,
+    }
+    if tokens.scopes:  # an answer without scopes keeps the granted ones
+        set_["scopes"] = new.scopes
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[cur.site_id, cur.platform, cur.platform_account_id], set_=set_
+    ).returning(cur.token_version)
+    version = session.execute(stmt).scalar_one()
+    _forget(session, acc_id)
+    return acc_id, version == 0
+
+
+def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAccount | None:
+    """The account with decrypted tokens, or ``None``. Raises ``CryptoError`` for unreadable tokens."""
+    row = session.get(SocialAccount, account_id, populate_existing=True)
+    if row is None:
+        return None
+    access = ring.decrypt_optional(row.access_token, table=_T, column="access_token", row_id=row.id)
+    refresh = ring.decrypt_optional(row.refresh_token, table=_T, column="refresh_token", row_id=row.id)
+    tokens = TokenSet(
+        access_token=access or "",
+        refresh_token=refresh,
+        expires_at=row.token_expires_at,
+        refresh_expires_at=row.refresh_token_expires_at,
+        scopes=tuple(row.scopes or ()),
+        metadata=dict(row.token_metadata or {}),
+    )
+    return LoadedAccount(
+        id=row.id,
+        site_id=row.site_id,
+        platform=row.platform,
+        platform_account_id=row.platform_account_id,
+        user_id=row.user_id,
+        status=row.status,
+        health_score=row.health_score,
+        token_version=row.token_version,
+        refresh_model=row.refresh_model,
+        next_refresh_at=row.next_refresh_at,
+        consecutive_failures=row.consecutive_failures,
+        first_failure_at=row.first_failure_at,
+        rate_limited_until=row.rate_limited_until,
+        tokens=tokens,
+        row=row,
+    )
+
+
+def save_refreshed_tokens(
+    session: Session,
+    ring: KeyRing,
+    account_id: str,
+    *,
+    expected_version: int,
+    tokens: TokenSet,
+    next_refresh_at: datetime | None,
+    now: datetime,
+) -> bool:
+    """Store refreshed tokens if ``token_version`` is still ``expected_version``; ``False`` otherwise.
+
+    Status and failure counters are left to the caller's policy; an empty refresh token in
+    ``tokens`` keeps the stored one (platforms that do not rotate omit it).
+    """
+    values: dict[str, Any] = {
+        "token_expires_at": tokens.expires_at,
+        "token_metadata": dict(tokens.metadata),
+        "next_refresh_at": next_refresh_at,
+        "token_version": ACCOUNTS.c.token_version + 1,
+        "updated_at": now,
+    }
+    if tokens.access_token:
+        values["access_token"] = ring.encrypt(tokens.access_token, table=_T, column="access_token", row_id=account_id)
+    if tokens.refresh_token:
+        values["refresh_token"] = ring.encrypt(
+            tokens.refresh_token, table=_T, column="refresh_token", row_id=account_id
+        )
+        values["refresh_token_expires_at"] = tokens.refresh_expires_at
+    elif tokens.refresh_expires_at is not None:
+        values["refresh_token_expires_at"] = tokens.refresh_expires_at
+    if tokens.scopes:
+        values["scopes"] = list(tokens.scopes)
+    stmt = (
+        sa.update(ACCOUNTS)
+        .where(ACCOUNTS.c.id == account_id, ACCOUNTS.c.token_version == expected_version)
+        .values(**values)
+    )
+    result = cast(CursorResult[Any], session.execute(stmt))
+    _forget(session, account_id)
+    return result.rowcount == 1
+
+
+def record_event(
+    session: Session,
+    *,
+    kind: str,
+    account_id: str | None = None,
+    site_id: str | None = None,
+    platform: str | None = None,
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Append one audit event and return its id. ``data`` must never hold a secret."""
+    event_id = new_id()
+    session.execute(
+        sa.insert(EVENTS).values(
+            id=event_id,
+            account_id=account_id,
+            site_id=site_id,
+            platform=platform,
+            kind=kind,
+            reason=reason,
+            data=dict(data or {}),
+            created_at=now or utcnow(),
+        )
+    )
+    return event_id
+
+
+def list_accounts(session: Session, *, site_id: str | None = None) -> list[SocialAccount]:
+    """Accounts (of one site, or all), oldest first: for the API and ``accounts list``."""
+    query = sa.select(SocialAccount).order_by(ACCOUNTS.c.created_at, ACCOUNTS.c.id)
+    if site_id is not None:
+        query = query.where(ACCOUNTS.c.site_id == site_id)
+    return list(session.execute(query).scalars())
