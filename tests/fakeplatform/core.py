@@ -189,6 +189,9 @@ class FakePlatformServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out as two writes; with Nagle on, each answer waits ~40 ms
+            # for the client's delayed ACK
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
@@ -214,8 +217,11 @@ class FakePlatformServer:
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out first (timeout tests)
+                    self.close_connection = True
 
             do_GET = do_POST = do_DELETE = do_PUT = _serve
 
@@ -354,3 +360,88 @@ class GrantStore:
         with self.lock:
             grant_id, _ = self.access[token]
             self.access[token] = (grant_id, time.time() - 1)
+
+
+# ---- helpers for adapter tests (additive) ---------------------------------------------------
+
+
+def follow_authorization(url: str, **fake_params: str) -> dict[str, str]:
+    """Play the user's browser: open an authorization URL on the fake and return the query of
+    the redirect back to ``redirect_uri`` (``code``/``state`` or ``error``...).
+
+    ``fake_params`` are appended to the URL; fake platforms read ``fake_user`` (which of their
+    users consents) and ``fake_deny=1`` (the user clicks "cancel"). Real platforms never see them.
+    """
+    import httpx
+
+    sep = "&" if "?" in url else "?"
+    extra = "&".join(f"{k}={v}" for k, v in fake_params.items())
+    with httpx.Client() as client:
+        response = client.get(url + (sep + extra if extra else ""), follow_redirects=False)
+    if response.status_code != 302:
+        raise AssertionError(f"authorization answered {response.status_code}: {response.text[:200]}")
+    query = urlsplit(response.headers["location"]).query
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+def unused_port_url() -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def authorize_redirect(
+    request: FakeRequest,
+    grants: GrantStore,
+    *,
+    client_id: str,
+    client_id_param: str = "client_id",
+    scope_separator: str = " ",
+    known_scopes: frozenset[str] | None = None,
+    require_pkce: bool = False,
+    users: frozenset[str] | None = None,
+) -> FakeResponse:
+    """An auto-consenting authorization endpoint shared by the fake OAuth platforms.
+
+    Checks the client id (under the platform's parameter name), the redirect URI (any absolute
+    ``.../oauth/callback``), the scope list split on the platform's separator, and PKCE where the
+    platform requires it; then redirects 302 with a single-use code bound to the challenge.
+    Fake-only: ``fake_user`` picks the consenting user, ``fake_deny=1`` answers ``access_denied``.
+    """
+    from urllib.parse import urlencode
+
+    q = request.query
+    redirect_uri = q.get("redirect_uri", "")
+    if q.get(client_id_param) != client_id:
+        return FakeResponse(400, f"unknown {client_id_param}")
+    if not redirect_uri.startswith(("http://", "https://")) or not redirect_uri.endswith("/oauth/callback"):
+        return FakeResponse(400, "redirect_uri is not registered for this client")
+    if q.get("response_type") != "code":
+        return FakeResponse(400, "response_type must be code")
+
+    def back(**params: str) -> FakeResponse:
+        params = {k: v for k, v in params.items() if v}
+        return FakeResponse(302, "", {"location": redirect_uri + "?" + urlencode(params)})
+
+    state = q.get("state", "")
+    if q.get("fake_deny") == "1":
+        return back(error="access_denied", error_description="The user denied the request", state=state)
+    scopes = [s for s in q.get("scope", "").split(scope_separator) if s]
+    if known_scopes is not None and (not scopes or any(s not in known_scopes for s in scopes)):
+        return back(error="invalid_scope", state=state)
+    challenge = q.get("code_challenge")
+    if challenge and q.get("code_challenge_method") != "S256":
+        return back(error="invalid_request", error_description="S256 expected", state=state)
+    if require_pkce and not challenge:
+        return back(error="invalid_request", error_description="code_challenge required", state=state)
+    user = q.get("fake_user", "alice")
+    if users is not None and user not in users:
+        return FakeResponse(400, "no such fake user")
+    code = grants.issue_code(
+        client_id=client_id, redirect_uri=redirect_uri, user=user, scopes=scopes, code_challenge=challenge
+    )
+    return back(code=code, state=state)

@@ -1,0 +1,195 @@
+"""Threads: Meta's separate API on ``graph.threads.net`` with its own app id and secret.
+
+Not Facebook's flow (``shared/platforms.md`` §8, "known mistake" 1): the code yields a short-lived
+token plus ``user_id``; ``th_exchange_token`` turns it into a 60-day token and
+``th_refresh_token`` extends that one (it must be at least 24 h old and not expired), hence
+``refresh_model="extend"``. Errors are Meta-shaped and read by :func:`platforms.meta.classify_meta`.
+
+``THREADS_API_URL`` is the host base (default ``https://graph.threads.net``, no version): the
+versioned profile paths (``/v1.0/me``) and the unversioned token paths (``/access_token``,
+``/refresh_access_token``) are both joined to it, exactly as the documented URLs read. The
+token-exchange calls are GETs with the token in the query string because that is the only
+documented form; Graph reads send the token in the ``Authorization`` header.
+
+There is no documented revocation endpoint, so ``revoke`` answers ``none`` unless
+``THREADS_REVOKE_URL`` turns on RFC 7009 revocation (the base class does that).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from platforms.base import AccountProfile, Stats, TokenSet
+from platforms.http import Classifier, json_body, send
+from platforms.meta import classify_meta, is_permission_error
+from platforms.oauth2 import OAuth2Adapter
+from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, Transient
+
+__all__ = ["ThreadsAdapter"]
+
+API_VERSION = "v1.0"
+PROFILE_FIELDS = "id,username,name,threads_profile_picture_url"
+
+
+class ThreadsAdapter(OAuth2Adapter):
+    platform = "threads"
+    refresh_model = "extend"
+    refresh_margin = timedelta(days=7)
+    required_env = ("THREADS_APP_ID", "THREADS_APP_SECRET")
+    client_id_setting = "threads_app_id"
+    client_secret_setting = "threads_app_secret"
+    authorize_url = "https://threads.net/oauth/authorize"
+    token_url = "https://graph.threads.net/oauth/access_token"
+    api_url = "https://graph.threads.net"
+    scope_separator = ","
+    use_pkce = False
+    scopes = ("threads_basic", "threads_content_publish", "threads_manage_insights")
+
+    # ---- errors ---------------------------------------------------------------------------------
+
+    def classify(self, response: httpx.Response) -> PlatformError | None:
+        return classify_meta(response, self.platform)
+
+    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
+        return classify_meta(response, self.platform)
+
+    # ---- tokens ---------------------------------------------------------------------------------
+
+    def after_exchange(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
+        """Record ``user_id`` and trade the short token for a 60-day one right away.
+
+        A temporary failure of that follow-up leaves the short token marked ``long_lived: False``
+        (the code is spent; retrying the exchange would fail): ``fetch_accounts`` and ``refresh``
+        finish the upgrade later.
+        """
+        user_id = body.get("user_id")
+        if user_id is not None:
+            tokens = tokens.replace(metadata={**tokens.metadata, "threads_user_id": str(user_id)})
+        try:
+            return self._long_lived(tokens)
+        except (Transient, RateLimited):
+            return tokens.replace(metadata={**tokens.metadata, "long_lived": False})
+
+    def token_request(
+        self, form: dict[str, str], *, classify: Classifier | None = None, url: str | None = None
+    ) -> dict[str, Any]:
+        """The code exchange; ``THREADS_API_URL`` moves it too unless ``THREADS_TOKEN_URL`` is set."""
+        return super().token_request(
+            form, classify=classify, url=url or self.endpoint("token_url", self.api("oauth/access_token"))
+        )
+
+    def _token_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        response = send(
+            self.http,
+            "GET",
+            self.api(path),
+            platform=self.platform,
+            classify=self.classify,
+            params=params,
+            headers={"Accept": "application/json"},
+            timeout=self.timeout(),
+        )
+        body = json_body(response)
+        if not isinstance(body, dict):
+            raise Permanent("token endpoint answered without JSON", platform=self.platform)
+        return body
+
+    def _long_lived(self, tokens: TokenSet) -> TokenSet:
+        body = self._token_get(
+            "access_token",
+            {
+                "grant_type": "th_exchange_token",
+                "client_secret": self.client_secret,
+                "access_token": tokens.access_token,
+            },
+        )
+        return self._extended(tokens, body)
+
+    def _extended(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
+        fresh = self.parse_token_response(body)
+        return TokenSet(
+            access_token=fresh.access_token,
+            refresh_token=None,
+            expires_at=fresh.expires_at,
+            scopes=fresh.scopes or tokens.scopes,
+            metadata={**tokens.metadata, "long_lived": True},
+        )
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        """``th_refresh_token`` on the long-lived token (``th_exchange_token`` if it never became one)."""
+        if tokens.expires_at is not None and tokens.expires_at <= self.clock():
+            raise NeedsReconnect(
+                "the Threads token expired and cannot be refreshed", platform=self.platform, code="expired"
+            )
+        if tokens.metadata.get("long_lived") is False:
+            return self._long_lived(tokens)
+        body = self._token_get(
+            "refresh_access_token", {"grant_type": "th_refresh_token", "access_token": tokens.access_token}
+        )
+        return self._extended(tokens, body)
+
+    # ---- profile and counts -----------------------------------------------------------------------
+
+    def _get(self, path: str, tokens: TokenSet, params: dict[str, str]) -> dict[str, Any]:
+        body = self.get_json(self.api(f"{API_VERSION}/{path}"), tokens, params=params)
+        if not isinstance(body, dict):
+            raise Permanent("Threads answered without a JSON object", platform=self.platform)
+        return body
+
+    def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
+        """The one Threads profile of this token; followers when the insights scope allows."""
+        if tokens.metadata.get("long_lived") is False:
+            tokens = self._long_lived(tokens)
+        body = self._get("me", tokens, {"fields": PROFILE_FIELDS})
+        user_id = str(body.get("id") or tokens.metadata.get("threads_user_id") or "")
+        if not user_id:
+            raise Permanent("Threads /me returned no id", platform=self.platform)
+        try:
+            followers = self._followers(user_id, tokens)
+        except PlatformError:
+            followers = None  # counts never fail a connect; the next sync retries them
+        return [
+            AccountProfile(
+                platform_account_id=user_id,
+                name=_str(body.get("name")),
+                handle=_str(body.get("username")),
+                avatar_url=_str(body.get("threads_profile_picture_url")),
+                tokens=tokens.replace(metadata={**tokens.metadata, "threads_user_id": user_id}),
+                stats=Stats(followers=followers),
+                refresh_model="extend",
+            )
+        ]
+
+    def fetch_stats(self, platform_account_id: str, tokens: TokenSet) -> Stats:
+        return Stats(followers=self._followers(platform_account_id, tokens), following=None, posts=None)
+
+    def _followers(self, user_id: str, tokens: TokenSet) -> int | None:
+        """``threads_insights?metric=followers_count``; a missing permission gives None, not an error."""
+        try:
+            body = self._get(f"{user_id}/threads_insights", tokens, {"metric": "followers_count"})
+        except Permanent as exc:
+            if is_permission_error(exc):
+                return None
+            raise
+        for item in body.get("data") or []:
+            if isinstance(item, dict) and item.get("name") == "followers_count":
+                return _metric_value(item)
+        return None
+
+
+def _metric_value(item: dict[str, Any]) -> int | None:
+    """An insights metric: ``total_value.value``, else the last of ``values[].value``."""
+    total = item.get("total_value")
+    if isinstance(total, dict) and total.get("value") is not None:
+        return OAuth2Adapter.as_int(total.get("value"))
+    values = item.get("values")
+    if isinstance(values, list) and values and isinstance(values[-1], dict):
+        return OAuth2Adapter.as_int(values[-1].get("value"))
+    return None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
