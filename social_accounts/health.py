@@ -1,6 +1,7 @@
 """The health score: one number and a sentence, from the account's own facts.
 
-From 100: expired token -50, last sync older than 24 h -10, an error in the last 24 h -20,
+An account that needs reconnecting (``expired``) or is disconnected scores 0. Otherwise, from
+100: an access token past its expiry -50, last sync older than 24 h -10, an error in the last 24 h -20,
 rate limited -30, never below 0. Recomputed on every outcome and set-wise by the scheduler, so the
 dashboard's green/yellow/red always matches what the account is going through.
 """
@@ -32,12 +33,13 @@ def compute_health(
     """Score and reason in words for one account."""
     if status == "disconnected":
         return Health(0, "Disconnected.")
+    if status == "expired":
+        return Health(0, "The platform no longer accepts this connection: reconnect the account.")
     score = 100
     reasons: list[str] = []
-    expired = status == "expired" or (token_expires_at is not None and token_expires_at <= now)
-    if expired:
+    if token_expires_at is not None and token_expires_at <= now:
         score -= 50
-        reasons.append("the platform no longer accepts its token: reconnect the account")
+        reasons.append("its access token has expired and has not been renewed yet")
     if status == "rate_limited":
         score -= 30
         reasons.append("the platform is rate limiting us; we wait and try again")

@@ -64,7 +64,25 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     redis_namespace: str = "social-accounts"
     meta_graph_version: str = "v21.0"
+    #: LinkedIn-Version header of /rest calls (YYYYMM); LinkedIn sunsets each version after about a year
+    linkedin_api_version: str = "202610"
     http_timeout_seconds: float = 10.0
+    #: a connect attempt still pending after this long (lost message, Redis restart) ends as failed/timeout
+    attempt_timeout_seconds: int = Field(1800, ge=10)
+    #: how far a claim pushes next_refresh_at / next_sync_at: the message's lease before it is due again
+    refresh_lease_seconds: int = Field(300, ge=5)
+    #: how often the reconciler looks for stuck attempts and lost refreshes
+    reconcile_every_seconds: int = Field(60, ge=1)
+    #: how often expired states and old attempts are removed
+    cleanup_every_seconds: int = Field(3600, ge=1)
+    #: finished attempts are kept this long for the dashboard and support
+    attempt_retention_days: int = Field(30, ge=1)
+    #: an account turns `error` only after this many failures in a row ...
+    error_after_failures: int = Field(3, ge=1)
+    #: ... that span at least this many seconds (a blip never marks an account as failing)
+    error_after_seconds: int = Field(3600, ge=0)
+    #: the scheduler leader lock expires this long after its holder stops extending it
+    leader_ttl_seconds: float = Field(10.0, ge=1)
 
     meta_app_id: str | None = None
     meta_app_secret: str | None = None

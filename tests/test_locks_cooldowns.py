@@ -91,7 +91,8 @@ def test_health_score_follows_the_rules() -> None:
     now = datetime(2026, 11, 26, 12, tzinfo=UTC)
     fresh = dict(token_expires_at=None, last_synced_at=now, last_error_at=None, now=now)
     assert compute_health(status="active", **fresh).score == 100
-    assert compute_health(status="expired", **fresh).score == 50
+    assert compute_health(status="expired", **fresh).score == 0  # needs the user: red, whatever else
+    assert compute_health(status="active", **dict(fresh, token_expires_at=now - timedelta(seconds=1))).score == 50
     assert compute_health(status="rate_limited", **fresh).score == 70
     stale = dict(fresh, last_synced_at=now - timedelta(hours=25), last_error_at=now - timedelta(hours=1))
     health = compute_health(status="rate_limited", **stale)

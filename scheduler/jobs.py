@@ -1,0 +1,173 @@
+"""The periodic jobs. Each one is short, emits messages, and is safe to run twice.
+
+* ``refresh_ahead``: claim due accounts (lease) and enqueue one ``refresh_account`` each.
+* ``sync_due``: the same for stats sync; each account's next sync is spread with jitter.
+* ``recompute_health``: one set-wise UPDATE, only rows whose score changes are written.
+* ``reconcile``: attempts stuck in ``pending`` (a lost message, a Redis restart) end as
+  ``failed/timeout``; accounts waiting on a retry that no longer exists are re-emitted.
+* ``cleanup``: expired, finished attempts past their retention are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import dramatiq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from models.tables import SocialAccount, SocialOAuthState
+from platforms.base import Clock, utcnow
+from scheduler.claims import claim_due
+from social_accounts.settings import Settings
+from workers.bulk import enqueue_many
+from workers.messages import REFRESH_ACCOUNT, SYNC_ACCOUNT, build_message
+
+__all__ = ["JobContext", "cleanup", "recompute_health", "reconcile", "refresh_ahead", "sync_due"]
+
+log = logging.getLogger("social_accounts.scheduler")
+
+ACCOUNTS = SocialAccount.__table__  # type: ignore[attr-defined]
+STATES = SocialOAuthState.__table__  # type: ignore[attr-defined]
+
+#: claimed and enqueued per round trip
+CLAIM_BATCH = 2000
+#: at most this many per tick; the rest stay due for the next tick
+MAX_PER_TICK = 100_000
+#: accounts in error / rate_limited whose last change is older than this get a fresh refresh
+STALE_RETRY = timedelta(hours=1)
+DAY = timedelta(hours=24)
+
+
+@dataclass
+class JobContext:
+    settings: Settings
+    engine: Engine
+    broker: dramatiq.Broker
+    clock: Clock = utcnow
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, build: Any) -> int:
+    sent = 0
+    while sent < MAX_PER_TICK:
+        now = ctx.clock()
+        ids = claim_due(ctx.engine, column, now=now, lease_until=now + lease, batch=CLAIM_BATCH)
+        if ids:
+            sent += enqueue_many(ctx.broker, (build(account_id) for account_id in ids))
+        if len(ids) < CLAIM_BATCH:
+            break
+    return sent
+
+
+def refresh_ahead(ctx: JobContext) -> int:
+    """Claim every account whose refresh is due and enqueue its refresh; returns the count."""
+    lease = timedelta(seconds=ctx.settings.refresh_lease_seconds)
+    return _claim_and_emit(
+        ctx,
+        "next_refresh_at",
+        lease,
+        lambda account_id: build_message(REFRESH_ACCOUNT, account_id=account_id, reason="scheduled"),
+    )
+
+
+def sync_due(ctx: JobContext) -> int:
+    """Enqueue a stats sync for every active account whose turn has come.
+
+    The claim's lease *is* the next turn: one period ahead, with ±10 % jitter per batch, on top of
+    the random first turn given at connect time, so syncs stay spread over the period.
+    """
+    period = ctx.settings.sync_every_seconds
+    lease = timedelta(seconds=period * ctx.rng.uniform(0.9, 1.1))
+    return _claim_and_emit(
+        ctx, "next_sync_at", lease, lambda account_id: build_message(SYNC_ACCOUNT, account_id=account_id)
+    )
+
+
+def health_expression(now: datetime) -> Any:
+    """The score of ``social_accounts.health.compute_health`` as one SQL expression."""
+    t = ACCOUNTS.c
+    expired = sa.and_(t.token_expires_at.is_not(None), t.token_expires_at <= now)
+    penalty = (
+        sa.case((expired, 50), else_=0)
+        + sa.case((t.status == "rate_limited", 30), else_=0)
+        + sa.case((sa.and_(t.last_error_at.is_not(None), t.last_error_at > now - DAY), 20), else_=0)
+        + sa.case((sa.or_(t.last_synced_at.is_(None), t.last_synced_at < now - DAY), 10), else_=0)
+    )
+    return sa.case((t.status.in_(("disconnected", "expired")), 0), (penalty >= 100, 0), else_=100 - penalty)
+
+
+def recompute_health(ctx: JobContext) -> int:
+    """Recompute every account's score set-wise; returns how many rows changed."""
+    score = health_expression(ctx.clock())
+    stmt = sa.update(ACCOUNTS).where(ACCOUNTS.c.health_score != score).values(health_score=score)
+    with ctx.engine.begin() as conn:
+        return int(conn.execute(stmt).rowcount or 0)
+
+
+def reconcile(ctx: JobContext) -> dict[str, int]:
+    """End stuck attempts and re-emit refreshes that nothing is waiting on any more."""
+    now = ctx.clock()
+    cutoff = now - timedelta(seconds=ctx.settings.attempt_timeout_seconds)
+    timed_out = 0
+    with Session(ctx.engine) as session:
+        stuck = session.scalars(
+            sa.select(SocialOAuthState)
+            .where(SocialOAuthState.status == "pending", SocialOAuthState.created_at < cutoff)  # type: ignore[arg-type]
+            .limit(1000)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for attempt in stuck:
+            attempt.status = "failed"
+            attempt.stage = "failed"
+            attempt.error_code = "timeout"
+            attempt.error_message = "The connection did not finish in time. Please try connecting again."
+            attempt.app_password = None
+            attempt.history = [*attempt.history, {"at": now.isoformat(), "event": "timeout", "detail": "reconciler"}]
+            attempt.updated_at = now
+            timed_out += 1
+        session.commit()
+
+    # Accounts that should have a refresh scheduled but have none (e.g. a crash between writes).
+    with ctx.engine.begin() as conn:
+        unscheduled = conn.execute(
+            sa.update(ACCOUNTS)
+            .where(
+                ACCOUNTS.c.status == "active",
+                ACCOUNTS.c.next_refresh_at.is_(None),
+                ACCOUNTS.c.refresh_model != "none",
+                ACCOUNTS.c.token_expires_at.is_not(None),
+            )
+            .values(next_refresh_at=now)
+        ).rowcount
+        # error / rate_limited accounts whose retry message was lost: try again, at most hourly
+        stale_ids = [
+            str(row[0])
+            for row in conn.execute(
+                sa.update(ACCOUNTS)
+                .where(
+                    ACCOUNTS.c.status.in_(("error", "rate_limited")),
+                    ACCOUNTS.c.refresh_model != "none",
+                    ACCOUNTS.c.updated_at < now - STALE_RETRY,
+                )
+                .values(updated_at=now)
+                .returning(ACCOUNTS.c.id)
+            )
+        ]
+    if stale_ids:
+        enqueue_many(ctx.broker, (build_message(REFRESH_ACCOUNT, account_id=i, reason="reconcile") for i in stale_ids))
+    return {"timed_out": timed_out, "rescheduled": int(unscheduled or 0), "retried": len(stale_ids)}
+
+
+def cleanup(ctx: JobContext) -> int:
+    """Delete finished attempts past retention and pending ones long expired; returns the count."""
+    now = ctx.clock()
+    keep = now - timedelta(days=ctx.settings.attempt_retention_days)
+    stmt = sa.delete(STATES).where(STATES.c.updated_at < keep, STATES.c.status.in_(("connected", "failed")))
+    with ctx.engine.begin() as conn:
+        return int(conn.execute(stmt).rowcount or 0)

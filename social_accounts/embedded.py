@@ -1,0 +1,68 @@
+"""``social-accounts run``: the whole service in one process, on its embedded default.
+
+SQLite file, in-process broker (Dramatiq's StubBroker), worker threads, the scheduler with a
+single in-process leader, and the web app — the same code paths as production, only the broker and
+the database differ. Meant for trying the service and for a single small site; production runs
+``web``, ``worker`` and ``scheduler`` against PostgreSQL and Redis (README, "Operations").
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from social_accounts.settings import Settings
+
+__all__ = ["run_embedded", "start_background"]
+
+log = logging.getLogger("social_accounts.embedded")
+
+#: worker threads consuming the in-process broker
+WORKER_THREADS = 8
+
+
+def start_background(settings: Settings) -> tuple[Any, Any, Any]:
+    """Migrate, install the runtime and broker, start worker threads and the scheduler.
+
+    Returns ``(broker, worker, scheduler)``; the caller stops the last two.
+    """
+    import dramatiq
+
+    from models.migrate import upgrade
+    from scheduler.jobs import JobContext
+    from scheduler.leader import LocalLeader
+    from scheduler.main import build_scheduler
+    from workers import runtime
+    from workers.broker import setup
+
+    upgrade(settings.database_url)
+    rt = runtime.configure(settings)
+    broker = setup(settings)
+    import workers.actors  # noqa: F401  (declares every actor on the installed broker)
+
+    worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=250)
+    worker.start()
+    ctx = JobContext(settings=settings, engine=rt.engine, broker=broker, clock=rt.clock)
+    scheduler = build_scheduler(ctx, LocalLeader(), blocking=False)
+    scheduler.start()
+    return broker, worker, scheduler
+
+
+def run_embedded(settings: Settings, *, demo: bool = False) -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    from web_callback.app import create_app
+
+    if not settings.broker_url:
+        settings = settings.model_copy(update={"broker_url": "memory://"})
+    broker, worker, scheduler = start_background(settings)
+    app = create_app(settings, broker=broker)
+    log.info(
+        "social-accounts is running on %s (embedded: %s)", settings.public_url, settings.database_url.split(":", 1)[0]
+    )
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        scheduler.shutdown(wait=False)
+        worker.stop()

@@ -1,0 +1,105 @@
+"""Locks, cooldowns and budgets shared by every worker: Redis in production, in-process under `run`.
+
+With a Redis broker every process shares the same Redis, so the per-account refresh lock and
+rate-limit cooldowns hold across processes and machines. The embedded ``run`` (memory broker,
+one process) has no Redis: the same interface is served from process memory, which is exactly as
+strong there because only one process exists.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+import redis
+
+from workers import cooldowns, locks
+from workers.runtime import Runtime
+
+__all__ = ["Coordination", "LocalCoordination", "RedisCoordination", "for_runtime"]
+
+
+class Coordination(Protocol):
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]: ...
+    def cooldown_remaining(self, platform: str, account_id: str | None) -> float: ...
+    def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None: ...
+    def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float: ...
+
+
+class RedisCoordination:
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]:
+        return locks.account_lock(self.client, self.namespace, account_id, wait_seconds=wait_seconds)
+
+    def cooldown_remaining(self, platform: str, account_id: str | None) -> float:
+        return cooldowns.remaining(self.client, self.namespace, platform, account_id)
+
+    def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None:
+        cooldowns.set_cooldown(self.client, self.namespace, platform, seconds, account_id=account_id, reason=reason)
+
+    def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float:
+        return cooldowns.take_budget(self.client, self.namespace, name, limit=limit, window_seconds=window_seconds)
+
+
+class LocalCoordination:
+    """The same guarantees inside one process (the embedded ``run``)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._cooldowns: dict[tuple[str, str | None], float] = {}
+        self._budgets: dict[str, deque[float]] = defaultdict(deque)
+
+    @contextmanager
+    def _lock(self, account_id: str, wait_seconds: float) -> Iterator[bool]:
+        with self._mutex:
+            lock = self._locks[account_id]
+        got = lock.acquire(timeout=wait_seconds) if wait_seconds > 0 else lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]:
+        return self._lock(account_id, wait_seconds)
+
+    def cooldown_remaining(self, platform: str, account_id: str | None) -> float:
+        now = time.monotonic()
+        with self._mutex:
+            until = max(self._cooldowns.get((platform, None), 0.0), self._cooldowns.get((platform, account_id), 0.0))
+        return max(0.0, until - now)
+
+    def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None:
+        until = time.monotonic() + seconds
+        with self._mutex:
+            key = (platform, account_id)
+            self._cooldowns[key] = max(self._cooldowns.get(key, 0.0), until)
+
+    def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float:
+        now = time.monotonic()
+        with self._mutex:
+            used = self._budgets[name]
+            while used and used[0] <= now - window_seconds:
+                used.popleft()
+            if len(used) < limit:
+                used.append(now)
+                return 0.0
+            return used[0] + window_seconds - now
+
+
+_local = LocalCoordination()
+
+
+def for_runtime(rt: Runtime) -> Coordination:
+    """Redis coordination when the broker is Redis (shared by every process), else in-process."""
+    if rt.settings.effective_broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisCoordination(rt.redis, rt.settings.redis_namespace)
+    return _local

@@ -1,0 +1,97 @@
+"""Disconnecting an account: revoke at the platform where it can, then forget the tokens.
+
+The account is marked ``disconnected`` first, so nothing refreshes, syncs or hands out its token
+while the revocation is in flight. A revocation that fails is retried and recorded, but it never
+keeps the account connected locally: after the last try the tokens are erased all the same.
+The row is kept (status ``disconnected``, no tokens) for the audit trail; reconnecting the same
+account later updates it in place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from models.repository import load_account, record_event
+from platforms.base import TokenSet
+from platforms.http import scrub
+from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
+from workers.adapters import adapter_for
+from workers.runtime import Runtime
+from workers.status import set_status
+
+__all__ = ["disconnect_now"]
+
+log = logging.getLogger("social_accounts.disconnect")
+
+
+def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
+    """One try at disconnecting; returns revoked, no_endpoint, revoke_failed, already or missing.
+
+    Raises:
+      PlatformError: a transient or rate-limited revocation failure when this is not the last try
+        (the actor retries; the account is already ``disconnected`` locally).
+    """
+    now = rt.clock()
+    with Session(rt.engine) as session, session.begin():
+        account = load_account(session, rt.ring, account_id)
+        if account is None:
+            return "missing"
+        if account.status != "disconnected":
+            account.row.next_refresh_at = None
+            set_status(session, account.row, "disconnected", reason="disconnect requested", now=now)
+    if not account.tokens.access_token and not account.tokens.refresh_token:
+        return "already"
+    outcome = _revoke(rt, account_id, account.platform, account.tokens, last_try=last_try)
+    _erase_tokens(rt, account_id, outcome)
+    return outcome
+
+
+def _revoke(rt: Runtime, account_id: str, platform: str, tokens: TokenSet, *, last_try: bool) -> str:
+    try:
+        result = adapter_for(rt, platform).revoke(tokens)
+    except NeedsReconnect:
+        return "revoked"  # the platform already considers the grant gone
+    except PlatformError as error:
+        _event(rt, account_id, platform, "revoke_failed", scrub(str(error)))
+        if isinstance(error, (Transient, RateLimited)) and not last_try:
+            raise
+        log.warning("revocation failed; erasing tokens anyway", extra={"account_id": account_id, "platform": platform})
+        return "revoke_failed"
+    if result == "revoked":
+        _event(rt, account_id, platform, "revoked", "revoked at the platform")
+        return "revoked"
+    return "no_endpoint"
+
+
+def _event(rt: Runtime, account_id: str, platform: str, kind: str, reason: str) -> None:
+    with Session(rt.engine) as session, session.begin():
+        record_event(session, kind=kind, account_id=account_id, platform=platform, reason=reason, now=rt.clock())
+
+
+def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
+    now = rt.clock()
+    with Session(rt.engine) as session, session.begin():
+        account = load_account(session, rt.ring, account_id)
+        if account is None:
+            return
+        row = account.row
+        row.access_token = row.refresh_token = None
+        row.token_expires_at = row.refresh_token_expires_at = None
+        row.next_refresh_at = None
+        row.token_version = row.token_version + 1  # fences out a refresh that was in flight
+        row.updated_at = now
+        record_event(
+            session,
+            kind="disconnected",
+            account_id=row.id,
+            site_id=row.site_id,
+            platform=row.platform,
+            reason={"revoked": "revoked and removed", "no_endpoint": "the platform has no revocation endpoint"}.get(
+                outcome, "revocation failed; tokens removed anyway"
+            ),
+            data={"revocation": outcome},
+            now=now,
+        )
+    log.info("account disconnected", extra={"account_id": account_id, "outcome": outcome})

@@ -1,0 +1,103 @@
+"""What an outcome does to an account: status, counters, health and the events that say so.
+
+One policy for refresh, sync and disconnect alike (the error tree drives it):
+
+* success            -> ``active``; failure counters cleared
+* NeedsReconnect     -> ``expired``, health 0, no more retries, ``refresh_failed`` with the reason
+* RateLimited        -> ``rate_limited`` until the platform's retry-after
+* Transient          -> counted; the account turns ``error`` only when failures persist
+                        (``ERROR_AFTER_FAILURES`` in a row spanning ``ERROR_AFTER_SECONDS``): a network
+                        blip never tells a site owner to reconnect
+* Permanent          -> ``error`` at once (retrying would not help; the user sees the reason)
+
+Every status change writes a ``status_changed`` event. Functions take the caller's session and
+do not commit, so the outcome is stored in the same transaction as whatever caused it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from models.repository import record_event
+from models.tables import SocialAccount
+from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
+from social_accounts.health import compute_health
+from social_accounts.settings import Settings
+
+__all__ = ["record_failure", "record_success", "set_status"]
+
+
+def set_status(session: Session, row: SocialAccount, status: str, *, reason: str, now: datetime) -> None:
+    """Change the status (with an event when it really changes) and recompute the health score."""
+    if row.status != status:
+        record_event(
+            session,
+            kind="status_changed",
+            account_id=row.id,
+            site_id=row.site_id,
+            platform=row.platform,
+            reason=reason,
+            data={"from": row.status, "to": status},
+            now=now,
+        )
+        row.status = status
+    refresh_health(row, now)
+    row.updated_at = now
+
+
+def refresh_health(row: SocialAccount, now: datetime) -> None:
+    row.health_score = compute_health(
+        status=row.status,
+        token_expires_at=row.token_expires_at,
+        last_synced_at=row.last_synced_at,
+        last_error_at=row.last_error_at,
+        now=now,
+    ).score
+
+
+def record_success(session: Session, row: SocialAccount, *, reason: str, now: datetime) -> None:
+    row.consecutive_failures = 0
+    row.first_failure_at = None
+    row.rate_limited_until = None
+    set_status(session, row, "active", reason=reason, now=now)
+
+
+def record_failure(
+    session: Session, row: SocialAccount, error: PlatformError, *, settings: Settings, step: str, now: datetime
+) -> str:
+    """Apply ``error`` to the account; returns the new status."""
+    reason = f"{step}: {error}"[:500]
+    row.last_error = reason
+    row.last_error_at = now
+    if isinstance(error, NeedsReconnect):
+        row.next_refresh_at = None
+        record_event(
+            session,
+            kind="refresh_failed" if step == "refresh" else f"{step}_failed",
+            account_id=row.id,
+            site_id=row.site_id,
+            platform=row.platform,
+            reason=reason,
+            data={"error": error.kind, "code": error.code},
+            now=now,
+        )
+        set_status(session, row, "expired", reason=reason, now=now)
+        row.health_score = 0
+        return row.status
+    if isinstance(error, RateLimited):
+        row.rate_limited_until = now + timedelta(seconds=error.retry_after)
+        set_status(session, row, "rate_limited", reason=reason, now=now)
+        return row.status
+    row.consecutive_failures = (row.consecutive_failures or 0) + 1
+    row.first_failure_at = row.first_failure_at or now
+    persistent = row.consecutive_failures >= settings.error_after_failures and (
+        now - row.first_failure_at >= timedelta(seconds=settings.error_after_seconds)
+    )
+    if not isinstance(error, Transient) or persistent:
+        set_status(session, row, "error", reason=reason, now=now)
+    else:
+        refresh_health(row, now)
+        row.updated_at = now
+    return row.status

@@ -1,0 +1,115 @@
+"""Stats sync: followers, following, posts through a token that is valid now.
+
+A count the platform does not give stays unknown (``None``), never a guessed 0. An access token
+the platform calls expired triggers one refresh and one retry; a second refusal takes the
+needs-reconnect path, so a dead grant is reported once instead of retried forever.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from models.repository import load_account, record_event
+from platforms.base import Stats, TokenSet
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, PlatformError, RateLimited
+from social_accounts.metrics import PLATFORM_ERRORS
+from workers.adapters import adapter_for
+from workers.coordination import for_runtime
+from workers.refresh import INACTIVE, CooledDown, refresh_now
+from workers.runtime import Runtime
+from workers.status import record_failure, record_success
+
+__all__ = ["sync_now"]
+
+log = logging.getLogger("social_accounts.sync")
+
+
+def sync_now(rt: Runtime, account_id: str) -> str:
+    """Sync one account's counts; returns the outcome (synced, skipped, missing, failed).
+
+    Raises:
+      CooledDown: the platform is cooling down; nothing was sent.
+      PlatformError: RateLimited / Transient after being recorded, for the actor to retry.
+    """
+    result = refresh_now(rt, account_id, reason="before sync", wait_seconds=15.0)
+    if result.outcome in ("missing", "skipped"):
+        return result.outcome
+    with Session(rt.engine) as session:
+        account = load_account(session, rt.ring, account_id)
+    if account is None:
+        return "missing"
+    if account.status in INACTIVE:
+        return "skipped"
+    coordination = for_runtime(rt)
+    wait = coordination.cooldown_remaining(account.platform, account.id)
+    if wait > 0:
+        raise CooledDown(wait)
+    adapter = adapter_for(rt, account.platform)
+    try:
+        try:
+            stats = adapter.fetch_stats(account.platform_account_id, account.tokens)
+        except AccessTokenExpired:
+            stats = _retry_after_refresh(rt, account_id, account.platform_account_id)
+    except PlatformError as error:
+        PLATFORM_ERRORS.labels(account.platform, error.kind).inc()
+        if isinstance(error, RateLimited):
+            coordination.set_cooldown(
+                account.platform,
+                error.retry_after,
+                account_id=None if error.scope == "app" else account.id,
+                reason="rate_limited",
+            )
+        if isinstance(error, AccessTokenExpired):  # refused twice: the grant is gone
+            error = NeedsReconnect("the platform refused a freshly refreshed token", platform=error.platform)
+        _fail(rt, account_id, error)
+        if error.kind in ("rate_limited", "transient", "request_maybe_sent"):
+            raise
+        return "failed"
+    _store(rt, account_id, stats)
+    return "synced"
+
+
+def _retry_after_refresh(rt: Runtime, account_id: str, platform_account_id: str) -> Stats:
+    result = refresh_now(rt, account_id, reason="sync got 401", force=True, wait_seconds=15.0)
+    with Session(rt.engine) as session:
+        account = load_account(session, rt.ring, account_id)
+    if account is None or account.status in INACTIVE or result.outcome == "failed":
+        raise NeedsReconnect("the token could not be renewed", platform=account.platform if account else "")
+    tokens: TokenSet = account.tokens
+    return adapter_for(rt, account.platform).fetch_stats(platform_account_id, tokens)
+
+
+def _store(rt: Runtime, account_id: str, stats: Stats) -> None:
+    now = rt.clock()
+    with Session(rt.engine) as session, session.begin():
+        account = load_account(session, rt.ring, account_id)
+        if account is None:
+            return
+        row = account.row
+        row.followers_count = stats.followers
+        row.following_count = stats.following
+        row.posts_count = stats.posts
+        row.engagement_rate = stats.engagement_rate
+        row.last_synced_at = now
+        record_success(session, row, reason="stats synced", now=now)
+        record_event(
+            session,
+            kind="synced",
+            account_id=row.id,
+            site_id=row.site_id,
+            platform=row.platform,
+            data={"followers": stats.followers, "following": stats.following, "posts": stats.posts},
+            now=now,
+        )
+    log.info("stats synced", extra={"account_id": account_id, "platform": row.platform, "outcome": "ok"})
+
+
+def _fail(rt: Runtime, account_id: str, error: PlatformError) -> None:
+    now = rt.clock()
+    with Session(rt.engine) as session, session.begin():
+        account = load_account(session, rt.ring, account_id)
+        if account is not None:
+            record_failure(session, account.row, error, settings=rt.settings, step="sync", now=now)
+    log.warning("sync failed", extra={"account_id": account_id, "platform": error.platform, "outcome": error.kind})

@@ -1,0 +1,65 @@
+"""Fresh tokens for other modules: ``get_valid_token(account_id)``.
+
+Returns an access token that is valid now, refreshing it first (under the same per-account lock
+as every other refresh) when it is due within the platform's margin; concurrent callers share one
+refresh: the lock holder calls the platform, the others wait for it and use its result. An
+account that needs the user to reconnect raises ``NeedsReconnect`` (the API answers 409 with the
+reason) instead of handing out a dead token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from models.repository import load_account
+from social_accounts.errors import NeedsReconnect, Transient
+from workers import runtime
+from workers.refresh import refresh_now
+from workers.runtime import Runtime
+
+__all__ = ["AccountNotFound", "ValidToken", "get_valid_token"]
+
+#: how long a caller waits for another process's refresh of the same account
+LOCK_WAIT_SECONDS = 20.0
+
+
+class AccountNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class ValidToken:
+    access_token: str
+    expires_at: datetime | None
+
+    def __repr__(self) -> str:
+        return f"ValidToken(access_token=<redacted>, expires_at={self.expires_at!r})"
+
+
+def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken:
+    """A token valid now for ``account_id``.
+
+    Raises:
+      AccountNotFound: no such account.
+      NeedsReconnect: the account is expired or disconnected; the user must connect it again.
+      Transient / RateLimited: the platform could not renew a token that is due; try later.
+    """
+    rt = rt or runtime.current()
+    result = refresh_now(rt, account_id, reason="token requested", wait_seconds=LOCK_WAIT_SECONDS)
+    if result.outcome == "missing":
+        raise AccountNotFound(account_id)
+    with Session(rt.engine) as session:
+        account = load_account(session, rt.ring, account_id)
+    if account is None:
+        raise AccountNotFound(account_id)
+    if account.status == "disconnected" or not account.tokens.access_token:
+        raise NeedsReconnect("the account is disconnected", platform=account.platform)
+    if account.status == "expired":
+        raise NeedsReconnect(account.row.last_error or "the account needs reconnecting", platform=account.platform)
+    expires = account.tokens.expires_at
+    if expires is not None and expires <= rt.clock():
+        raise Transient("the token is due and could not be renewed yet", platform=account.platform)
+    return ValidToken(account.tokens.access_token, expires)
