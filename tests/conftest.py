@@ -136,3 +136,8 @@ def settings_factory(fake_platform: FakePlatformServer) -> Any:
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
+
+
+# ---- the reference Bluesky PDS (tests/peers) --------------------------------------------------
+
+from tests.peers.pds import pds  # noqa: E402,F401  (session fixture: the real PDS on loopback)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models.repository import load_account, record_event
+from models.tables import SocialAccount
 from platforms.base import TokenSet
 from platforms.http import scrub
 from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
@@ -24,6 +26,9 @@ from workers.status import set_status
 __all__ = ["disconnect_now"]
 
 log = logging.getLogger("social_accounts.disconnect")
+
+#: platforms whose accounts share one revocable grant per person (the Meta user)
+META_PLATFORMS = ("facebook", "instagram")
 
 
 def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
@@ -48,7 +53,37 @@ def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
     return outcome
 
 
+def grant_still_shared(rt: Runtime, account_id: str, tokens: TokenSet) -> int:
+    """How many other connected accounts hang on the same Meta grant.
+
+    Meta revokes per user and app (``DELETE /{user-id}/permissions``): revoking for one Page would
+    silently disconnect every other Page and Instagram account the same person connected.
+    """
+    user = tokens.metadata.get("meta_user_id")
+    if not user:
+        return 0
+    table = SocialAccount.__table__  # type: ignore[attr-defined]
+    query = (
+        sa.select(sa.func.count())
+        .select_from(table)
+        .where(
+            table.c.platform.in_(META_PLATFORMS),
+            table.c.status != "disconnected",
+            table.c.id != account_id,
+            table.c.token_metadata["meta_user_id"].as_string() == str(user),
+        )
+    )
+    with Session(rt.engine) as session:
+        return int(session.execute(query).scalar_one())
+
+
 def _revoke(rt: Runtime, account_id: str, platform: str, tokens: TokenSet, *, last_try: bool) -> str:
+    others = grant_still_shared(rt, account_id, tokens)
+    if others:
+        _event(
+            rt, account_id, platform, "revoke_skipped", f"the grant still serves {others} other connected account(s)"
+        )
+        return "grant_shared"
     try:
         result = adapter_for(rt, platform).revoke(tokens)
     except NeedsReconnect:
@@ -88,9 +123,11 @@ def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
             account_id=row.id,
             site_id=row.site_id,
             platform=row.platform,
-            reason={"revoked": "revoked and removed", "no_endpoint": "the platform has no revocation endpoint"}.get(
-                outcome, "revocation failed; tokens removed anyway"
-            ),
+            reason={
+                "revoked": "revoked and removed",
+                "no_endpoint": "the platform has no revocation endpoint",
+                "grant_shared": "tokens removed; the grant stays for the person's other accounts",
+            }.get(outcome, "revocation failed; tokens removed anyway"),
             data={"revocation": outcome},
             now=now,
         )
