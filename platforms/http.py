@@ -12,6 +12,7 @@ import email.utils
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import httpx
@@ -24,7 +25,17 @@ from social_accounts.errors import (
     Transient,
 )
 
-__all__ = ["Classifier", "default_timeout", "json_body", "oauth_error", "parse_retry_after", "scrub", "send"]
+__all__ = [
+    "Classifier",
+    "default_timeout",
+    "json_body",
+    "oauth_error",
+    "parse_retry_after",
+    "scrub",
+    "seconds_until_epoch",
+    "seconds_until_midnight",
+    "send",
+]
 
 #: An adapter's own reading of a non-2xx response; return None to fall back to the defaults.
 Classifier = Callable[[httpx.Response], PlatformError | None]
@@ -90,6 +101,14 @@ def seconds_until_epoch(value: str | None, now: float | None = None) -> float | 
     except ValueError:
         return None
     return max(0.0, reset - (time.time() if now is None else now))
+
+
+def seconds_until_midnight(now: datetime, tz: tzinfo) -> float:
+    """Seconds from ``now`` to the next midnight in ``tz`` (daily quotas: LinkedIn UTC, YouTube Pacific)."""
+    local = now.astimezone(tz)
+    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tzinfo=tz)
+    # subtract in UTC: aware datetimes sharing one tzinfo subtract naively, ignoring a DST change
+    return max(0.0, (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds())
 
 
 def send(

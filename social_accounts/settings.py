@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     error_after_seconds: int = Field(3600, ge=0)
     #: the scheduler leader lock expires this long after its holder stops extending it
     leader_ttl_seconds: float = Field(10.0, ge=1)
+    #: the built-in demo platform (``social-accounts run --demo`` sets it; off everywhere else)
+    demo_enabled: bool = False
 
     meta_app_id: str | None = None
     meta_app_secret: str | None = None

@@ -1,0 +1,156 @@
+"""Pinterest API v5 (platforms.md §7).
+
+What is particular here:
+
+* HTTP Basic ``app_id:app_secret`` at the token endpoint, for the code exchange and for every
+  refresh; comma-separated scopes; no PKCE (support UNCONFIRMED).
+* Access tokens live about 30 days. Under continuous refresh each refresh answer may carry a new
+  refresh token and its own ``refresh_token_expires_in``: it is treated as rotating — whatever
+  comes back is stored, and an answer without one keeps the old (``refresh_model = "rotate"``).
+* No revocation endpoint is documented (UNCONFIRMED; users remove the app in their settings), so
+  ``revoke`` answers ``"none"`` unless ``PINTEREST_REVOKE_URL`` is set, which turns on RFC 7009
+  revocation with Basic client authentication.
+* The display name is ``business_name`` when the account has one, else ``username``.
+
+How failures are read (Pinterest bodies are ``{"code": int, "message": str}``, not OAuth's):
+
+* API 401 → ``AccessTokenExpired``: refresh first; a dead grant then fails the refresh.
+* A refresh refused with 400 → ``NeedsReconnect``: we build that request ourselves and it only
+  varies by the refresh token, so a 400 means the token is no longer good (Pinterest's exact
+  error code for it is not documented). A 401 there means our app credentials: ``Permanent``.
+* 429 → ``RateLimited``: ``Retry-After`` if present (header names UNCONFIRMED), else 60 s.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import httpx
+
+from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
+from platforms.http import json_body, parse_retry_after, scrub
+from platforms.oauth2 import OAuth2Adapter
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
+
+__all__ = ["PinterestAdapter"]
+
+#: back-off for a 429 that says nothing about when to come back
+DEFAULT_BACKOFF = 60.0
+
+
+def pinterest_error(response: httpx.Response) -> tuple[str | None, str]:
+    """``(code, message)`` of Pinterest's ``{"code", "message"}`` error body (scrubbed)."""
+    body = json_body(response)
+    if isinstance(body, dict) and "code" in body and "message" in body:
+        return str(body["code"]), scrub(body.get("message"))
+    return None, ""
+
+
+class PinterestAdapter(OAuth2Adapter):
+    platform = "pinterest"
+    refresh_model: ClassVar[RefreshModel] = "rotate"
+    #: 30-day tokens: refresh two days early, leaving time for retries
+    refresh_margin = timedelta(days=2)
+    required_env = ("PINTEREST_APP_ID", "PINTEREST_APP_SECRET")
+
+    authorize_url = "https://www.pinterest.com/oauth/"
+    token_url = "https://api.pinterest.com/v5/oauth/token"
+    api_url = "https://api.pinterest.com/v5"
+    revoke_url = ""  # none documented (UNCONFIRMED): only with PINTEREST_REVOKE_URL
+    scopes = ("user_accounts:read", "boards:read", "pins:read")
+    scope_separator = ","
+    client_auth = "basic"
+    use_pkce = False
+    client_id_setting = "pinterest_app_id"
+    client_secret_setting = "pinterest_app_secret"
+
+    # ---- reading failures -------------------------------------------------------------------
+
+    def classify(self, response: httpx.Response) -> PlatformError | None:
+        status = response.status_code
+        if status == 429:
+            retry = parse_retry_after(response.headers.get("retry-after"))
+            code, _ = pinterest_error(response)
+            return RateLimited(
+                "rate limited",
+                retry_after=DEFAULT_BACKOFF if retry is None else retry,
+                platform=self.platform,
+                status=429,
+                code=code,
+            )
+        if status == 401:
+            return AccessTokenExpired("access token rejected; refresh first", platform=self.platform, status=401)
+        return self.classify_token_error(response)
+
+    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
+        error = super().classify_token_error(response)
+        if error is not None:
+            return error
+        code, message = pinterest_error(response)
+        if response.status_code == 401:
+            return Permanent("Pinterest refused our app credentials", platform=self.platform, status=401, code=code)
+        if response.status_code < 500 and code is not None and response.status_code != 429:
+            return Permanent(
+                message or "request refused", platform=self.platform, status=response.status_code, code=code
+            )
+        return None
+
+    def _classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+        if response.status_code == 400:
+            code, message = pinterest_error(response)
+            return NeedsReconnect(
+                message or "the refresh token was refused", platform=self.platform, status=400, code=code
+            )
+        return self.classify_token_error(response)
+
+    # ---- tokens -----------------------------------------------------------------------------
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        """Basic-authenticated refresh; a returned refresh token replaces the old one."""
+        if not tokens.refresh_token:
+            raise NeedsReconnect("no refresh token was issued for this account", platform=self.platform)
+        body = self.token_request(
+            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
+            classify=self._classify_refresh_error,
+        )
+        return self.parse_token_response(body, previous=tokens)
+
+    # ---- profile and counts -----------------------------------------------------------------
+
+    def _account(self, tokens: TokenSet) -> dict[str, Any]:
+        body = self.get_json(self.api("user_account"), tokens)
+        if not isinstance(body, dict) or not (body.get("id") or body.get("username")):
+            raise Permanent("user_account answered without an account", platform=self.platform)
+        return body
+
+    def _stats(self, account: dict[str, Any]) -> Stats:
+        return Stats(
+            followers=self.as_int(account.get("follower_count")),
+            following=self.as_int(account.get("following_count")),
+            posts=self.as_int(account.get("pin_count")),
+        )
+
+    @staticmethod
+    def _account_id(account: dict[str, Any]) -> str:
+        return str(account.get("id") or account["username"])
+
+    def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
+        account = self._account(tokens)
+        return [
+            AccountProfile(
+                platform_account_id=self._account_id(account),
+                name=account.get("business_name") or account.get("username") or None,
+                handle=account.get("username") or None,
+                avatar_url=account.get("profile_image") or None,
+                tokens=tokens,
+                stats=self._stats(account),
+                refresh_model="rotate",
+            )
+        ]
+
+    def fetch_stats(self, platform_account_id: str, tokens: TokenSet) -> Stats:
+        account = self._account(tokens)
+        if self._account_id(account) != platform_account_id:
+            raise Permanent("the token belongs to another Pinterest account", platform=self.platform)
+        return self._stats(account)

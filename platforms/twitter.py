@@ -1,0 +1,161 @@
+"""X (Twitter): OAuth 2.0 authorization code with PKCE, confidential client (platforms.md §3).
+
+What is particular here:
+
+* The client authenticates with HTTP Basic at the token and revocation endpoints; credentials in
+  the form body alone are refused (``unauthorized_client: Missing valid authorization header``).
+* PKCE S256 is mandatory; scopes are space-separated and include ``offline.access``, without
+  which no refresh token is issued.
+* Access tokens live 2 hours and refresh tokens rotate (single use): every refresh answer is
+  stored as is, and replaying a spent refresh token may revoke the whole grant.
+
+How failures are read (decided here, because only this module knows X):
+
+* API 401 (problem-details ``{"title": "Unauthorized", ...}``) → ``AccessTokenExpired``. With
+  2-hour tokens an expired access token is by far the common cause, so the caller refreshes
+  first; if the grant is really gone, the refresh answers ``invalid_grant`` → ``NeedsReconnect``.
+* Token endpoint ``invalid_grant``, and ``invalid_request`` on a *refresh* (X's answer for a
+  spent or revoked refresh token) → ``NeedsReconnect``. ``unauthorized_client`` means our own
+  client credentials are wrong: reconnecting cannot fix that, so it is ``Permanent``.
+* 429 → ``RateLimited`` until ``x-rate-limit-reset`` (Unix epoch seconds); without that header
+  (X omits it when the app's access tier does not match) the 15-minute window is assumed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import httpx
+
+from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
+from platforms.http import oauth_error, parse_retry_after, seconds_until_epoch
+from platforms.oauth2 import OAuth2Adapter
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
+
+__all__ = ["TwitterAdapter", "remaining_zero"]
+
+#: X's rate-limit windows are 15 minutes; used when a 429 carries no reset header
+WINDOW_SECONDS = 15 * 60
+
+
+def remaining_zero(response: httpx.Response) -> bool:
+    """True when the response says this window is used up (``x-rate-limit-remaining: 0``).
+
+    A successful answer can already announce that the next call will be refused; a shared
+    cooldown can use this to stop before X answers 429.
+    """
+    return response.headers.get("x-rate-limit-remaining", "").strip() == "0"
+
+
+class TwitterAdapter(OAuth2Adapter):
+    platform = "twitter"
+    refresh_model: ClassVar[RefreshModel] = "rotate"
+    required_env = ("TWITTER_CLIENT_ID", "TWITTER_CLIENT_SECRET")
+
+    authorize_url = "https://x.com/i/oauth2/authorize"
+    token_url = "https://api.x.com/2/oauth2/token"
+    api_url = "https://api.x.com/2"
+    revoke_url = "https://api.x.com/2/oauth2/revoke"
+    scopes = ("tweet.read", "users.read", "offline.access")
+    scope_separator = " "
+    client_auth = "basic"
+    use_pkce = True
+    client_id_setting = "twitter_client_id"
+    client_secret_setting = "twitter_client_secret"
+
+    # ---- reading failures -------------------------------------------------------------------
+
+    def classify(self, response: httpx.Response) -> PlatformError | None:
+        """API calls: rate limits and 401s as X means them (see the module docstring)."""
+        status = response.status_code
+        if status == 429:
+            return self._rate_limited(response)
+        if oauth_error(response)[0] is not None:  # token/revoke endpoints answer in OAuth's shape
+            return self.classify_token_error(response)
+        if status == 401:
+            return AccessTokenExpired("access token rejected; refresh first", platform=self.platform, status=401)
+        return self.classify_token_error(response)
+
+    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
+        error, description = oauth_error(response)
+        if error == "unauthorized_client":
+            return Permanent(
+                "X refused our client credentials", platform=self.platform, status=response.status_code, code=error
+            )
+        if response.status_code == 429:
+            return self._rate_limited(response)
+        return super().classify_token_error(response)
+
+    def _classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+        error, description = oauth_error(response)
+        if error == "invalid_request":
+            return NeedsReconnect(
+                description or "the refresh token was refused",
+                platform=self.platform,
+                status=response.status_code,
+                code=error,
+            )
+        return self.classify_token_error(response)
+
+    def _rate_limited(self, response: httpx.Response) -> RateLimited:
+        retry = seconds_until_epoch(response.headers.get("x-rate-limit-reset"))
+        if retry is None:
+            retry = parse_retry_after(response.headers.get("retry-after"))
+        return RateLimited(
+            "rate limited",
+            retry_after=WINDOW_SECONDS if retry is None else retry,
+            platform=self.platform,
+            status=429,
+            code="88",
+        )
+
+    # ---- the flow ---------------------------------------------------------------------------
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        """Rotate: the answer carries a new refresh token that replaces the spent one."""
+        if not tokens.refresh_token:
+            raise NeedsReconnect("no refresh token was issued (offline.access missing)", platform=self.platform)
+        body = self.token_request(
+            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
+            classify=self._classify_refresh_error,
+        )
+        return self.parse_token_response(body, previous=tokens)
+
+    def _me(self, tokens: TokenSet) -> dict[str, Any]:
+        body = self.get_json(self.api("users/me"), tokens, params={"user.fields": "profile_image_url,public_metrics"})
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not data.get("id"):
+            raise Permanent("users/me answered without a user", platform=self.platform)
+        return data
+
+    @staticmethod
+    def _stats(user: dict[str, Any]) -> Stats:
+        metrics = user.get("public_metrics")
+        if not isinstance(metrics, dict):
+            return Stats()
+        return Stats(
+            followers=OAuth2Adapter.as_int(metrics.get("followers_count")),
+            following=OAuth2Adapter.as_int(metrics.get("following_count")),
+            posts=OAuth2Adapter.as_int(metrics.get("tweet_count")),
+        )
+
+    def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
+        user = self._me(tokens)
+        return [
+            AccountProfile(
+                platform_account_id=str(user["id"]),
+                name=user.get("name") or None,
+                handle=user.get("username") or None,
+                avatar_url=user.get("profile_image_url") or None,
+                tokens=tokens,
+                stats=self._stats(user),
+                refresh_model="rotate",
+            )
+        ]
+
+    def fetch_stats(self, platform_account_id: str, tokens: TokenSet) -> Stats:
+        """``users/me`` again: a user token only ever speaks for its own account."""
+        user = self._me(tokens)
+        if str(user["id"]) != platform_account_id:
+            raise Permanent("the token belongs to another X account", platform=self.platform)
+        return self._stats(user)

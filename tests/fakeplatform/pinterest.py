@@ -1,0 +1,127 @@
+"""Fake Pinterest OAuth and API v5, under ``/pinterest/`` (platforms.md §7).
+
+* HTTP Basic ``app_id:app_secret`` is required at the token endpoint; credentials in the body
+  alone get 401. Comma-separated scopes; no PKCE.
+* Continuous refresh: every refresh answer carries a new refresh token with its own
+  ``refresh_token_expires_in``; the spent one stops working and replaying it revokes the grant.
+* Errors use Pinterest's ``{"code", "message"}`` model (the numeric codes here are illustrative):
+  401 for a bad token, 400 for a refused code or refresh token, 429 from :func:`rate_limited`.
+* Pinterest documents no revocation endpoint. ``/pinterest/test-only/revoke`` stands in for one an
+  operator would set with PINTEREST_REVOKE_URL (RFC 7009, Basic); ``settings_env`` leaves it unset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+
+APP_ID = "1480000"
+APP_SECRET = "pinterest-test-secret"
+ACCESS_LIFETIME = 30 * 24 * 3600
+REFRESH_LIFETIME = 60 * 24 * 3600
+SCOPES = frozenset({"user_accounts:read", "boards:read", "boards:write", "pins:read", "pins:write"})
+
+USERS: dict[str, dict[str, Any]] = {
+    "alice": {
+        "id": "549755885175",
+        "username": "alicepins",
+        "account_type": "BUSINESS",
+        "business_name": "Alice's Studio",
+        "profile_image": "https://i.pinimg.com/600x600_R/alice.jpg",
+        "website_url": "https://alice.example",
+        "follower_count": 812,
+        "following_count": 64,
+        "pin_count": 1530,
+        "board_count": 12,
+        "monthly_views": 40000,
+    },
+    "personal": {
+        "id": "549755800001",
+        "username": "pat_p",
+        "account_type": "PINNER",
+        "profile_image": "https://i.pinimg.com/600x600_R/pat.jpg",
+        "follower_count": 3,
+        "following_count": 40,
+        "pin_count": 77,
+    },
+}
+
+
+def error(status: int, code: int, message: str) -> FakeResponse:
+    return FakeResponse(status, {"code": code, "message": message})
+
+
+def rate_limited(retry_after: int | None = None) -> FakeResponse:
+    response = error(429, 8, "You have exceeded your rate limit. Try again later.")
+    if retry_after is not None:
+        response.headers["retry-after"] = str(retry_after)
+    return response
+
+
+def install(server: FakePlatformServer) -> None:
+    grants = server.grants
+
+    @server.route("GET", "/pinterest/oauth/")
+    def authorize(request: FakeRequest) -> FakeResponse:
+        return authorize_redirect(
+            request, grants, client_id=APP_ID, scope_separator=",", known_scopes=SCOPES, users=frozenset(USERS)
+        )
+
+    def client_ok(request: FakeRequest) -> bool:
+        return request.basic() == (APP_ID, APP_SECRET)
+
+    def issue(grant: Any) -> FakeResponse:
+        return FakeResponse(
+            200,
+            {
+                "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="pina_"),
+                "refresh_token": grants.new_refresh(grant, prefix="pinr_"),
+                "response_type": "authorization_code",
+                "token_type": "bearer",
+                "expires_in": ACCESS_LIFETIME,
+                "refresh_token_expires_in": REFRESH_LIFETIME,
+                "scope": ",".join(grant.scopes),
+            },
+        )
+
+    @server.route("POST", "/pinterest/v5/oauth/token")
+    def token(request: FakeRequest) -> FakeResponse:
+        if not client_ok(request):
+            return error(401, 2, "Authentication failed.")
+        form = request.form
+        if form.get("grant_type") == "authorization_code":
+            grant, _ = grants.redeem_code(
+                form.get("code", ""), client_id=APP_ID, redirect_uri=form.get("redirect_uri", ""), code_verifier=None
+            )
+            return issue(grant) if grant is not None else error(400, 1, "Invalid authorization code.")
+        if form.get("grant_type") == "refresh_token":
+            grant, _ = grants.use_refresh(form.get("refresh_token"), rotate=True)
+            return issue(grant) if grant is not None else error(400, 1, "Invalid refresh token.")
+        return error(400, 1, "Invalid grant_type.")
+
+    @server.route("POST", "/pinterest/test-only/revoke")
+    def revoke(request: FakeRequest) -> FakeResponse:
+        if not client_ok(request):
+            return error(401, 2, "Authentication failed.")
+        grants.revoke_token(request.form.get("token", ""))
+        return FakeResponse(200, {})
+
+    @server.route("GET", "/pinterest/v5/user_account")
+    def user_account(request: FakeRequest) -> FakeResponse:
+        grant, _ = grants.check_access(request.bearer())
+        if grant is None or grant.client_id != APP_ID:
+            return error(401, 2, "Authentication failed.")
+        if "user_accounts:read" not in grant.scopes:
+            return error(403, 3, "Not authorized to access the user associated with this token.")
+        return FakeResponse(200, USERS[grant.user])
+
+
+def settings_env(base_url: str) -> dict[str, str]:
+    return {
+        "PINTEREST_APP_ID": APP_ID,
+        "PINTEREST_APP_SECRET": APP_SECRET,
+        "PINTEREST_AUTHORIZE_URL": f"{base_url}/pinterest/oauth/",
+        "PINTEREST_TOKEN_URL": f"{base_url}/pinterest/v5/oauth/token",
+        "PINTEREST_API_URL": f"{base_url}/pinterest/v5",
+    }
