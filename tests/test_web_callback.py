@@ -1,0 +1,342 @@
+"""``GET /oauth/callback``: verify the state, enqueue one encrypted message, redirect — nothing else.
+
+Most tests give the app an engine pointing at a closed port: the callback must work without the
+database, so any database access would fail them. The broker is the real Redis (fixture
+``redis_url``), and the queue is inspected in Redis itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import httpx2
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
+
+from models.crypto import KeyRing
+from models.engine import make_engine
+from social_accounts.settings import Settings
+from web_callback.app import DropQueryString, create_app
+from web_callback.state import SignedState, sign_state
+from workers.broker import build_broker
+
+DEAD_DB = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+RETURN_TO = "http://127.0.0.1:8000/dashboard/social?tab=accounts"
+ATTEMPT = "0b8e4c52-2d3f-4a1e-9c7b-6f5a4d3c2b1a"
+
+
+@dataclass
+class CallbackEnv:
+    client: TestClient
+    settings: Settings
+    redis: redis.Redis
+    ring: KeyRing
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.redis_namespace
+
+    def stored(self) -> bytes:
+        """Every value under our namespace, concatenated (to search for secrets)."""
+        out = []
+        for key in self.redis.scan_iter(f"{self.namespace}:*"):
+            kind = self.redis.type(key)
+            if kind == b"hash":
+                out += [k + v for k, v in self.redis.hgetall(key).items()]
+            elif kind == b"list":
+                out += self.redis.lrange(key, 0, -1)
+            elif kind == b"zset":
+                out += self.redis.zrange(key, 0, -1)
+            elif kind == b"string":
+                out.append(self.redis.get(key) or b"")
+        return b"\n".join(out)
+
+    def queued(self, queue: str = "connect") -> list[dict[str, Any]]:
+        """The messages waiting on ``queue``, read straight from Redis."""
+        ids = self.redis.lrange(f"{self.namespace}:{queue}", 0, -1)
+        payloads = self.redis.hmget(f"{self.namespace}:{queue}.msgs", ids) if ids else []
+        return [json.loads(p) for p in payloads if p is not None]
+
+    def state(self, *, expires_in: timedelta = timedelta(minutes=10), return_to: str | None = RETURN_TO) -> str:
+        signed = SignedState(ATTEMPT, "twitter", datetime.now(UTC) + expires_in, return_to)
+        return sign_state(signed, self.settings.state_secret or "")
+
+    def callback(self, **params: str) -> httpx2.Response:
+        return self.client.get("/oauth/callback?" + urlencode(params))
+
+
+@pytest.fixture
+def dead_engine() -> Iterator[Engine]:
+    engine = make_engine(DEAD_DB)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def env(redis_url: str, settings_factory: Any, dead_engine: Engine) -> Iterator[CallbackEnv]:
+    settings = settings_factory(
+        broker_url=redis_url, database_url=DEAD_DB, redis_namespace=f"sa-web-{uuid.uuid4().hex[:8]}"
+    )
+    broker = build_broker(settings)
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        with TestClient(create_app(settings, broker=broker, engine=dead_engine), follow_redirects=False) as client:
+            yield CallbackEnv(client, settings, conn, KeyRing.from_settings(settings))
+    finally:
+        conn.close()
+        broker.close()
+
+
+# ---- the happy paths ------------------------------------------------------------------------
+
+
+def test_valid_callback_enqueues_one_encrypted_message_and_redirects(env: CallbackEnv) -> None:
+    code = "the-authorization-code-0123456789"
+    response = env.callback(code=code, state=env.state())
+
+    assert response.status_code == 303
+    location = urlsplit(response.headers["location"])
+    assert (location.scheme, location.netloc, location.path) == ("http", "127.0.0.1:8000", "/dashboard/social")
+    assert parse_qs(location.query) == {"tab": ["accounts"], "attempt": [ATTEMPT]}
+    assert response.headers["cache-control"] == "no-store"
+
+    messages = env.queued()
+    assert len(messages) == 1
+    message = messages[0]
+    assert message["actor_name"] == "code_received"
+    kwargs = message["kwargs"]
+    assert kwargs["attempt_id"] == ATTEMPT and kwargs["error"] is None
+    assert code not in json.dumps(message)
+    assert env.ring.decrypt(kwargs["code_enc"], table="message", column="code", row_id=ATTEMPT) == code
+    # bound to the attempt: the same ciphertext is useless for another one
+    with pytest.raises(Exception, match="decrypt|authentic|tamper|moved"):
+        env.ring.decrypt(kwargs["code_enc"], table="message", column="code", row_id="other")
+    assert kwargs["code_enc"].encode() in env.stored()  # the search below does see the message
+    assert code.encode() not in env.stored()
+
+
+def test_access_denied_with_valid_state_is_enqueued_too(env: CallbackEnv) -> None:
+    response = env.callback(error="access_denied", error_description="The user said no", state=env.state())
+    assert response.status_code == 303
+    assert parse_qs(urlsplit(response.headers["location"]).query)["attempt"] == [ATTEMPT]
+    [message] = env.queued()
+    assert message["kwargs"]["error"] == "access_denied"
+    assert message["kwargs"]["code_enc"] is None
+    assert message["kwargs"]["error_description"] == "The user said no"
+
+
+def test_existing_attempt_parameter_is_replaced_not_duplicated(env: CallbackEnv) -> None:
+    response = env.callback(code="c0de", state=env.state(return_to="http://127.0.0.1:8000/x?attempt=old&a=1#frag"))
+    location = urlsplit(response.headers["location"])
+    assert parse_qs(location.query) == {"a": ["1"], "attempt": [ATTEMPT]}
+    assert location.fragment == "frag"
+
+
+def test_without_return_to_a_plain_page_answers(env: CallbackEnv) -> None:
+    response = env.callback(code="c0de", state=env.state(return_to=None))
+    assert response.status_code == 200
+    assert "close this window" in response.text
+    assert len(env.queued()) == 1
+
+
+# ---- refused: nothing enqueued --------------------------------------------------------------
+
+
+def refused(env: CallbackEnv, response: httpx2.Response, *phrases: str) -> None:
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    for phrase in phrases:
+        assert phrase in response.text
+    assert env.queued() == []
+    assert env.redis.llen(f"{env.namespace}:connect") == 0
+
+
+def test_forged_state_is_refused(env: CallbackEnv) -> None:
+    forged = sign_state(SignedState(ATTEMPT, "twitter", datetime.now(UTC) + timedelta(minutes=5)), "not-our-secret")
+    refused(env, env.callback(code="c0de", state=forged), "not valid", "signature")
+
+
+def test_malformed_state_is_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(code="c0de", state="garbage"), "not valid", "malformed")
+
+
+def test_expired_state_is_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(code="c0de", state=env.state(expires_in=timedelta(seconds=-1))), "expired")
+
+
+def test_missing_state_is_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(code="c0de"), "no state")
+
+
+def test_missing_code_and_error_is_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(state=env.state()), "neither an authorization code nor an error")
+    refused(env, env.callback(state=env.state(), code=""), "neither")
+
+
+def test_oversized_parameters_are_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(code="c" * 5000, state=env.state()), "'code' parameter is too long")
+    refused(env, env.callback(error="x" * 500, state=env.state()), "'error' parameter is too long")
+    refused(env, env.callback(code="c0de", state=env.state(), junk="j" * 9000), "too large")
+
+
+def test_error_that_is_not_an_oauth_code_is_refused(env: CallbackEnv) -> None:
+    refused(env, env.callback(error="access denied\n", state=env.state()), "not a valid OAuth error code")
+
+
+def test_broker_down_is_503_and_the_user_can_simply_retry(
+    redis_url: str, settings_factory: Any, dead_engine: Engine
+) -> None:
+    namespace = f"sa-web-{uuid.uuid4().hex[:8]}"
+    down = settings_factory(broker_url=DEAD_REDIS, database_url=DEAD_DB, redis_namespace=namespace)
+    state = sign_state(
+        SignedState(ATTEMPT, "twitter", datetime.now(UTC) + timedelta(minutes=5), RETURN_TO), "test-state-secret"
+    )
+    query = "/oauth/callback?" + urlencode({"code": "c0de-c0de", "state": state})
+    with TestClient(create_app(down, engine=dead_engine), follow_redirects=False) as client:
+        response = client.get(query)
+    assert response.status_code == 503
+    assert "try connecting again" in response.text
+    assert "c0de" not in response.text
+
+    # the broker is back: the same click now goes through, exactly once
+    up = down.model_copy(update={"broker_url": redis_url})
+    broker = build_broker(up)
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        with TestClient(create_app(up, broker=broker, engine=dead_engine), follow_redirects=False) as client:
+            assert client.get(query).status_code == 303
+        assert conn.llen(f"{namespace}:connect") == 1
+    finally:
+        conn.close()
+        broker.close()
+
+
+# ---- the event loop -------------------------------------------------------------------------
+
+
+class SlowBroker(StubBroker):
+    """A broker whose enqueue blocks like a slow Redis round trip."""
+
+    delay = 0.5
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        time.sleep(self.delay)
+        return super().enqueue(message, delay=delay)
+
+
+def test_a_slow_broker_does_not_block_the_event_loop(settings_factory: Any, dead_engine: Engine) -> None:
+    settings = settings_factory(database_url=DEAD_DB)
+    broker = SlowBroker()
+    app = create_app(settings, broker=broker, engine=dead_engine)
+    state = sign_state(
+        SignedState(ATTEMPT, "twitter", datetime.now(UTC) + timedelta(minutes=5), RETURN_TO), "test-state-secret"
+    )
+    n = 6
+
+    async def run() -> tuple[list[int], float, float]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            started = time.monotonic()
+            callbacks = [client.get("/oauth/callback", params={"code": f"code-{i}", "state": state}) for i in range(n)]
+            tasks = [asyncio.ensure_future(c) for c in callbacks]
+            await asyncio.sleep(0.1)  # the callbacks are all waiting on the broker now
+            probe_started = time.monotonic()
+            health = await client.get("/healthz")
+            probe = time.monotonic() - probe_started
+            assert health.status_code == 200
+            responses = await asyncio.gather(*tasks)
+            return [r.status_code for r in responses], time.monotonic() - started, probe
+
+    statuses, elapsed, probe = asyncio.run(run())
+    assert statuses == [303] * n
+    assert broker.queues["connect"].qsize() == n
+    # serialised on the loop this would take n * 0.5 = 3 s; in threads it takes about one delay
+    assert elapsed < (n * SlowBroker.delay) / 2, elapsed
+    assert probe < SlowBroker.delay, probe
+
+
+# ---- end to end with the fake platform and the real database -----------------------------------
+
+
+def test_connect_then_platform_redirect_then_callback(
+    pg_url: str, redis_url: str, settings_factory: Any, fake: Any
+) -> None:
+    from models.migrate import upgrade
+
+    upgrade(pg_url)
+    settings = settings_factory(
+        broker_url=redis_url, database_url=pg_url, redis_namespace=f"sa-web-{uuid.uuid4().hex[:8]}"
+    )
+    engine = make_engine(pg_url)
+    broker = build_broker(settings)
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        with TestClient(create_app(settings, broker=broker, engine=engine), follow_redirects=False) as client:
+            started = client.post(
+                "/v1/connect/twitter",
+                json={"site_id": "site-1", "user_id": "user-1", "return_to": RETURN_TO},
+                headers={"Authorization": "Bearer test-api-token"},
+            )
+            assert started.status_code == 201, started.text
+            attempt_id = started.json()["attempt_id"]
+            # the fake X consents at once and sends the browser back with code and state
+            consent = httpx.get(started.json()["authorization_url"], follow_redirects=False)
+            assert consent.status_code == 302
+            back = urlsplit(consent.headers["location"])
+            assert back.path == "/oauth/callback"
+            code = parse_qs(back.query)["code"][0]
+            response = client.get(f"/oauth/callback?{back.query}")
+        assert response.status_code == 303
+        assert parse_qs(urlsplit(response.headers["location"]).query)["attempt"] == [attempt_id]
+        ids = conn.lrange(f"{settings.redis_namespace}:connect", 0, -1)
+        assert len(ids) == 1
+        payload = conn.hget(f"{settings.redis_namespace}:connect.msgs", ids[0])
+        assert payload is not None and code.encode() not in payload
+        assert json.loads(payload)["kwargs"]["attempt_id"] == attempt_id
+    finally:
+        conn.close()
+        broker.close()
+        engine.dispose()
+
+
+# ---- logging --------------------------------------------------------------------------------
+
+
+def test_uvicorn_access_log_drops_the_query_string(env: CallbackEnv, caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("uvicorn.access")
+    assert any(isinstance(f, DropQueryString) for f in logger.filters)  # installed by create_app
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        logger.info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/oauth/callback?code=SECRETCODE&state=s", "1.1", 303
+        )
+    [record] = [r for r in caplog.records if r.name == "uvicorn.access"]
+    assert "SECRETCODE" not in record.getMessage()
+    assert '"GET /oauth/callback HTTP/1.1" 303' in record.getMessage()
+
+
+def test_callback_logs_never_carry_the_code_or_state(env: CallbackEnv, caplog: pytest.LogCaptureFixture) -> None:
+    code, state = "a-code-nobody-may-log-0123456789", env.state()
+    with caplog.at_level(logging.DEBUG):
+        assert env.callback(code=code, state=state).status_code == 303
+        assert env.callback(code=code, state="forged." + state).status_code == 400
+    outcomes = [getattr(r, "outcome", None) for r in caplog.records if r.name == "web_callback.callback"]
+    assert outcomes == ["enqueued", "state_invalid"]
+    for record in caplog.records:
+        if record.name.startswith("httpx"):  # the test's own HTTP client, playing the browser
+            continue
+        text = record.getMessage() + json.dumps(record.__dict__, default=str)
+        assert code not in text and state not in text

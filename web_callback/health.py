@@ -1,0 +1,93 @@
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` only says the process answers (a load balancer restarts it otherwise).
+``/readyz`` says whether it can do its job right now: the database answers ``SELECT 1`` and the
+broker answers a ping. Both checks run in worker threads with a time bound, so a hanging
+dependency makes readiness fail instead of hanging the probe (and never blocks the event loop).
+``/metrics`` is prometheus_client's text exposition of the default registry, which also holds the
+callback counters defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+if TYPE_CHECKING:
+    from web_callback.app import Services
+
+__all__ = ["BROKER_ERRORS", "CALLBACKS", "broker_ping", "healthz", "metrics", "readyz"]
+
+#: OAuth callbacks by outcome (enqueued, denied, bad_state, bad_request, broker_down)
+CALLBACKS = Counter("social_accounts_callbacks_total", "OAuth callbacks received, by outcome", ["outcome"])
+
+#: how long a readiness check may take before the dependency counts as down
+READY_TIMEOUT_SECONDS = 3.0
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the broker did not take the message" (whatever broker is used)."""
+    import dramatiq.errors
+    import redis.exceptions
+
+    errors: list[type[BaseException]] = [dramatiq.errors.BrokerError, redis.exceptions.RedisError, OSError]
+    try:
+        import pika.exceptions
+
+        errors.append(pika.exceptions.AMQPError)
+    except ImportError:  # pragma: no cover - the rabbitmq extra is installed
+        pass
+    return tuple(errors)
+
+
+BROKER_ERRORS = _broker_errors()
+
+
+def broker_ping(broker: Any) -> None:
+    """Raise when the broker does not answer. Redis: PING; RabbitMQ: open a channel; stub: ok."""
+    client = getattr(broker, "client", None)
+    if client is not None and hasattr(client, "ping"):
+        client.ping()
+    elif hasattr(type(broker), "channel"):
+        broker.channel  # noqa: B018 - RabbitmqBroker opens (or reuses) its connection here
+
+
+def _database_ping(services: Services) -> None:
+    with services.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+async def _check(fn: Callable[[], None]) -> str | None:
+    """Run ``fn`` in a thread with a time bound; None when fine, else a short reason."""
+    try:
+        with anyio.fail_after(READY_TIMEOUT_SECONDS):
+            await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    except TimeoutError:
+        return "timed out"
+    except Exception as exc:  # any failure means "not ready"; the type is enough to diagnose
+        return type(exc).__name__
+    return None
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    database = await _check(lambda: _database_ping(services))
+    broker = await _check(lambda: broker_ping(services.get_broker()))
+    checks = {"database": database or "ok", "broker": broker or "ok"}
+    ready = database is None and broker is None
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
