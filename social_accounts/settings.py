@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///social_accounts.db"
     broker_url: str | None = None  # None: redis://127.0.0.1:6379/0, or memory:// under `run`
+    #: Redis for locks, cooldowns and the scheduler leader; defaults to BROKER_URL when that is Redis
+    redis_url: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
     state_secret: str | None = None
@@ -153,6 +155,14 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or "redis://127.0.0.1:6379/0"
+
+    @property
+    def coordination_redis_url(self) -> str | None:
+        """Where locks and cooldowns live: REDIS_URL, else a Redis BROKER_URL, else nowhere (one process)."""
+        if self.redis_url:
+            return self.redis_url
+        broker = self.effective_broker_url
+        return broker if broker.startswith(("redis://", "rediss://", "unix://")) else None
 
     @property
     def allowed_return_origins(self) -> list[str]:

@@ -100,6 +100,6 @@ _local = LocalCoordination()
 
 def for_runtime(rt: Runtime) -> Coordination:
     """Redis coordination when the broker is Redis (shared by every process), else in-process."""
-    if rt.settings.effective_broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if rt.settings.coordination_redis_url:
         return RedisCoordination(rt.redis, rt.settings.redis_namespace)
     return _local

@@ -1,0 +1,126 @@
+"""The one place that builds and installs the Dramatiq broker.
+
+Dramatiq's ``get_broker()`` silently builds a RabbitMQ broker when none was set and ``pika`` is
+importable (engineering.md §1.1), so this module installs ours on import and every actor module
+imports it first (``workers.actors`` does). Settings come from ``workers.runtime.current()``:
+``get_settings()`` unless a test or ``social-accounts run`` configured its own.
+
+Redis redelivery timing (why the numbers): a worker killed mid-message leaves the message in its
+ack set until a live worker runs queue maintenance for that queue *and* sees the dead worker's
+heartbeat older than ``heartbeat_timeout``. Dramatiq's defaults (60 s, 1 command in 1000) make
+that minutes. An idle consumer polls its queue about once a second (``worker_timeout``), every
+poll refreshes its process's heartbeat, and each poll runs maintenance with probability
+``MAINTENANCE_CHANCE / 1e6``: 10 % and a 10 s heartbeat timeout give redelivery about 10-20 s
+after the kill. Maintenance is one small Lua script, so ten percent of idle polls is cheap, and
+10 s stays far above the gap between two heartbeats of a live, even busy, process.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
+
+from social_accounts.errors import ConfigError
+from social_accounts.settings import Settings
+from workers import runtime
+
+__all__ = [
+    "HEARTBEAT_TIMEOUT_MS",
+    "MAINTENANCE_CHANCE",
+    "build_broker",
+    "get_broker",
+    "install_broker",
+    "setup",
+]
+
+#: a worker silent this long is considered dead and its unacked messages are redelivered
+HEARTBEAT_TIMEOUT_MS = 10_000
+#: out of 1,000,000 broker commands, how many also run queue maintenance (Dramatiq default: 1000)
+MAINTENANCE_CHANCE = 100_000
+#: backstop for one message; every HTTP call has its own, much shorter, timeouts
+TIME_LIMIT_MS = 5 * 60 * 1000
+#: defaults for actors that set nothing themselves (connect actors set their own)
+MIN_BACKOFF_MS = 2_000
+MAX_BACKOFF_MS = 5 * 60 * 1000
+MAX_RETRIES = 5
+
+_lock = threading.Lock()
+_installed: dramatiq.Broker | None = None
+
+
+def _middleware() -> list[dramatiq.Middleware]:
+    """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id)."""
+    middleware: list[dramatiq.Middleware] = []
+    for cls in dramatiq.middleware.default_middleware:
+        if cls is TimeLimit:
+            middleware.append(TimeLimit(time_limit=TIME_LIMIT_MS))
+        elif cls is Retries:
+            middleware.append(Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS))
+        elif cls is AgeLimit:
+            middleware.append(AgeLimit())
+        else:
+            middleware.append(cls())
+    middleware.append(CurrentMessage())
+    return middleware
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    """A broker for ``settings.effective_broker_url``: ``redis://``, ``amqp://`` or ``memory://``.
+
+    Raises:
+      ConfigError: for any other scheme (the URL itself is never echoed: it may hold a password).
+    """
+    url = settings.effective_broker_url
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in {"redis", "rediss", "unix"}:
+        return RedisBroker(
+            url=url,
+            namespace=settings.redis_namespace,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+            maintenance_chance=MAINTENANCE_CHANCE,
+            middleware=_middleware(),
+        )
+    if scheme in {"amqp", "amqps"}:
+        return RabbitmqBroker(url=url, middleware=_middleware())
+    if scheme == "memory":
+        broker = StubBroker(middleware=_middleware())
+        broker.emit_after("process_boot")
+        return broker
+    raise ConfigError(f"BROKER_URL must start with redis://, amqp:// or memory:// (got {scheme}://)")
+
+
+def install_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
+    """Make ``broker`` the global one, moving every actor already declared onto it.
+
+    Actors bind to a broker when they are declared; moving them lets a test (or ``run``) install
+    its broker after ``workers.actors`` was imported, without declaring actors twice.
+    """
+    global _installed
+    with _lock:
+        previous, _installed = _installed, broker
+        if previous is not None and previous is not broker:
+            for actor in list(previous.actors.values()):
+                actor.broker = broker
+                broker.declare_actor(actor)
+        dramatiq.set_broker(broker)
+        return broker
+
+
+def setup(settings: Settings) -> dramatiq.Broker:
+    """Build the broker for ``settings`` and install it."""
+    return install_broker(build_broker(settings))
+
+
+def get_broker() -> dramatiq.Broker:
+    """The installed broker, built from the runtime's settings the first time."""
+    with _lock:
+        broker = _installed
+    return broker if broker is not None else setup(runtime.current().settings)
+
+
+get_broker()
