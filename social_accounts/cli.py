@@ -1,0 +1,429 @@
+"""The ``social-accounts`` console script: every process and every operator command.
+
+Why it is shaped like this:
+
+* Modules of other packages (web app, workers, scheduler, embedded runner) are imported inside
+  the command that needs them, so ``--help``, ``migrate`` and ``doctor`` work even when a
+  package is broken or not built yet; a command whose code is not there says so in one line
+  and exits 2.
+* Errors are one line on stderr and a non-zero exit, never a traceback: an operator reading a
+  container log needs "TOKEN_KEYS is required but not set", not forty lines of stack. Each
+  command requires exactly the settings it uses, at start, by name.
+* Output that could carry a secret (an unexpected exception's text) goes through the same
+  redaction as the logs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer import rich_utils
+from typer._click.exceptions import ClickException
+
+from social_accounts.errors import ConfigError, InputError, SocialAccountsError
+from social_accounts.logs import configure_logging, redact
+from social_accounts.settings import GENERATED_SECRETS, Settings, ensure_local_secrets, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from social_accounts.doctor import Check
+
+__all__ = ["app", "boot_worker_process", "main"]
+
+log = logging.getLogger("social_accounts.cli")
+
+#: where `run` keeps the secrets it generated (mode 0600, relative to the working directory)
+LOCAL_SECRETS = Path(".social-accounts/secrets.env")
+
+app = typer.Typer(
+    name="social-accounts",
+    help="Connects a multi-site dashboard's social accounts to ten platforms and keeps them connected.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+accounts_app = typer.Typer(help="Operator commands on connected accounts.", no_args_is_help=True)
+keys_app = typer.Typer(help="The TOKEN_KEYS encryption key ring.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+SYMBOLS = {"ok": ("✔", "green"), "fail": ("✘", "red"), "warn": ("⚠", "yellow"), "info": ("•", "cyan")}
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    """The process settings (environment and ``.env``); a malformed value is one ConfigError line."""
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
+        raise ConfigError(f"{name} is invalid: {first['msg']}") from None
+
+
+def _later(module: str, attr: str, command: str) -> Any:
+    """``module.attr``, or a plain "not available yet" (exit 2) when that code is not built."""
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
+            _not_yet(command, module)
+        raise
+    value = getattr(found, attr, None)
+    if value is None:
+        _not_yet(command, f"{module}.{attr}")
+    return value
+
+
+def _not_yet(command: str, what: str) -> NoReturn:
+    typer.echo(f"social-accounts {command}: not available in this build yet ({what} is missing)", err=True)
+    raise typer.Exit(2)
+
+
+def _engine(settings: Settings) -> Engine:
+    """An engine on DATABASE_URL that has answered once (ConfigError line otherwise)."""
+    from models.engine import check_database, make_engine
+
+    engine = make_engine(settings.database_url, pool_size=2, max_overflow=0)
+    try:
+        check_database(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _line(status: str, text: str) -> None:
+    symbol, colour = SYMBOLS[status]
+    out.print(Text.assemble((symbol, colour), " ", text))
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+@app.command()
+def run(demo: bool = typer.Option(False, "--demo", help="Add the built-in demo platform (local trials only).")) -> None:
+    """Everything in one process: web app, worker threads and scheduler (the embedded default)."""
+    before = _settings()  # values from .env count as set: never shadow them with generated ones
+    for name in GENERATED_SECRETS:
+        value = getattr(before, name.lower())
+        if value:
+            os.environ.setdefault(name, value)
+    for name, value in ensure_local_secrets(LOCAL_SECRETS).items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("BROKER_URL", "memory://")
+    settings = _settings()
+    configure_logging(settings)
+    run_embedded = _later("social_accounts.embedded", "run_embedded", "run")
+    run_embedded(settings, demo=demo)
+
+
+@app.command()
+def web(
+    host: str | None = typer.Option(None, help="Listen address (default HOST, 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Listen port (default PORT, 8000)."),
+) -> None:
+    """The HTTP app (OAuth callback, /v1 API, health and metrics) under uvicorn."""
+    settings = _settings()
+    settings.require("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
+    settings.key_ring()
+    configure_logging(settings)
+    create_app = _later("web_callback.app", "create_app", "web")
+    import uvicorn
+
+    application = create_app(settings)
+    # log_config=None: uvicorn's loggers propagate to our redacting root handler
+    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
+
+
+@app.command()
+def worker(
+    processes: int | None = typer.Option(None, "--processes", "-p", help="Worker processes (Dramatiq default: CPUs)."),
+    threads: int | None = typer.Option(None, "--threads", "-t", help="Threads per process (Dramatiq default: 8)."),
+) -> None:
+    """Dramatiq worker for every queue (connect, refresh, sync, maintenance)."""
+    settings = _settings()
+    settings.require("TOKEN_KEYS")
+    settings.key_ring()
+    if importlib.util.find_spec("workers.actors") is None:
+        _not_yet("worker", "workers.actors")
+    configure_logging(settings)
+    import dramatiq.cli
+
+    args = ["--skip-logging"]  # each worker process configures redacting logs in boot_worker_process
+    if processes is not None:
+        args += ["--processes", str(processes)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    args.append(f"{__name__}:boot_worker_process")
+    code = dramatiq.cli.main(dramatiq.cli.make_argument_parser().parse_args(args))
+    raise typer.Exit(code or 0)
+
+
+def boot_worker_process() -> None:
+    """Run by Dramatiq in each worker process: redacting logs first, then the actors (and broker)."""
+    configure_logging(_settings())
+    importlib.import_module("workers.actors")
+
+
+@app.command()
+def scheduler() -> None:
+    """The APScheduler process; several may run, one leader emits."""
+    settings = _settings()
+    settings.require("TOKEN_KEYS")
+    settings.key_ring()
+    configure_logging(settings)
+    _later("scheduler.main", "run", "scheduler")(settings)
+
+
+# ---- database -------------------------------------------------------------------------------
+
+
+@app.command()
+def migrate() -> None:
+    """Alembic ``upgrade head`` on DATABASE_URL."""
+    settings = _settings()
+    settings.require("DATABASE_URL")
+    configure_logging(settings)
+    from models.engine import safe_url
+    from models.migrate import current_revision, upgrade
+
+    engine = _engine(settings)
+    try:
+        before = current_revision(engine)
+        upgrade(engine)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    where = safe_url(settings.database_url)
+    if before == after:
+        _line("ok", f"{where} already at head ({after})")
+    else:
+        _line("ok", f"{where} migrated from {before or 'an empty schema'} to {after}")
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
+    """Check database, broker, keys, scheduler leader, cooldowns and each platform's configuration."""
+    from social_accounts.doctor import failed, run_checks
+
+    settings = _settings()
+    configure_logging(settings)
+    checks = run_checks(settings)
+    if as_json:
+        _print_json([check.as_dict() for check in checks])
+    else:
+        _print_checks(checks)
+    if failed(checks):
+        raise typer.Exit(1)
+
+
+def _print_checks(checks: list[Check]) -> None:
+    for check in checks:
+        _line(check.status, f"{check.name}: {check.detail}")
+        for item in check.items:
+            out.print(f"    {item}", markup=False)
+
+
+# ---- accounts -------------------------------------------------------------------------------
+
+
+def _load_account(engine: Engine, account_id: str) -> dict[str, Any]:
+    from sqlmodel import Session
+
+    from models.public import account_public_dict
+    from models.tables import SocialAccount
+
+    with Session(engine) as session:
+        row = session.get(SocialAccount, account_id)
+        if row is None:
+            raise InputError(f"no account with id {account_id[:64]!r}", code="not_found")
+        return account_public_dict(row)
+
+
+@accounts_app.command("list")
+def accounts_list(
+    site: str | None = typer.Option(None, "--site", help="Only this site's accounts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Connected accounts (never a token)."""
+    from sqlmodel import Session, select
+
+    from models.public import account_public_dict
+    from models.tables import SocialAccount
+
+    settings = _settings()
+    configure_logging(settings)
+    engine = _engine(settings)
+    try:
+        query = select(SocialAccount).order_by(SocialAccount.site_id, SocialAccount.platform, SocialAccount.id)
+        if site is not None:
+            query = query.where(SocialAccount.site_id == site)
+        with Session(engine) as session:
+            rows = [account_public_dict(row) for row in session.exec(query)]
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "site", "platform", "account", "status", "health", "followers", "last synced")
+    for row in rows:
+        cells = (
+            row["id"],
+            row["site_id"],
+            row["platform"],
+            row["account_handle"] or row["account_name"] or row["platform_account_id"],
+            row["status"],
+            row["health_score"],
+            "" if row["followers_count"] is None else row["followers_count"],
+            row["last_synced_at"] or "never",
+        )
+        table.add_row(*(Text(str(cell)) for cell in cells))  # Text: a name is never read as markup
+    out.print(table)
+    out.print(f"{len(rows)} account(s)")
+
+
+@accounts_app.command("show")
+def accounts_show(
+    account_id: str = typer.Argument(..., metavar="ID"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One account in full (never a token)."""
+    settings = _settings()
+    configure_logging(settings)
+    engine = _engine(settings)
+    try:
+        account = _load_account(engine, account_id)
+    finally:
+        engine.dispose()
+    if as_json:
+        _print_json(account)
+        return
+    table = Table(show_header=False, box=None)
+    for key, value in account.items():
+        table.add_row(key, Text("" if value is None else str(value)))
+    out.print(table)
+
+
+def _publish(command: str, function: str, account_id: str, *args: Any) -> None:
+    """Check the account exists, then enqueue the message for it."""
+    publish = _later("workers.publish", function, f"accounts {command}")
+    settings = _settings()
+    configure_logging(settings)
+    engine = _engine(settings)
+    try:
+        _load_account(engine, account_id)
+    finally:
+        engine.dispose()
+    message_id = publish(account_id, *args)
+    _line("ok", f"{command} of {account_id} enqueued (message {message_id})")
+
+
+@accounts_app.command("refresh")
+def accounts_refresh(account_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Enqueue a token refresh for one account."""
+    _publish("refresh", "request_refresh", account_id, "operator")
+
+
+@accounts_app.command("sync")
+def accounts_sync(account_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Enqueue a stats sync for one account."""
+    _publish("sync", "request_sync", account_id)
+
+
+@accounts_app.command("disconnect")
+def accounts_disconnect(account_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Enqueue a disconnect: revoke at the platform where it can, then remove the account."""
+    _publish("disconnect", "request_disconnect", account_id)
+
+
+# ---- keys -----------------------------------------------------------------------------------
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    batch_size: int = typer.Option(200, "--batch-size", min=1, help="Rows re-encrypted per transaction."),
+) -> None:
+    """Re-encrypt every stored secret under the newest key of TOKEN_KEYS, with progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from models.crypto import KeyRing
+
+    settings = _settings()
+    ring = KeyRing.from_settings(settings)
+    configure_logging(settings)
+    rotate_keys = _later("models.keys", "rotate_keys", "keys rotate")
+    engine = _engine(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err) as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def report(table: str, done: int, total: int) -> None:
+                if table not in tasks:
+                    tasks[table] = progress.add_task(f"{table} → {ring.current_kid}", total=total)
+                progress.update(tasks[table], completed=done, total=total)
+
+            counts = rotate_keys(engine, ring, batch_size=batch_size, progress=report)
+    finally:
+        engine.dispose()
+    _line("ok", f"key rotation to {ring.current_kid} done: {_describe_counts(counts)}")
+
+
+def _describe_counts(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "every stored value was already under it"
+    changed = ", ".join(f"{key} {value}" for key, value in counts.items() if value)
+    return f"{total} value(s) re-encrypted ({changed})"
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(redact(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every error is one line on stderr and a non-zero exit code."""
+    try:
+        result = app(args=argv, prog_name="social-accounts", standalone_mode=False)
+    except SocialAccountsError as exc:
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
+        return 1
+    except ClickException as exc:  # usage errors, shown the way Typer shows them
+        rich_utils.rich_format_error(exc)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # the promise: one line, no traceback, nothing secret
+        log.debug("unexpected error", exc_info=True)
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        typer.echo(f"error: {type(exc).__name__}: {_one_line(first)[:300]}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
