@@ -2,6 +2,11 @@
 
 Adapters are imported lazily by dotted path so that a broken or slow import of one platform
 never stops the others (and ``GET /v1/platforms`` stays cheap).
+
+The built-in demo platform (``platforms.demo``, served by ``web_callback.demo``) exists only when
+``settings.demo_enabled`` (``social-accounts run --demo``): ``ADAPTERS`` and ``PLATFORMS`` stay the
+ten of the contract, and every lookup that has no settings, or settings with the demo off, treats
+``demo`` as an unknown platform.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from platforms.base import Clock, PlatformAdapter, utcnow
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
 
-__all__ = ["ADAPTERS", "PlatformStatus", "adapter_class", "get_adapter", "platform_statuses"]
+__all__ = [
+    "ADAPTERS",
+    "DEMO_ADAPTER",
+    "DEMO_PLATFORM",
+    "PlatformStatus",
+    "adapter_class",
+    "enabled_platforms",
+    "get_adapter",
+    "platform_statuses",
+]
 
 ADAPTERS: dict[str, str] = {
     "facebook": "platforms.facebook:FacebookAdapter",
@@ -30,6 +44,17 @@ ADAPTERS: dict[str, str] = {
     "mastodon": "platforms.mastodon:MastodonAdapter",
 }
 assert tuple(ADAPTERS) == PLATFORMS
+
+#: the demo platform: registered only when ``settings.demo_enabled``
+DEMO_PLATFORM = "demo"
+DEMO_ADAPTER = "platforms.demo:DemoAdapter"
+
+
+def enabled_platforms(settings: Settings | None) -> tuple[str, ...]:
+    """The ten platforms, plus ``demo`` when these settings enable it."""
+    if settings is not None and settings.demo_enabled:
+        return (*PLATFORMS, DEMO_PLATFORM)
+    return PLATFORMS
 
 
 @dataclass(frozen=True)
@@ -48,29 +73,31 @@ class PlatformStatus:
         }
 
 
-def adapter_class(platform: str) -> type[PlatformAdapter]:
-    try:
-        target = ADAPTERS[platform]
-    except KeyError:
-        raise UnknownPlatform(
-            f"unknown platform {platform[:40]!r}; expected one of {', '.join(PLATFORMS)}"
-        ) from None
+def adapter_class(platform: str, settings: Settings | None = None) -> type[PlatformAdapter]:
+    """The adapter class of ``platform``; ``demo`` only with settings that enable it."""
+    if platform == DEMO_PLATFORM and settings is not None and settings.demo_enabled:
+        target = DEMO_ADAPTER
+    else:
+        try:
+            target = ADAPTERS[platform]
+        except KeyError:
+            raise UnknownPlatform(
+                f"unknown platform {platform[:40]!r}; expected one of {', '.join(enabled_platforms(settings))}"
+            ) from None
     module_name, _, attr = target.partition(":")
     cls: type[PlatformAdapter] = getattr(importlib.import_module(module_name), attr)
     return cls
 
 
-def get_adapter(
-    platform: str, settings: Settings, http: httpx.Client, clock: Clock = utcnow
-) -> PlatformAdapter:
-    return adapter_class(platform)(settings, http, clock)
+def get_adapter(platform: str, settings: Settings, http: httpx.Client, clock: Clock = utcnow) -> PlatformAdapter:
+    return adapter_class(platform, settings)(settings, http, clock)
 
 
 def platform_statuses(settings: Settings) -> list[PlatformStatus]:
-    """All ten platforms, each configured or with the exact env vars it lacks."""
+    """All ten platforms (and ``demo`` when enabled), each configured or with the env vars it lacks."""
     statuses = []
-    for platform in PLATFORMS:
-        cls = adapter_class(platform)
+    for platform in enabled_platforms(settings):
+        cls = adapter_class(platform, settings)
         missing = [name for name in cls.required_env if not getattr(settings, name.lower(), None)]
         statuses.append(PlatformStatus(platform, cls.auth_type, not missing, missing))
     return statuses

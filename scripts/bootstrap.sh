@@ -57,6 +57,12 @@ if ! command -v docker-compose >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose) >/dev/null
 fi
 
+# headless Chromium for tests/test_browser.py (Playwright drives /usr/bin/chromium; never `playwright install`)
+if ! command -v chromium >/dev/null; then
+  log "installing chromium (Debian package)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+
 # the real Bluesky PDS for the Bluesky tests (cached outside the checkout)
 if [ -f tests/peers/install-pds.sh ]; then
   log "installing the Bluesky reference PDS (cached)"

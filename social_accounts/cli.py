@@ -20,7 +20,11 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -147,7 +151,8 @@ def web(
     port: int | None = typer.Option(None, help="Listen port (default PORT, 8000)."),
 ) -> None:
     """The HTTP app (OAuth callback, /v1 API, health and metrics) under uvicorn."""
-    settings = _settings()
+    # the demo platform is for local trials under `run --demo` only: never served by `web`
+    settings = _settings().model_copy(update={"demo_enabled": False})
     settings.require("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
     settings.key_ring()
     configure_logging(settings)
@@ -179,14 +184,65 @@ def worker(
     if threads is not None:
         args += ["--threads", str(threads)]
     args.append(f"{__name__}:boot_worker_process")
-    code = dramatiq.cli.main(dramatiq.cli.make_argument_parser().parse_args(args))
+    with _worker_metrics(settings):
+        code = dramatiq.cli.main(dramatiq.cli.make_argument_parser().parse_args(args))
     raise typer.Exit(code or 0)
+
+
+#: set by ``worker`` for its processes: add Dramatiq's Prometheus middleware at boot
+WORKER_METRICS_FLAG = "SOCIAL_ACCOUNTS_WORKER_METRICS"
+
+
+@contextmanager
+def _worker_metrics(settings: Settings) -> Iterator[None]:
+    """Expose every worker process's metrics on ``WORKER_METRICS_HOST:WORKER_METRICS_PORT``.
+
+    Dramatiq's Prometheus middleware forks one HTTP server that reads prometheus_client's
+    multiprocess files; our own metrics (attempts, refreshes, latency...) land in the same files
+    because ``PROMETHEUS_MULTIPROC_DIR`` is set here, before any worker process imports
+    prometheus_client. The directory is fresh for each run (stale files of a previous run would
+    be summed in) and removed afterwards. Port 0 turns the exposition off.
+    """
+    if not settings.worker_metrics_port:
+        yield
+        return
+    import dramatiq.middleware.prometheus as prom
+
+    directory = tempfile.mkdtemp(prefix="social-accounts-metrics-")
+    values = {
+        WORKER_METRICS_FLAG: "1",
+        "PROMETHEUS_MULTIPROC_DIR": directory,
+        "dramatiq_prom_db": directory,
+        "dramatiq_prom_host": settings.worker_metrics_host,
+        "dramatiq_prom_port": str(settings.worker_metrics_port),
+    }
+    saved_env = {name: os.environ.get(name) for name in values}
+    # the module read its environment when first imported: set what its fork function reads
+    saved_module = (prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT)
+    os.environ.update(values)
+    prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT = directory, settings.worker_metrics_host, settings.worker_metrics_port
+    try:
+        yield
+    finally:
+        prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT = saved_module
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def boot_worker_process() -> None:
     """Run by Dramatiq in each worker process: redacting logs first, then the actors (and broker)."""
     configure_logging(_settings())
     importlib.import_module("workers.actors")
+    if os.environ.get(WORKER_METRICS_FLAG) == "1":
+        from dramatiq.middleware.prometheus import Prometheus
+
+        from workers.broker import get_broker
+
+        get_broker().add_middleware(Prometheus())
 
 
 @app.command()
@@ -289,7 +345,7 @@ def accounts_list(
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "site", "platform", "account", "status", "health", "followers", "last synced")
+    table = Table("id", "site", "platform", "handle", "status", "health", "expires", "last sync")
     for row in rows:
         cells = (
             row["id"],
@@ -298,7 +354,7 @@ def accounts_list(
             row["account_handle"] or row["account_name"] or row["platform_account_id"],
             row["status"],
             row["health_score"],
-            "" if row["followers_count"] is None else row["followers_count"],
+            row["token_expires_at"] or "never",
             row["last_synced_at"] or "never",
         )
         table.add_row(*(Text(str(cell)) for cell in cells))  # Text: a name is never read as markup
@@ -349,9 +405,81 @@ def accounts_refresh(account_id: str = typer.Argument(..., metavar="ID")) -> Non
 
 
 @accounts_app.command("sync")
-def accounts_sync(account_id: str = typer.Argument(..., metavar="ID")) -> None:
-    """Enqueue a stats sync for one account."""
-    _publish("sync", "request_sync", account_id)
+def accounts_sync(
+    account_id: str | None = typer.Argument(None, metavar="[ID]"),
+    every: bool = typer.Option(False, "--all", help="Every account that can sync (not expired or disconnected)."),
+    site: str | None = typer.Option(None, "--site", help="With --all: only this site's accounts."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="With --all: messages per broker round trip."),
+) -> None:
+    """Enqueue a stats sync for one account, or for every account with ``--all``."""
+    if every == (account_id is not None):
+        raise InputError("give either an account ID or --all")
+    if site is not None and not every:
+        raise InputError("--site only goes with --all")
+    if account_id is not None:
+        _publish("sync", "request_sync", account_id)
+        return
+    _sync_all(site, batch_size)
+
+
+#: statuses a sync would skip anyway (the person must reconnect, or has left)
+NOT_SYNCABLE = ("expired", "disconnected")
+
+
+def _sync_all(site: str | None, batch_size: int) -> None:
+    """Enqueue ``sync_account`` for every syncable account, in batches, with a progress bar.
+
+    Ids are read in keyset pages (``id > last``) so a large table is never loaded at once and
+    accounts added meanwhile do not shift the pages.
+    """
+    import sqlalchemy as sa
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from models.tables import SocialAccount
+    from workers import messages
+    from workers.broker import build_broker
+    from workers.bulk import enqueue_many
+
+    settings = _settings()
+    configure_logging(settings)
+    engine = _engine(settings)
+    table = SocialAccount.__table__  # type: ignore[attr-defined]
+    where = [table.c.status.not_in(NOT_SYNCABLE)]
+    if site is not None:
+        where.append(table.c.site_id == site)
+    broker = None
+    sent = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+        broker = build_broker(settings)
+        broker.declare_queue(messages.QUEUE_SYNC)
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task("sync_account enqueued", total=total)
+            last = ""
+            while True:
+                with engine.connect() as conn:
+                    ids = list(
+                        conn.execute(
+                            sa.select(table.c.id)
+                            .where(*where, table.c.id > last)
+                            .order_by(table.c.id)
+                            .limit(batch_size)
+                        ).scalars()
+                    )
+                if not ids:
+                    break
+                batch = (messages.build_message(messages.SYNC_ACCOUNT, account_id=i) for i in ids)
+                sent += enqueue_many(broker, batch)
+                last = ids[-1]
+                progress.update(task, completed=sent, total=max(total, sent))
+    finally:
+        engine.dispose()
+        if broker is not None:
+            broker.close()
+    where_text = f" of site {site}" if site is not None else ""
+    _line("ok", f"sync enqueued for {sent} account(s){where_text}")
 
 
 @accounts_app.command("disconnect")

@@ -39,6 +39,7 @@ def start_background(settings: Settings) -> tuple[Any, Any, Any]:
     rt = runtime.configure(settings)
     broker = setup(settings)
     import workers.actors  # noqa: F401  (declares every actor on the installed broker)
+    import workers.lifecycle_actors  # noqa: F401  (refresh/sync/disconnect, before the worker starts)
 
     worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=250)
     worker.start()
@@ -49,15 +50,25 @@ def start_background(settings: Settings) -> tuple[Any, Any, Any]:
 
 
 def run_embedded(settings: Settings, *, demo: bool = False) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted. ``demo=True`` adds the built-in demo platform (``--demo``).
+
+    The demo is on only here: its adapter is registered through ``settings.demo_enabled`` and its
+    provider (``web_callback.demo``) is mounted at ``/demo`` on this app, never by ``web``.
+    """
     import uvicorn
 
     from web_callback.app import create_app
 
     if not settings.broker_url:
         settings = settings.model_copy(update={"broker_url": "memory://"})
+    settings = settings.model_copy(update={"demo_enabled": demo})
     broker, worker, scheduler = start_background(settings)
     app = create_app(settings, broker=broker)
+    if demo:
+        from web_callback.demo import install
+
+        install(app, settings)
+        log.info("demo platform enabled: open %s/sites/demo/accounts", settings.public_url.rstrip("/"))
     log.info(
         "social-accounts is running on %s (embedded: %s)", settings.public_url, settings.database_url.split(":", 1)[0]
     )

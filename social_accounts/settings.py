@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     log_format: str = "text"
     log_level: str = "INFO"
     redis_namespace: str = "social-accounts"
+    #: `worker`: Prometheus exposition of every worker process (Dramatiq's middleware); 0 turns it off
+    worker_metrics_port: int = Field(9191, ge=0, le=65535)
+    #: loopback by default: metrics name platforms and queues, not for the open internet
+    worker_metrics_host: str = "127.0.0.1"
     meta_graph_version: str = "v21.0"
     #: LinkedIn-Version header of /rest calls (YYYYMM); LinkedIn sunsets each version after about a year
     linkedin_api_version: str = "202610"

@@ -36,7 +36,7 @@ from social_accounts.settings import Settings, get_settings
 from web_callback import health
 from web_callback.api import routes as api_routes
 from web_callback.auth import BearerAuth
-from web_callback.callback import oauth_callback
+from web_callback.callback import close_batchers, oauth_callback
 from web_callback.pages import routes as page_routes
 
 __all__ = ["DropQueryString", "Services", "create_app"]
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, *, broker: Any = None, engine: 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await close_batchers(app)  # the callback's Redis connection (web_callback.batching)
         http.close()
 
     app = Starlette(routes=_routes(settings), lifespan=lifespan)

@@ -5,7 +5,10 @@
 broker answers a ping. Both checks run in worker threads with a time bound, so a hanging
 dependency makes readiness fail instead of hanging the probe (and never blocks the event loop).
 ``/metrics`` is prometheus_client's text exposition of the default registry, which also holds the
-callback counters defined here.
+callback counters defined here. Queue depth and active cooldowns are read from the broker and
+Redis just before each exposition (``workers.gauges``), with the same time bound: a broker that
+does not answer leaves those two gauges at their last values (and counts a scrape error) rather
+than failing the whole scrape.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 if TYPE_CHECKING:
     from web_callback.app import Services
 
-__all__ = ["BROKER_ERRORS", "CALLBACKS", "broker_ping", "healthz", "metrics", "readyz"]
+__all__ = ["BROKER_ERRORS", "CALLBACKS", "SCRAPE_ERRORS", "broker_ping", "healthz", "metrics", "readyz"]
 
 #: OAuth callbacks by outcome (enqueued, denied, bad_state, bad_request, broker_down)
 CALLBACKS = Counter("social_accounts_callbacks_total", "OAuth callbacks received, by outcome", ["outcome"])
+
+#: scrapes whose queue-depth or cooldown reading failed (the gauges then show their last values)
+SCRAPE_ERRORS = Counter("social_accounts_scrape_errors_total", "Failed readings of the scrape-time gauges")
 
 #: how long a readiness check may take before the dependency counts as down
 READY_TIMEOUT_SECONDS = 3.0
@@ -89,5 +95,17 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
+def _publish_cooldowns(services: Services) -> None:
+    """The cooldowns gauge from Redis, where every worker's cooldowns live (none without Redis)."""
+    settings = services.settings
+    if settings.coordination_redis_url is None:
+        return
+    from workers.cooldowns import publish_gauge
+
+    publish_gauge(services.runtime.redis, settings.redis_namespace)
+
+
 async def metrics(request: Request) -> Response:
+    services: Services = request.app.state.services
+    await _check(lambda: _publish_cooldowns(services))  # best effort: metrics answer regardless
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,257 @@
+"""Connect, read and act on accounts: the one code path behind both the ``/v1`` API and the page.
+
+The API (``web_callback.api``) and the accounts page (``web_callback.pages``) must behave the
+same: the same validation (the API's body models), the same attempt rows, the same messages.
+So the work lives here as plain, blocking functions over ``Services``; the HTTP layers only parse
+their input (JSON or a form), call these in a worker thread, and render the outcome.
+
+Nothing is written when a request is refused: a connect attempt row exists only once everything
+before it (configuration, ``return_to``, the Mastodon app registration) succeeded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from models import repository
+from models.ids import new_id
+from models.tables import SocialAccount, SocialOAuthState
+from platforms.oauth2 import pkce_pair
+from platforms.registry import get_adapter
+from social_accounts.errors import InputError, InstanceUnreachable, PlatformError, PlatformNotConfigured, RateLimited
+from web_callback.health import BROKER_ERRORS
+from web_callback.messages import error_message
+from web_callback.schemas import BlueskyConnectBody, ConnectBody
+from web_callback.state import SignedState, sign_state
+
+if TYPE_CHECKING:
+    from platforms.base import PlatformAdapter
+    from web_callback.app import Services
+
+__all__ = [
+    "ATTEMPT_TTL",
+    "Action",
+    "ConnectRefusal",
+    "account_view",
+    "attempt_view",
+    "check_return_to",
+    "connect_adapter",
+    "enqueue_for_account",
+    "refusal",
+    "site_accounts",
+    "start_bluesky",
+    "start_oauth",
+    "valid_id",
+]
+
+#: how long a connect attempt (and its signed state) stays usable
+ATTEMPT_TTL = timedelta(minutes=10)
+
+Action = Literal["refresh", "sync", "disconnect"]
+
+
+@dataclass(frozen=True)
+class ConnectRefusal:
+    """Why a connect did not start: HTTP status, machine code, a sentence for people."""
+
+    status: int
+    code: str
+    message: str
+    extra: dict[str, Any]
+
+
+def refusal(exc: Exception) -> ConnectRefusal | None:
+    """The answer for an exception a connect may raise; None for anything unforeseen."""
+    if isinstance(exc, InputError):
+        extra: dict[str, Any] = {"missing_env": exc.missing} if isinstance(exc, PlatformNotConfigured) else {}
+        return ConnectRefusal(400, exc.code, str(exc), extra)
+    if isinstance(exc, InstanceUnreachable):
+        return ConnectRefusal(502, "instance_unreachable", f"the Mastodon instance cannot be used: {exc.message}", {})
+    if isinstance(exc, RateLimited):
+        return ConnectRefusal(
+            503, "rate_limited", "the Mastodon instance asks us to slow down; try again in a few minutes", {}
+        )
+    if isinstance(exc, PlatformError):
+        return ConnectRefusal(502, "platform_error", f"the platform did not answer as expected: {exc.message}", {})
+    if isinstance(exc, BROKER_ERRORS):
+        return ConnectRefusal(503, "broker_unavailable", "the message broker is unavailable; try again shortly", {})
+    return None
+
+
+def valid_id(value: str) -> bool:
+    """A 36-character UUID string (every primary key here)."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) == 36
+
+
+def check_return_to(services: Services, return_to: str | None) -> None:
+    """``return_to`` must be an absolute http(s) URL on an allowed origin (RETURN_TO_ALLOWED)."""
+    if return_to is None:
+        return
+    parts = urlsplit(return_to)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        raise InputError("return_to must be an absolute http(s) URL", code="return_to_invalid")
+    if origin not in services.settings.allowed_return_origins:
+        raise InputError(
+            f"return_to must be on one of the allowed origins ({', '.join(services.settings.allowed_return_origins)})",
+            code="return_to_not_allowed",
+        )
+
+
+def connect_adapter(services: Services, platform: str) -> PlatformAdapter:
+    """The adapter for ``platform`` (Mastodon with the database-backed app store)."""
+    if platform == "mastodon":
+        from platforms.mastodon import MastodonAdapter
+        from workers.mastodon_store import DbMastodonAppStore
+
+        store = DbMastodonAppStore(services.engine, services.ring)
+        return MastodonAdapter(services.settings, services.http, app_store=store)
+    return get_adapter(platform, services.settings, services.http)
+
+
+# ---- connect ----------------------------------------------------------------------------------
+
+
+def start_oauth(services: Services, platform: str, body: ConnectBody) -> dict[str, str]:
+    """Build the authorization URL (registering the Mastodon app first), then write the attempt.
+
+    Returns ``{attempt_id, authorization_url}``. Raises ``InputError`` (unknown or unconfigured
+    platform, bad ``return_to`` or ``instance``) or ``PlatformError`` (Mastodon registration).
+    """
+    settings = services.settings
+    if platform == "bluesky":
+        raise InputError("bluesky connects with a handle and an app password", code="wrong_flow")
+    adapter = connect_adapter(services, platform)
+    if missing := adapter.missing_env():
+        raise PlatformNotConfigured(platform, missing)
+    check_return_to(services, body.return_to)
+    instance: str | None = None
+    if platform == "mastodon":
+        if not body.instance:
+            raise InputError("mastodon needs the 'instance' field (e.g. mastodon.social)", code="instance_required")
+        instance = adapter.instance_url(body.instance)  # type: ignore[attr-defined]
+    elif body.instance is not None:
+        raise InputError("'instance' is only used for mastodon", code="instance_not_allowed")
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    attempt_id = new_id()
+    verifier, challenge = pkce_pair()
+    expires_at = now + ATTEMPT_TTL
+    state = sign_state(SignedState(attempt_id, platform, expires_at, body.return_to), services.state_secret)
+    url = adapter.authorization_url(
+        state=state, redirect_uri=settings.redirect_uri, code_challenge=challenge, instance=instance
+    )
+    with Session(services.engine) as session, session.begin():
+        repository.create_attempt(
+            session,
+            services.ring,
+            attempt_id=attempt_id,
+            platform=platform,
+            site_id=body.site_id,
+            user_id=body.user_id,
+            expires_at=expires_at,
+            now=now,
+            return_to=body.return_to,
+            instance=instance,
+            code_verifier=verifier,
+        )
+    return {"attempt_id": attempt_id, "authorization_url": url}
+
+
+def start_bluesky(services: Services, body: BlueskyConnectBody) -> dict[str, str]:
+    """Write the attempt (app password encrypted) and enqueue the login; undo the row if that fails."""
+    from workers.publish import enqueue_bluesky_login
+
+    check_return_to(services, body.return_to)
+    now = datetime.now(UTC)
+    with Session(services.engine) as session, session.begin():
+        attempt_id = repository.create_attempt(
+            session,
+            services.ring,
+            platform="bluesky",
+            site_id=body.site_id,
+            user_id=body.user_id,
+            expires_at=now + ATTEMPT_TTL,
+            now=now,
+            return_to=body.return_to,
+            instance=body.handle.lstrip("@").lower(),
+            app_password=body.app_password.get_secret_value(),
+        )
+    try:
+        enqueue_bluesky_login(attempt_id, broker=services.get_broker())
+    except BROKER_ERRORS:
+        with Session(services.engine) as session, session.begin():
+            row = session.get(SocialOAuthState, attempt_id)
+            if row is not None:  # the password must not outlive a login that will never run
+                session.delete(row)
+        raise
+    return {"attempt_id": attempt_id}
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+
+def attempt_view(services: Services, attempt_id: str) -> dict[str, Any] | None:
+    """The attempt as the API shows it (error message in words), or None when unknown."""
+    if not valid_id(attempt_id):
+        return None
+    with Session(services.engine) as session:
+        row = repository.load_attempt(session, attempt_id)
+        if row is None:
+            return None
+        return {
+            "attempt_id": row.id,
+            "platform": row.platform,
+            "site_id": row.site_id,
+            "status": row.status,
+            "error_code": row.error_code,
+            "error_message": error_message(row.error_code),
+            "account_ids": list(row.account_ids or []),
+        }
+
+
+def site_accounts(services: Services, site_id: str) -> list[dict[str, Any]]:
+    """The public dicts of one site's accounts, oldest first (never a token)."""
+    with Session(services.engine) as session:
+        return [repository.account_public_dict(row) for row in repository.list_accounts(session, site_id=site_id)]
+
+
+def account_view(services: Services, account_id: str) -> dict[str, Any] | None:
+    """One account's public dict, or None when the id is malformed or unknown."""
+    if not valid_id(account_id):
+        return None
+    with Session(services.engine) as session:
+        row = session.get(SocialAccount, account_id)
+        return repository.account_public_dict(row) if row is not None else None
+
+
+# ---- actions ----------------------------------------------------------------------------------
+
+
+def enqueue_for_account(services: Services, account_id: str, action: Action, *, reason: str = "api") -> bool:
+    """Enqueue ``action`` for an existing account; False when there is no such account.
+
+    Raises the broker's connection error when the broker does not take the message.
+    """
+    from workers import publish
+
+    if account_view(services, account_id) is None:
+        return False
+    broker = services.get_broker()
+    if action == "refresh":
+        publish.request_refresh(account_id, reason, broker=broker)
+    elif action == "sync":
+        publish.request_sync(account_id, broker=broker)
+    else:
+        publish.request_disconnect(account_id, broker=broker)
+    return True

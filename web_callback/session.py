@@ -1,0 +1,206 @@
+"""Who may use the accounts page: the API token once, then a signed session cookie; CSRF tokens.
+
+Why this shape:
+
+* The page is for the people who run the dashboard, who already hold ``API_TOKEN``. They type it
+  once into a small form; from then on a cookie proves it. No user table, no server-side store.
+* The cookie is ``base64url(json {exp, sid}) "." base64url(hmac)``, signed with a key derived
+  from ``STATE_SECRET`` *and* a hash of ``API_TOKEN``: rotating either ends every session. It is
+  ``HttpOnly`` (scripts cannot read it), ``SameSite=Lax`` (sent on the top-level navigation back
+  from a platform's consent screen, never on cross-site POSTs) and expires after
+  ``SESSION_SECONDS`` (both in ``Max-Age`` and inside the signed value, so an old cookie replayed
+  by hand is refused too).
+* ``Secure`` follows ``PUBLIC_URL``: with ``https://`` the cookie is ``Secure`` and named with the
+  ``__Host-`` prefix (browsers then refuse it over http, from a subdomain, or with another path).
+  On a plain ``http://127.0.0.1`` development URL a ``Secure`` cookie would never come back, so it
+  is sent without ``Secure`` there; use https everywhere else.
+* Every POST form carries a CSRF token: ``hmac(key, "csrf|" + sid)``, bound to the session, checked
+  in constant time. The login form itself has one too, bound to a short-lived pre-login cookie
+  (double submit), so another site cannot post a token into the form on the user's behalf.
+* Signing out only deletes the cookie (sessions are stateless); a copied cookie stays valid until
+  it expires, which is why ``SESSION_SECONDS`` is hours, not weeks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from social_accounts.settings import Settings
+
+__all__ = [
+    "LOGIN_COOKIE",
+    "SESSION_SECONDS",
+    "Session",
+    "SessionSigner",
+    "cookie_name",
+    "is_secure",
+]
+
+#: how long a session lasts after the token was typed
+SESSION_SECONDS = 12 * 3600
+#: how long the login form stays usable
+LOGIN_SECONDS = 30 * 60
+LOGIN_COOKIE = "sa_login"
+_MAX_COOKIE = 512
+
+
+def is_secure(settings: Settings) -> bool:
+    """Cookies are ``Secure`` exactly when the service is reached over https."""
+    return settings.public_url.lower().startswith("https://")
+
+
+def cookie_name(settings: Settings) -> str:
+    return "__Host-sa_session" if is_secure(settings) else "sa_session"
+
+
+def login_cookie_name(settings: Settings) -> str:
+    return f"__Host-{LOGIN_COOKIE}" if is_secure(settings) else LOGIN_COOKIE
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class Session:
+    """A verified session: its id (random, only used to bind CSRF tokens) and its expiry."""
+
+    sid: str
+    expires_at: int
+
+
+class SessionSigner:
+    """Signs and checks session cookies and CSRF tokens for one set of settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        settings.require("API_TOKEN", "STATE_SECRET")
+        assert settings.api_token is not None and settings.state_secret is not None
+        token_hash = hashlib.sha256(settings.api_token.encode("utf-8")).digest()
+        self._key = hmac.new(
+            settings.state_secret.encode("utf-8"), b"sa-page-session-v1|" + token_hash, hashlib.sha256
+        ).digest()
+        self._api_token = settings.api_token.encode("utf-8")
+        self.settings = settings
+
+    # ---- the token ----------------------------------------------------------------------------
+
+    def token_matches(self, offered: str) -> bool:
+        """Constant-time comparison of a typed token with ``API_TOKEN``."""
+        return hmac.compare_digest(offered.strip().encode("utf-8"), self._api_token)
+
+    # ---- signed values --------------------------------------------------------------------------
+
+    def _mac(self, domain: bytes, payload: str) -> str:
+        return _b64(hmac.new(self._key, domain + payload.encode("ascii"), hashlib.sha256).digest())
+
+    def _sign(self, domain: bytes, data: dict[str, object]) -> str:
+        payload = _b64(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+        return f"{payload}.{self._mac(domain, payload)}"
+
+    def _verify(self, domain: bytes, value: str | None, now: float) -> dict[str, object] | None:
+        if not value or len(value) > _MAX_COOKIE:
+            return None
+        payload, sep, mac = value.partition(".")
+        if not sep or not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(domain, payload).encode()):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        expiry = data.get("exp")
+        if not isinstance(expiry, int) or expiry <= now:
+            return None
+        return data
+
+    # ---- sessions -----------------------------------------------------------------------------
+
+    def new_session(self, now: float | None = None) -> tuple[str, Session]:
+        """A fresh cookie value and the session it stands for."""
+        session = Session(sid=secrets.token_urlsafe(16), expires_at=int(now or time.time()) + SESSION_SECONDS)
+        return self._sign(b"session|", {"sid": session.sid, "exp": session.expires_at}), session
+
+    def read_session(self, request: Request, now: float | None = None) -> Session | None:
+        data = self._verify(b"session|", request.cookies.get(cookie_name(self.settings)), now or time.time())
+        if data is None or not isinstance(data.get("sid"), str):
+            return None
+        return Session(sid=str(data["sid"]), expires_at=int(str(data["exp"])))
+
+    def set_session_cookie(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            cookie_name(self.settings),
+            value,
+            max_age=SESSION_SECONDS,
+            path="/",
+            secure=is_secure(self.settings),
+            httponly=True,
+            samesite="lax",
+        )
+
+    def clear_session_cookie(self, response: Response) -> None:
+        response.delete_cookie(
+            cookie_name(self.settings), path="/", secure=is_secure(self.settings), httponly=True, samesite="lax"
+        )
+
+    # ---- CSRF ---------------------------------------------------------------------------------
+
+    def csrf_token(self, session: Session) -> str:
+        return self._mac(b"csrf|", session.sid)
+
+    def csrf_ok(self, session: Session, offered: str | None) -> bool:
+        return bool(offered) and hmac.compare_digest(str(offered).encode("utf-8"), self.csrf_token(session).encode())
+
+    # ---- the login form's own CSRF (double submit before any session exists) ------------------
+
+    def login_pair(self, request: Request, now: float | None = None) -> tuple[str, str]:
+        """``(cookie value, form token)``: the existing pre-login cookie is reused while valid."""
+        current = now or time.time()
+        data = self._verify(b"login|", request.cookies.get(login_cookie_name(self.settings)), current)
+        if data is not None and isinstance(data.get("n"), str):
+            cookie = request.cookies[login_cookie_name(self.settings)]
+            nonce = str(data["n"])
+        else:
+            nonce = secrets.token_urlsafe(16)
+            cookie = self._sign(b"login|", {"n": nonce, "exp": int(current) + LOGIN_SECONDS})
+        return cookie, self._mac(b"login-form|", nonce)
+
+    def login_ok(self, request: Request, offered: str | None, now: float | None = None) -> bool:
+        data = self._verify(b"login|", request.cookies.get(login_cookie_name(self.settings)), now or time.time())
+        if data is None or not isinstance(data.get("n"), str) or not offered:
+            return False
+        return hmac.compare_digest(offered.encode("utf-8"), self._mac(b"login-form|", str(data["n"])).encode())
+
+    def set_login_cookie(self, response: Response, value: str) -> None:
+        response.set_cookie(
+            login_cookie_name(self.settings),
+            value,
+            max_age=LOGIN_SECONDS,
+            path="/",
+            secure=is_secure(self.settings),
+            httponly=True,
+            samesite="strict",
+        )
+
+    def clear_login_cookie(self, response: Response) -> None:
+        response.delete_cookie(
+            login_cookie_name(self.settings),
+            path="/",
+            secure=is_secure(self.settings),
+            httponly=True,
+            samesite="strict",
+        )
