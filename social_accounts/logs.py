@@ -247,7 +247,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> logging.Hand
     level = logging.getLevelName(settings.log_level.upper())
     root.setLevel(level if isinstance(level, int) else logging.INFO)
     # httpx logs every request URL at INFO (a URL can carry a code or token in its query);
-    # Alembic announces every plugin it loads at INFO: noise on every start
-    for name in ("httpx", "httpcore", "alembic.runtime.plugins"):
+    # Alembic announces every plugin it loads at INFO: noise on every start; APScheduler logs
+    # every job run at INFO (our jobs log their own one line per tick)
+    for name in ("httpx", "httpcore", "alembic.runtime.plugins", "apscheduler.executors", "apscheduler.scheduler"):
         logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
     return handler

@@ -76,7 +76,7 @@ async def connect(request: Request) -> Response:
     platform = request.path_params["platform"]
     services = _services(request)
     try:
-        adapter_class(platform)  # UnknownPlatform before the body is even read
+        adapter_class(platform, services.settings)  # UnknownPlatform before the body is even read
         if platform == "bluesky":
             bluesky = await _read_body(request, BlueskyConnectBody)
             return JSONResponse(await run_in_threadpool(connecting.start_bluesky, services, bluesky), status_code=202)
