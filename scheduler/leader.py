@@ -66,9 +66,12 @@ class RedisLeader:
         with self._mutex:
             try:
                 if self._held:
-                    self._lock.extend(self.ttl, replace_ttl=True)
-                else:
-                    self._held = bool(self._lock.acquire(token=self.identity))
+                    try:
+                        self._lock.extend(self.ttl, replace_ttl=True)
+                        return True
+                    except LockError:  # expired (and maybe taken): try a fresh acquire right away
+                        self._held = False
+                self._held = bool(self._lock.acquire(token=self.identity))
             except (LockError, RedisError):
                 self._held = False
             return self._held

@@ -63,7 +63,7 @@ def build_scheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
     )
     leadership_every = max(1.0, settings.leader_ttl_seconds / 3)
-    scheduler.add_job(leader.try_lead, "interval", seconds=leadership_every, id="leadership")
+    scheduler.add_job(leader.try_lead, "interval", seconds=leadership_every, id="leadership", name="leadership")
     table: list[tuple[str, Callable[[], Any], float]] = [
         ("refresh_ahead", lambda: jobs.refresh_ahead(ctx), settings.refresh_scan_seconds),
         ("sync", lambda: jobs.sync_due(ctx), min(sync_scan_seconds, settings.sync_every_seconds)),
@@ -73,7 +73,12 @@ def build_scheduler(
     ]
     for name, job, every in table:
         scheduler.add_job(
-            leader_only(name, leader, job), "interval", seconds=every, id=name, jitter=max(0.0, every * 0.05)
+            leader_only(name, leader, job),
+            "interval",
+            seconds=every,
+            id=name,
+            name=name,
+            jitter=max(0.0, every * 0.05),
         )
     return scheduler
 
@@ -93,6 +98,8 @@ def run(settings: Settings) -> None:
     from workers import runtime
     from workers.broker import setup
 
+    # APScheduler logs two INFO lines per job run (every second or so); our wrapper logs one per tick
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     rt = runtime.configure(settings)
     broker = setup(settings)
     ctx = jobs.JobContext(settings=settings, engine=rt.engine, broker=broker, clock=rt.clock)
