@@ -9,6 +9,8 @@ the actors to an implicit default broker.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +20,9 @@ import workers.broker  # noqa: F401  (installs the broker before any actor is de
 import dramatiq  # isort: skip
 from dramatiq.middleware import TimeLimitExceeded  # isort: skip
 
-from workers import connect, messages, retrying, runtime  # isort: skip
+from dramatiq.middleware import CurrentMessage  # isort: skip
+
+from workers import connect, messages, ratelimits, retrying, runtime  # isort: skip
 
 __all__ = ["bluesky_login", "code_received", "connect_retry_exhausted"]
 
@@ -33,18 +37,44 @@ CONNECT_OPTIONS: dict[str, Any] = {
 }
 
 
+def _defer(attempt_id: str, step: str, deferred: retrying.Deferred, max_age_ms: int | None) -> None:
+    """Put the running message back after a cooldown or budget wait, without spending a retry.
+
+    The copy keeps its message id (so it may resume the consumed state) and its timestamp, so
+    Dramatiq's age limit still applies: a pause that would outlast ``max_age_ms`` fails the
+    attempt now instead of leaving it pending until the message is silently dropped.
+    """
+    rt = runtime.current()
+    message = CurrentMessage.get_current_message()
+    delay = int(deferred.seconds * 1000) + random.randint(50, 1000)
+    if message is None:  # called outside a worker: nothing to put back
+        return
+    age_ms = int(time.time() * 1000) - int(message.message_timestamp)
+    if max_age_ms is not None and age_ms + delay >= max_age_ms:
+        connect.fail_deferred(rt, attempt_id, step=step, reason=deferred.reason)
+        return
+    connect.note_deferral(rt, attempt_id, step=step, reason=deferred.reason, delay_ms=delay)
+    dramatiq.get_broker().enqueue(message.copy(), delay=delay)
+    log.info("%s for attempt %s deferred %d ms: %s", step, attempt_id, delay, deferred.reason)
+
+
 @contextmanager
-def _bounded(attempt_id: str, step: str) -> Iterator[retrying.Delivery]:
+def _bounded(attempt_id: str, step: str, max_age_ms: int | None = None) -> Iterator[retrying.Delivery]:
     """Record unforeseen failures in the attempt's history and re-raise them without their text.
 
     Dramatiq stores the traceback of a failed message in Redis; an exception from a driver or a
     library could quote a value we would rather not keep there, so only its type travels on.
+    Successful platform answers are watched for proactive rate-limit signals meanwhile, and a
+    step that must wait for a cooldown or a budget (``Deferred``) puts its message back.
     """
     delivery = retrying.current_delivery()
     try:
-        yield delivery
+        with ratelimits.watching(runtime.current(), None):
+            yield delivery
     except dramatiq.Retry:
         raise
+    except retrying.Deferred as deferred:
+        _defer(attempt_id, step, deferred, max_age_ms)
     except Exception as exc:
         kind = "timeout" if isinstance(exc, TimeLimitExceeded) else type(exc).__name__
         log.warning("%s for attempt %s failed unexpectedly: %s", step, attempt_id, kind)
@@ -62,7 +92,8 @@ def code_received(
     attempt_id: str, code_enc: str | None = None, error: str | None = None, error_description: str | None = None
 ) -> None:
     """An OAuth callback arrived: consume the state, exchange the code, save the accounts."""
-    with _bounded(attempt_id, messages.CODE_RECEIVED) as delivery:
+    outcome = "deferred"  # stays so when the step waits for a cooldown or a budget
+    with _bounded(attempt_id, messages.CODE_RECEIVED, messages.CODE_MAX_AGE_MS) as delivery:
         outcome = connect.handle_code_received(
             runtime.current(),
             attempt_id=attempt_id,
@@ -77,6 +108,7 @@ def code_received(
 @dramatiq.actor(actor_name=messages.BLUESKY_LOGIN, **CONNECT_OPTIONS)
 def bluesky_login(attempt_id: str) -> None:
     """Log in to Bluesky with the attempt's app password and save the account."""
+    outcome = "deferred"  # stays so when the step waits for a cooldown or a budget
     with _bounded(attempt_id, messages.BLUESKY_LOGIN) as delivery:
         outcome = connect.handle_bluesky_login(runtime.current(), attempt_id=attempt_id, delivery=delivery)
     log.info("bluesky_login for attempt %s: %s", attempt_id, outcome)

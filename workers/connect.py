@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
+import dramatiq
 import sqlalchemy as sa
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
@@ -34,15 +36,19 @@ from models.tables import SocialAccount, SocialOAuthState
 from platforms.base import AccountProfile, PlatformAdapter, TokenSet
 from platforms.http import scrub
 from social_accounts.errors import CryptoError, PlatformError, UnsafeAddress
+from social_accounts.metrics import ATTEMPTS, PLATFORM_ERRORS
 from workers import retrying
 from workers.adapters import adapter_for
+from workers.ratelimits import login_budget_wait, wait_before_call
 from workers.runtime import Runtime
 
 __all__ = [
+    "fail_deferred",
     "fail_exhausted",
     "handle_bluesky_login",
     "handle_code_received",
     "next_refresh_at",
+    "note_deferral",
     "note_retry",
 ]
 
@@ -71,6 +77,22 @@ def note_retry(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay_ms
     _append(rt, attempt_id, "retry", f"{step}: {reason} (retry {retry}{wait})")
 
 
+def note_deferral(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay_ms: int) -> None:
+    """Record that a step waits for a cooldown or a budget (not a retry: nothing was sent)."""
+    _append(rt, attempt_id, "deferred", f"{step}: {reason} (again in {delay_ms} ms)")
+
+
+def fail_deferred(rt: Runtime, attempt_id: str, *, step: str, reason: str) -> None:
+    """A pause would outlast the message (an authorization code lives minutes): fail now, clearly."""
+    with Session(rt.engine) as session:
+        row = session.get(SocialOAuthState, attempt_id)
+        stage = row.stage if row is not None else "created"
+    code = "profile_fetch_failed" if stage == "exchanged" else "token_exchange_failed"
+    if step == "bluesky_login" and stage != "exchanged":
+        code = "login_failed"
+    fail_attempt(rt, attempt_id, code, f"{step}: {reason}, longer than the request may wait")
+
+
 def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str) -> None:
     """End a pending attempt as failed with ``code``; a finished attempt is never changed."""
     now = rt.clock()
@@ -82,7 +104,15 @@ def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str) -> None:
         row.error_message = scrub(reason)
         row.token_bundle = row.app_password = row.code_verifier = None  # no secret outlives the attempt
         attempts.append_history(row, "failed", f"{code}: {scrub(reason)}", now=now)
-    log.info("attempt %s failed: %s (%s)", attempt_id, code, scrub(reason))
+        platform = row.platform
+    ATTEMPTS.labels(platform, "failed").inc()
+    log.info(
+        "attempt %s failed: %s (%s)",
+        attempt_id,
+        code,
+        scrub(reason),
+        extra={"attempt_id": attempt_id, "platform": platform, "outcome": "failed", "error_code": code},
+    )
 
 
 def claim(rt: Runtime, attempt_id: str, message_id: str) -> SocialOAuthState | None:
@@ -113,8 +143,47 @@ def claim(rt: Runtime, attempt_id: str, message_id: str) -> SocialOAuthState | N
         return None
 
 
+#: the stage while a code exchange is in flight (a redelivery that finds it knows a worker died)
+EXCHANGING = "exchanging"
+
+
+def _set_stage(rt: Runtime, attempt_id: str, stage: str, *, expected: str) -> None:
+    """Move a pending attempt from ``expected`` to ``stage`` (committed before the next step)."""
+    with Session(rt.engine) as session, session.begin():
+        session.execute(
+            sa.update(_states)
+            .where(_states.c.id == attempt_id, _states.c.stage == expected, _states.c.status == "pending")
+            .values(stage=stage, updated_at=rt.clock())
+        )
+
+
+#: how long a fresh token set waits for the database to come back before it is given up
+STORE_PATIENCE_SECONDS = 60.0
+
+
 def _store_tokens(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) -> None:
-    """Persist the token set before anything uses it; an app password is cleared in the same commit."""
+    """Persist the token set before anything uses it, waiting out a database restart.
+
+    The tokens exist only in this process's memory and the code that bought them is spent: a
+    Dramatiq retry could not get them again (the next run ends ``exchange_uncertain``). So a
+    lost connection is retried here, with backoff, for :data:`STORE_PATIENCE_SECONDS`.
+    """
+    deadline = time.monotonic() + STORE_PATIENCE_SECONDS
+    pause = 0.25
+    while True:
+        try:
+            _store_tokens_once(rt, attempt_id, tokens, event)
+            return
+        except sa.exc.OperationalError:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("attempt %s: database unavailable while storing tokens; trying again", attempt_id)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _store_tokens_once(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) -> None:
+    """One transaction: the encrypted token bundle in; an app password cleared in the same commit."""
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
         row = attempts.load_attempt(session, attempt_id, for_update=True)
@@ -147,6 +216,7 @@ def _call(
         fail_attempt(rt, attempt_id, code, f"{step}: the address is not allowed")
         return None
     except PlatformError as error:
+        PLATFORM_ERRORS.labels(error.platform or "unknown", error.kind).inc()
         decision = retrying.decide(
             error, fail_code=fail_code, retries=delivery.retries, single_use=single_use, policy=rt.retry_policy
         )
@@ -158,6 +228,13 @@ def _call(
     assert decision.fail_code is not None
     fail_attempt(rt, attempt_id, decision.fail_code, f"{step}: {decision.reason}")
     return None
+
+
+def _pause_check(rt: Runtime, platform: str) -> None:
+    """Raise ``Deferred`` while the platform is paused app-wide (no account is known yet)."""
+    wait = wait_before_call(rt, platform, None)
+    if wait > 0:
+        raise retrying.Deferred(wait, f"{platform} is cooling down")
 
 
 def _adapter(rt: Runtime, platform: str) -> PlatformAdapter:
@@ -178,18 +255,29 @@ def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery
     except CryptoError as exc:
         fail_attempt(rt, row.id, "token_exchange_failed", f"unreadable code or verifier ({type(exc).__name__})")
         return None
+    if row.stage == EXCHANGING:
+        # a worker died while the code was on its way: the platform may have spent it, and a
+        # replayed code can make it revoke the grant, so this is never tried again
+        fail_attempt(rt, row.id, "exchange_uncertain", "exchange: the worker stopped before the answer came")
+        return None
+    _pause_check(rt, row.platform)
     adapter = _adapter(rt, row.platform)
-    tokens = _call(
-        rt,
-        row.id,
-        delivery,
-        step="exchange",
-        fail_code="token_exchange_failed",
-        single_use=True,
-        fn=lambda: adapter.exchange_code(
-            code=code, redirect_uri=rt.settings.redirect_uri, code_verifier=verifier, instance=row.instance
-        ),
-    )
+    _set_stage(rt, row.id, EXCHANGING, expected=row.stage)
+    try:
+        tokens = _call(
+            rt,
+            row.id,
+            delivery,
+            step="exchange",
+            fail_code="token_exchange_failed",
+            single_use=True,
+            fn=lambda: adapter.exchange_code(
+                code=code, redirect_uri=rt.settings.redirect_uri, code_verifier=verifier, instance=row.instance
+            ),
+        )
+    except dramatiq.Retry:
+        _set_stage(rt, row.id, row.stage, expected=EXCHANGING)  # the platform refused: the code was not spent
+        raise
     if tokens is not None:
         _store_tokens(rt, row.id, tokens, "exchanged")
     return tokens
@@ -252,6 +340,12 @@ def _save_accounts(
         locked.status, locked.stage, locked.account_ids = "connected", "connected", ids
         locked.token_bundle = locked.code_verifier = locked.app_password = None
         attempts.append_history(locked, "connected", ", ".join(ids), now=now)
+    ATTEMPTS.labels(row.platform, "connected").inc()
+    for account_id in ids:
+        log.info(
+            "account connected",
+            extra={"attempt_id": row.id, "account_id": account_id, "platform": row.platform, "outcome": "connected"},
+        )
 
 
 def _first_sync_turn(session: Session, rt: Runtime, account_id: str, now: datetime) -> None:
@@ -270,6 +364,7 @@ def _first_sync_turn(session: Session, rt: Runtime, account_id: str, now: dateti
 
 def _finish(rt: Runtime, row: SocialOAuthState, tokens: TokenSet, delivery: retrying.Delivery) -> Outcome:
     """Fetch the accounts the token reaches and save them."""
+    _pause_check(rt, row.platform)
     adapter = _adapter(rt, row.platform)
     profiles = _call(
         rt,
@@ -337,8 +432,11 @@ def _login(rt: Runtime, row: SocialOAuthState, delivery: retrying.Delivery) -> T
     if not password or not row.instance:
         fail_attempt(rt, row.id, "login_failed", "no handle or app password to log in with")
         return None
-    adapter: Any = _adapter(rt, row.platform)
     handle = row.instance
+    wait = login_budget_wait(rt, handle)  # createSession: 30 per 5 minutes per identifier
+    if wait > 0:
+        raise retrying.Deferred(wait, "the login budget for this handle is used up")
+    adapter: Any = _adapter(rt, row.platform)
     tokens: TokenSet | None = _call(
         rt,
         row.id,
@@ -359,6 +457,8 @@ def fail_exhausted(rt: Runtime, attempt_id: str, actor_name: str, reason: str) -
         stage = row.stage if row is not None else "created"
     if stage == "exchanged":
         code = "save_failed"
+    elif stage == EXCHANGING:
+        code = "exchange_uncertain"
     elif actor_name == "bluesky_login":
         code = "login_failed"
     else:

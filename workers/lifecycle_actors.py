@@ -23,7 +23,7 @@ import dramatiq  # isort: skip
 from dramatiq.middleware import CurrentMessage  # isort: skip
 
 from social_accounts.errors import PlatformError, RateLimited  # isort: skip
-from workers import messages, retrying, runtime  # isort: skip
+from workers import messages, ratelimits, retrying, runtime  # isort: skip
 from workers.disconnect import disconnect_now  # isort: skip
 from workers.refresh import CooledDown, refresh_now  # isort: skip
 from workers.sync import sync_now  # isort: skip
@@ -41,7 +41,7 @@ LIFECYCLE_POLICY = retrying.RetryPolicy(
     max_retry_after_ms=24 * 3600 * 1000,
 )
 #: reasons that refresh even a token that is not due yet (an operator or the site owner asked)
-FORCING_REASONS = frozenset({"manual", "force"})
+FORCING_REASONS = frozenset({"manual", "force", "operator", "api"})
 
 
 def _retry_when(retries: int, exception: BaseException) -> bool:
@@ -74,7 +74,8 @@ def _retry_for(error: PlatformError) -> dramatiq.Retry | None:
 
 def _run(step: str, account_id: str, fn: Any) -> None:
     try:
-        outcome = fn()
+        with ratelimits.watching(runtime.current(), account_id):  # proactive rate-limit headers
+            outcome = fn()
     except CooledDown as cooled:
         log.info("%s deferred by a cooldown", step, extra={"account_id": account_id, "outcome": "deferred"})
         _defer(cooled.seconds)
@@ -94,11 +95,27 @@ def _run(step: str, account_id: str, fn: Any) -> None:
 def refresh_account(account_id: str, reason: str = "requested") -> None:
     """Make sure the account's token is fresh (refreshing it only when it is due, or when forced)."""
     rt = runtime.current()
-    _run(
-        "refresh",
-        account_id,
-        lambda: refresh_now(rt, account_id, reason=reason, force=reason in FORCING_REASONS).outcome,
-    )
+    _run("refresh", account_id, lambda: _refresh_and_verify(rt, account_id, reason))
+
+
+#: how long a refresh that found the account's lock taken waits before looking again
+BUSY_RECHECK_SECONDS = 5.0
+#: statuses a refresh that did not need the platform cannot clear by itself
+UNPROVEN = ("error", "rate_limited")
+
+
+def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> str:
+    """Refresh; an account left in ``error``/``rate_limited`` with a token that needed no refresh
+    is verified with one stats sync, so it does not stay marked failing until its token is due."""
+    result = refresh_now(rt, account_id, reason=reason, force=reason in FORCING_REASONS)
+    if result.outcome == "busy":
+        # another holder has the lock: a live worker doing this very refresh (the re-check then
+        # finds the token fresh and calls nobody), or a dead one whose lock has yet to expire;
+        # either way this message must not be dropped (workers/refresh.py's lock TTL bounds it)
+        raise CooledDown(BUSY_RECHECK_SECONDS)
+    if result.outcome in ("fresh", "nothing_to_do") and result.status in UNPROVEN:
+        return f"{result.outcome}, verified by sync: {sync_now(rt, account_id)}"
+    return result.outcome
 
 
 @dramatiq.actor(

@@ -87,17 +87,26 @@ def _load(rt: Runtime, account_id: str) -> LoadedAccount | None:
 
 
 def _reschedule(rt: Runtime, account: LoadedAccount, margin: timedelta) -> None:
-    """Put back the refresh time the scheduler's lease pushed forward."""
+    """Put back a refresh time that no longer fits the token (a scheduler lease pushed it, or it is gone).
+
+    Only a time outside the window ``next_refresh_at`` itself would pick (the lead time, minus at
+    most its jitter) is rewritten, so the token API and other not-due calls write nothing.
+    """
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
         row = load_account(session, rt.ring, account.id)
         if row is None:
             return
-        wanted = next_refresh_at(row.tokens, lead_time(row.tokens, margin), now)
-        if row.refresh_model == "none":
-            wanted = None
-        if row.row.next_refresh_at != wanted:
-            row.row.next_refresh_at = wanted
+        current = row.row.next_refresh_at
+        if row.refresh_model == "none" or row.tokens.expires_at is None:
+            if current is not None:
+                row.row.next_refresh_at = None
+            return
+        lead = lead_time(row.tokens, margin)
+        latest = row.tokens.expires_at - lead
+        earliest = latest - timedelta(seconds=min(lead.total_seconds() * 0.1, 300.0)) - timedelta(seconds=1)
+        if current is None or not earliest <= current <= latest:
+            row.row.next_refresh_at = next_refresh_at(row.tokens, lead, now)
 
 
 def refresh_now(

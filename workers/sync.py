@@ -17,6 +17,7 @@ from social_accounts.errors import AccessTokenExpired, NeedsReconnect, PlatformE
 from social_accounts.metrics import PLATFORM_ERRORS
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
+from workers.ratelimits import wait_before_call
 from workers.refresh import INACTIVE, CooledDown, refresh_now
 from workers.runtime import Runtime
 from workers.status import record_failure, record_success
@@ -43,7 +44,7 @@ def sync_now(rt: Runtime, account_id: str) -> str:
     if account.status in INACTIVE:
         return "skipped"
     coordination = for_runtime(rt)
-    wait = coordination.cooldown_remaining(account.platform, account.id)
+    wait = wait_before_call(rt, account.platform, account.id)  # a cooldown, or a budget used up
     if wait > 0:
         raise CooledDown(wait)
     adapter = adapter_for(rt, account.platform)
@@ -88,6 +89,7 @@ def _store(rt: Runtime, account_id: str, stats: Stats) -> None:
         if account is None:
             return
         row = account.row
+        platform = row.platform  # read now: the row expires at commit
         row.followers_count = stats.followers
         row.following_count = stats.following
         row.posts_count = stats.posts
@@ -103,7 +105,7 @@ def _store(rt: Runtime, account_id: str, stats: Stats) -> None:
             data={"followers": stats.followers, "following": stats.following, "posts": stats.posts},
             now=now,
         )
-    log.info("stats synced", extra={"account_id": account_id, "platform": row.platform, "outcome": "ok"})
+    log.info("stats synced", extra={"account_id": account_id, "platform": platform, "outcome": "ok"})
 
 
 def _fail(rt: Runtime, account_id: str, error: PlatformError) -> None:

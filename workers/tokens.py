@@ -10,20 +10,22 @@ reason) instead of handing out a dead token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from models.repository import load_account
-from social_accounts.errors import NeedsReconnect, Transient
+from social_accounts.errors import NeedsReconnect, RateLimited, Transient
 from workers import runtime
-from workers.refresh import refresh_now
+from workers.refresh import CooledDown, refresh_now
 from workers.runtime import Runtime
 
 __all__ = ["AccountNotFound", "ValidToken", "get_valid_token"]
 
 #: how long a caller waits for another process's refresh of the same account
 LOCK_WAIT_SECONDS = 20.0
+#: a token that expires sooner than this is not handed out (the caller could not use it)
+STILL_VALID_FOR = timedelta(seconds=30)
 
 
 class AccountNotFound(LookupError):
@@ -45,12 +47,20 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
     Raises:
       AccountNotFound: no such account.
       NeedsReconnect: the account is expired or disconnected; the user must connect it again.
-      Transient / RateLimited: the platform could not renew a token that is due; try later.
+      Transient / RateLimited / CooledDown: the platform could not renew a token that is about to
+        expire (a due token still valid for a while is returned as it is); try later.
     """
     rt = rt or runtime.current()
-    result = refresh_now(rt, account_id, reason="token requested", wait_seconds=LOCK_WAIT_SECONDS)
-    if result.outcome == "missing":
-        raise AccountNotFound(account_id)
+    failure: Exception | None = None
+    try:
+        result = refresh_now(rt, account_id, reason="token requested", wait_seconds=LOCK_WAIT_SECONDS)
+    except (CooledDown, Transient, RateLimited) as exc:
+        # the token is due but could not be renewed right now: one that is still valid is handed
+        # out all the same (a platform blip must not stop a post); a dead one is not
+        failure = exc
+    else:
+        if result.outcome == "missing":
+            raise AccountNotFound(account_id)
     with Session(rt.engine) as session:
         account = load_account(session, rt.ring, account_id)
     if account is None:
@@ -60,6 +70,8 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
     if account.status == "expired":
         raise NeedsReconnect(account.row.last_error or "the account needs reconnecting", platform=account.platform)
     expires = account.tokens.expires_at
-    if expires is not None and expires <= rt.clock():
+    if expires is not None and expires <= rt.clock() + STILL_VALID_FOR:
+        if failure is not None:
+            raise failure
         raise Transient("the token is due and could not be renewed yet", platform=account.platform)
     return ValidToken(account.tokens.access_token, expires)
