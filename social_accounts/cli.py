@@ -206,8 +206,6 @@ def _worker_metrics(settings: Settings) -> Iterator[None]:
     if not settings.worker_metrics_port:
         yield
         return
-    import dramatiq.middleware.prometheus as prom
-
     directory = tempfile.mkdtemp(prefix="social-accounts-metrics-")
     values = {
         WORKER_METRICS_FLAG: "1",
@@ -217,14 +215,19 @@ def _worker_metrics(settings: Settings) -> Iterator[None]:
         "dramatiq_prom_port": str(settings.worker_metrics_port),
     }
     saved_env = {name: os.environ.get(name) for name in values}
-    # the module read its environment when first imported: set what its fork function reads
-    saved_module = (prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT)
-    os.environ.update(values)
-    prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT = directory, settings.worker_metrics_host, settings.worker_metrics_port
+    os.environ.update(values)  # before the import: the module creates its directory when imported
     try:
-        yield
+        import dramatiq.middleware.prometheus as prom
+
+        # an earlier import read the environment then: set what its fork function reads
+        saved_module = (prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT)
+        prom.DB_PATH, prom.HTTP_HOST = directory, settings.worker_metrics_host
+        prom.HTTP_PORT = settings.worker_metrics_port
+        try:
+            yield
+        finally:
+            prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT = saved_module
     finally:
-        prom.DB_PATH, prom.HTTP_HOST, prom.HTTP_PORT = saved_module
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -13,6 +13,7 @@ than failing the whole scrape.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -96,16 +97,28 @@ async def readyz(request: Request) -> Response:
 
 
 def _publish_cooldowns(services: Services) -> None:
-    """The cooldowns gauge from Redis, where every worker's cooldowns live (none without Redis)."""
+    """The cooldowns gauge from Redis, where every worker's cooldowns live (in-process without Redis)."""
     settings = services.settings
     if settings.coordination_redis_url is None:
+        from workers.gauges import publish_local_cooldowns
+
+        publish_local_cooldowns()
         return
     from workers.cooldowns import publish_gauge
 
     publish_gauge(services.runtime.redis, settings.redis_namespace)
 
 
+def _publish_queue_depth(services: Services) -> None:
+    from workers.gauges import update_queue_depth
+
+    update_queue_depth(services.get_broker())
+
+
 async def metrics(request: Request) -> Response:
     services: Services = request.app.state.services
-    await _check(lambda: _publish_cooldowns(services))  # best effort: metrics answer regardless
+    # best effort: metrics answer regardless; a failed reading is counted, its gauge keeps its last value
+    for reading in (_publish_cooldowns, _publish_queue_depth):
+        if await _check(functools.partial(reading, services)) is not None:
+            SCRAPE_ERRORS.inc()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -28,6 +28,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import runtime
+from workers.metrics_middleware import MessageLatency
 
 __all__ = [
     "HEARTBEAT_TIMEOUT_MS",
@@ -54,7 +55,8 @@ _installed: dramatiq.Broker | None = None
 
 
 def _middleware() -> list[dramatiq.Middleware]:
-    """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id)."""
+    """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id)
+    and MessageLatency (``social_accounts_message_latency_seconds``)."""
     middleware: list[dramatiq.Middleware] = []
     for cls in dramatiq.middleware.default_middleware:
         if cls is TimeLimit:
@@ -66,6 +68,7 @@ def _middleware() -> list[dramatiq.Middleware]:
         else:
             middleware.append(cls())
     middleware.append(CurrentMessage())
+    middleware.append(MessageLatency())
     return middleware
 
 

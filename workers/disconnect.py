@@ -20,6 +20,8 @@ from platforms.base import TokenSet
 from platforms.http import scrub
 from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
 from workers.adapters import adapter_for
+from workers.ratelimits import wait_before_call
+from workers.refresh import CooledDown
 from workers.runtime import Runtime
 from workers.status import set_status
 
@@ -37,6 +39,7 @@ def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
     Raises:
       PlatformError: a transient or rate-limited revocation failure when this is not the last try
         (the actor retries; the account is already ``disconnected`` locally).
+      CooledDown: the platform is in a rate-limit pause (not on the last try); the actor defers.
     """
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
@@ -48,6 +51,9 @@ def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
             set_status(session, account.row, "disconnected", reason="disconnect requested", now=now)
     if not account.tokens.access_token and not account.tokens.refresh_token:
         return "already"
+    wait = wait_before_call(rt, account.platform, account_id)
+    if wait > 0 and not last_try:
+        raise CooledDown(wait)  # the account is already disconnected locally; revoke after the pause
     outcome = _revoke(rt, account_id, account.platform, account.tokens, last_try=last_try)
     _erase_tokens(rt, account_id, outcome)
     return outcome
@@ -112,6 +118,7 @@ def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
         if account is None:
             return
         row = account.row
+        platform = row.platform
         row.access_token = row.refresh_token = None
         row.token_expires_at = row.refresh_token_expires_at = None
         row.next_refresh_at = None
@@ -131,4 +138,4 @@ def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
             data={"revocation": outcome},
             now=now,
         )
-    log.info("account disconnected", extra={"account_id": account_id, "outcome": outcome})
+    log.info("account disconnected", extra={"account_id": account_id, "platform": platform, "outcome": outcome})
