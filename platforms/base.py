@@ -24,10 +24,13 @@ __all__ = [
     "AccountProfile",
     "Clock",
     "PlatformAdapter",
+    "RateHint",
+    "RateSignalSink",
     "RefreshModel",
     "RevokeResult",
     "Stats",
     "TokenSet",
+    "no_rate_signals",
     "utcnow",
 ]
 
@@ -47,6 +50,28 @@ RevokeResult = Literal["revoked", "none"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RateHint:
+    """A successful answer's warning that the next calls would be refused.
+
+    ``scope``: ``"app"`` (every account of the platform) or ``"account"`` (the account whose
+    token made the call).
+    """
+
+    seconds: float
+    scope: Literal["app", "account"]
+
+
+#: ``(platform, seconds, scope, account hint)``: where an adapter reports a :class:`RateHint`.
+#: The workers wire it to the shared cooldowns; the account hint is None when no account is
+#: known yet (a connect), and an account-scoped hint without one is then dropped by the sink.
+RateSignalSink = Callable[[str, float, str, str | None], None]
+
+
+def no_rate_signals(platform: str, seconds: float, scope: str, account: str | None) -> None:
+    """The default sink: nobody listens (adapter tests, the web app)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,8 @@ class PlatformAdapter(ABC):
         self.settings = settings
         self.http = http
         self.clock = clock
+        #: where :meth:`report_rate_hint` sends proactive rate-limit signals (workers inject one)
+        self.rate_signals: RateSignalSink = no_rate_signals
 
     # ---- configuration ----------------------------------------------------------------------
 
@@ -187,6 +214,19 @@ class PlatformAdapter(ABC):
     def revoke(self, tokens: TokenSet) -> RevokeResult:
         """Revoke the grant at the platform where it has an endpoint; ``none`` where it has not."""
         return "none"
+
+    # ---- proactive rate limits --------------------------------------------------------------
+
+    def rate_hint(self, response: httpx.Response) -> RateHint | None:
+        """What a *successful* answer says about the next calls; None: go on (the default)."""
+        return None
+
+    def report_rate_hint(self, response: httpx.Response, account: str | None) -> RateHint | None:
+        """Read ``response`` with :meth:`rate_hint` and hand a signal to :attr:`rate_signals`."""
+        hint = self.rate_hint(response)
+        if hint is not None and hint.seconds > 0:
+            self.rate_signals(self.platform, hint.seconds, hint.scope, account)
+        return hint
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -39,8 +39,18 @@ from urllib.parse import quote, unquote
 import httpx
 from atproto_core.did_doc import DidDocument
 
-from platforms.base import AccountProfile, Clock, PlatformAdapter, RefreshModel, RevokeResult, Stats, TokenSet, utcnow
-from platforms.http import default_timeout, json_body, oauth_error, parse_retry_after, seconds_until_epoch
+from platforms.base import (
+    AccountProfile,
+    Clock,
+    PlatformAdapter,
+    RateHint,
+    RefreshModel,
+    RevokeResult,
+    Stats,
+    TokenSet,
+    utcnow,
+)
+from platforms.http import bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after
 from platforms.netguard import NetGuard, Resolver, guarded_send, system_resolver
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -165,10 +175,13 @@ class BlueskyAdapter(PlatformAdapter):
     @staticmethod
     def _retry_after(response: httpx.Response) -> float:
         """``RateLimit-Reset`` (Unix seconds), else ``Retry-After``, else a minute."""
-        retry = seconds_until_epoch(response.headers.get("ratelimit-reset"))
-        if retry is None:
-            retry = parse_retry_after(response.headers.get("retry-after"))
-        return DEFAULT_RETRY_AFTER if retry is None else retry
+        return retry_after(response, DEFAULT_RETRY_AFTER, reset_header="ratelimit-reset")
+
+    def rate_hint(self, response: httpx.Response) -> RateHint | None:
+        """``RateLimit-Remaining: 0`` on a success: the PDS will refuse this account until the reset."""
+        if not header_is_zero(response, "ratelimit-remaining"):
+            return None
+        return RateHint(self._retry_after(response), "account")
 
     # ---- XRPC -------------------------------------------------------------------------------
 
@@ -184,7 +197,7 @@ class BlueskyAdapter(PlatformAdapter):
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
+            headers.update(bearer(token))
         response = guarded_send(
             self.http,
             method,
@@ -328,7 +341,7 @@ class BlueskyAdapter(PlatformAdapter):
                 guard=self.guard,
                 platform=self.platform,
                 classify=lambda r: self.classify(r, "refresh"),
-                headers={"Authorization": f"Bearer {tokens.refresh_token}"},
+                headers=bearer(tokens.refresh_token),
                 timeout=default_timeout(self.settings.http_timeout_seconds),
             )
         return "revoked"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from platforms.base import AccountProfile, Stats, TokenSet
-from platforms.meta import MetaGraphAdapter
+from platforms.meta import MetaGraphAdapter, nonempty_str
 from social_accounts.errors import Permanent
 
 __all__ = ["FacebookAdapter"]
@@ -49,8 +49,8 @@ class FacebookAdapter(MetaGraphAdapter):
             profiles.append(
                 AccountProfile(
                     platform_account_id=page_id,
-                    name=_str(page.get("name")),
-                    handle=_str(page.get("username")),
+                    name=nonempty_str(page.get("name")),
+                    handle=nonempty_str(page.get("username")),
                     avatar_url=_picture_url(page.get("picture")),
                     tokens=TokenSet(
                         access_token=page_token,
@@ -77,15 +77,11 @@ class FacebookAdapter(MetaGraphAdapter):
         return Stats(followers=self.as_int(body.get("followers_count")), following=None, posts=None)
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
 def _picture_url(picture: Any) -> str | None:
     """``picture.data.url`` (the Graph wraps the picture edge in ``data``)."""
     if isinstance(picture, dict):
         data = picture.get("data")
         if isinstance(data, dict):
-            return _str(data.get("url"))
-        return _str(picture.get("url"))
+            return nonempty_str(data.get("url"))
+        return nonempty_str(picture.get("url"))
     return None

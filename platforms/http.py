@@ -9,9 +9,12 @@ the adapter's own ``classify`` function, because only it knows what its platform
 from __future__ import annotations
 
 import email.utils
+import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -27,10 +30,17 @@ from social_accounts.errors import (
 
 __all__ = [
     "Classifier",
+    "SuccessObserver",
+    "as_int",
+    "bearer",
     "default_timeout",
+    "header_is_zero",
     "json_body",
+    "observe_success",
     "oauth_error",
     "parse_retry_after",
+    "rate_limited",
+    "retry_after",
     "scrub",
     "seconds_until_epoch",
     "seconds_until_midnight",
@@ -44,6 +54,38 @@ Classifier = Callable[[httpx.Response], PlatformError | None]
 DEFAULT_RETRY_AFTER = 60.0
 
 _TOKENISH = re.compile(r"[A-Za-z0-9._~+/=|-]{24,}")
+
+#: ``(platform, response)`` for every 2xx answer :func:`send` returns in the observing context.
+#: Successful answers carry the *proactive* rate-limit signals (X ``x-rate-limit-remaining: 0``,
+#: Meta usage headers...); the workers watch them to pause before a platform answers 429.
+SuccessObserver = Callable[[str, httpx.Response], None]
+_success_observer: ContextVar[SuccessObserver | None] = ContextVar("success_observer", default=None)
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def observe_success(observer: SuccessObserver) -> Iterator[None]:
+    """Within the block (this thread or task only), every successful ``send`` calls ``observer``.
+
+    A context variable rather than an argument: adapters make their calls through many helpers,
+    and none of them has to know that someone is watching.
+    """
+    token = _success_observer.set(observer)
+    try:
+        yield
+    finally:
+        _success_observer.reset(token)
+
+
+def _notify_success(platform: str, response: httpx.Response) -> None:
+    observer = _success_observer.get()
+    if observer is None:
+        return
+    try:
+        observer(platform, response)
+    except Exception as exc:  # a rate hint must never fail a call that succeeded
+        log.warning("rate-limit observer failed: %s", type(exc).__name__)
 
 
 def default_timeout(seconds: float = 10.0) -> httpx.Timeout:
@@ -74,6 +116,30 @@ def oauth_error(response: httpx.Response) -> tuple[str | None, str]:
     return None, ""
 
 
+def as_int(value: object) -> int | None:
+    """A count from JSON (YouTube sends strings); None when absent or unreadable."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The ``Authorization`` header for ``token``: tokens travel in headers, never in URLs we log."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def header_is_zero(response: httpx.Response, name: str) -> bool:
+    """True when header ``name`` reads ``0``: a "remaining" counter that says the window is spent.
+
+    A successful answer can already announce that the next call will be refused (X, Mastodon,
+    Bluesky all send such a counter under their own name).
+    """
+    return response.headers.get(name, "").strip() == "0"
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """``Retry-After`` as seconds: delta-seconds or an HTTP date. None when absent or unreadable."""
     if not value:
@@ -101,6 +167,28 @@ def seconds_until_epoch(value: str | None, now: float | None = None) -> float | 
     except ValueError:
         return None
     return max(0.0, reset - (time.time() if now is None else now))
+
+
+def retry_after(response: httpx.Response, default: float, *, reset_header: str | None = None) -> float:
+    """How long a refused caller waits: ``reset_header`` (Unix epoch seconds) when named and readable,
+    else ``Retry-After``, else the platform's ``default`` window."""
+    retry = seconds_until_epoch(response.headers.get(reset_header)) if reset_header else None
+    if retry is None:
+        retry = parse_retry_after(response.headers.get("retry-after"))
+    return default if retry is None else retry
+
+
+def rate_limited(
+    response: httpx.Response, *, platform: str, default: float, code: str | None = None, reset_header: str | None = None
+) -> RateLimited:
+    """The plain "rate limited" error of a refused answer, waiting as :func:`retry_after` reads it."""
+    return RateLimited(
+        "rate limited",
+        retry_after=retry_after(response, default, reset_header=reset_header),
+        platform=platform,
+        status=response.status_code,
+        code=code,
+    )
 
 
 def seconds_until_midnight(now: datetime, tz: tzinfo) -> float:
@@ -139,6 +227,7 @@ def send(
     except httpx.TransportError as exc:
         raise RequestMaybeSent(f"no answer ({type(exc).__name__})", platform=platform) from None
     if response.is_success:
+        _notify_success(platform, response)
         return response
     if classify is not None:
         error = classify(response)
@@ -152,14 +241,7 @@ def default_error(response: httpx.Response, platform: str) -> PlatformError:
     status = response.status_code
     code, description = oauth_error(response)
     if status == 429:
-        retry = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimited(
-            "rate limited",
-            retry_after=DEFAULT_RETRY_AFTER if retry is None else retry,
-            platform=platform,
-            status=status,
-            code=code,
-        )
+        return rate_limited(response, platform=platform, default=DEFAULT_RETRY_AFTER, code=code)
     if status >= 500:
         return Transient("platform error", platform=platform, status=status, code=code)
     return Permanent(description or "request refused", platform=platform, status=status, code=code)

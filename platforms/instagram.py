@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from platforms.base import AccountProfile, Stats, TokenSet
-from platforms.meta import MetaGraphAdapter
+from platforms.meta import MetaGraphAdapter, nonempty_str
 from social_accounts.errors import NeedsReconnect
 
 __all__ = ["InstagramAdapter"]
@@ -53,9 +53,9 @@ class InstagramAdapter(MetaGraphAdapter):
             profiles.append(
                 AccountProfile(
                     platform_account_id=str(body.get("id") or ig_id),
-                    name=_str(body.get("name")),
-                    handle=_str(body.get("username")),
-                    avatar_url=_str(body.get("profile_picture_url")),
+                    name=nonempty_str(body.get("name")),
+                    handle=nonempty_str(body.get("username")),
+                    avatar_url=nonempty_str(body.get("profile_picture_url")),
                     tokens=stored.replace(metadata={**stored.metadata, "page_id": str(page["id"])}),
                     stats=self._stats(body),
                     refresh_model="extend",
@@ -82,7 +82,3 @@ class InstagramAdapter(MetaGraphAdapter):
             )
         fresh = self.exchange_long_lived(tokens)
         return tokens.merged_with(fresh)
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None

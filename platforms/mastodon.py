@@ -33,8 +33,18 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from platforms.base import AccountProfile, Clock, PlatformAdapter, RefreshModel, RevokeResult, Stats, TokenSet, utcnow
-from platforms.http import default_timeout, json_body, oauth_error, parse_retry_after
+from platforms.base import (
+    AccountProfile,
+    Clock,
+    PlatformAdapter,
+    RateHint,
+    RefreshModel,
+    RevokeResult,
+    Stats,
+    TokenSet,
+    utcnow,
+)
+from platforms.http import as_int, bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after
 from platforms.netguard import NetGuard, Resolver, guarded_send, is_public_address, system_resolver
 from platforms.oauth2 import RECONNECT_ERRORS
 from social_accounts.errors import (
@@ -366,8 +376,13 @@ class MastodonAdapter(PlatformAdapter):
                 when = None
             if when is not None and when.tzinfo is not None:
                 return max(0.0, (when - self.clock()).total_seconds())
-        retry = parse_retry_after(response.headers.get("retry-after"))
-        return WINDOW_SECONDS if retry is None else retry
+        return retry_after(response, WINDOW_SECONDS)
+
+    def rate_hint(self, response: httpx.Response) -> RateHint | None:
+        """``X-RateLimit-Remaining: 0`` on a success: this account's window is spent until the reset."""
+        if not header_is_zero(response, "x-ratelimit-remaining"):
+            return None
+        return RateHint(self._retry_after(response), "account")
 
     # ---- the flow ---------------------------------------------------------------------------
 
@@ -430,7 +445,7 @@ class MastodonAdapter(PlatformAdapter):
         response = self._call(
             "GET",
             base + "/api/v1/accounts/verify_credentials",
-            headers={"Authorization": f"Bearer {tokens.access_token}"},
+            headers=bearer(tokens.access_token),
         )
         body = json_body(response)
         if not isinstance(body, dict) or body.get("id") in (None, "") or not body.get("username"):
@@ -439,19 +454,10 @@ class MastodonAdapter(PlatformAdapter):
 
     @staticmethod
     def _stats(account: dict[str, Any]) -> Stats:
-        def count(name: str) -> int | None:
-            value = account.get(name)
-            if value is None or isinstance(value, bool):
-                return None
-            try:
-                return int(str(value))
-            except ValueError:
-                return None
-
         return Stats(
-            followers=count("followers_count"),
-            following=count("following_count"),
-            posts=count("statuses_count"),
+            followers=as_int(account.get("followers_count")),
+            following=as_int(account.get("following_count")),
+            posts=as_int(account.get("statuses_count")),
         )
 
     def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:

@@ -31,8 +31,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from platforms.base import RevokeResult, TokenSet
-from platforms.http import Classifier, json_body, oauth_error, scrub, send
+from platforms.base import RateHint, RevokeResult, TokenSet
+from platforms.http import Classifier, as_int, bearer, json_body, oauth_error, scrub, send
 from platforms.oauth2 import RECONNECT_ERRORS, OAuth2Adapter
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, Transient
 
@@ -45,10 +45,13 @@ __all__ = [
     "THROTTLE_SECONDS",
     "MetaError",
     "MetaGraphAdapter",
+    "MetaOAuth2Adapter",
     "appsecret_proof",
     "classify_meta",
     "graph_base",
     "meta_error",
+    "meta_rate_hint",
+    "nonempty_str",
     "regain_seconds",
     "usage_near_limit",
 ]
@@ -108,15 +111,6 @@ class MetaError:
         return f"{self.code}/{self.subcode}" if self.subcode else str(self.code)
 
 
-def _as_int(value: object) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(str(value))
-    except ValueError:
-        return None
-
-
 def meta_error(response: httpx.Response) -> MetaError | None:
     """The ``error`` object of a Meta error body (message scrubbed), or None when it is not one."""
     body = json_body(response)
@@ -124,8 +118,8 @@ def meta_error(response: httpx.Response) -> MetaError | None:
         return None
     error = body["error"]
     return MetaError(
-        code=_as_int(error.get("code")),
-        subcode=_as_int(error.get("error_subcode")),
+        code=as_int(error.get("code")),
+        subcode=as_int(error.get("error_subcode")),
         message=scrub(error.get("message") or ""),
         type=str(error.get("type") or ""),
     )
@@ -188,6 +182,12 @@ def usage_near_limit(response: httpx.Response) -> float | None:
     return regain if regain is not None else NEAR_LIMIT_WAIT_SECONDS
 
 
+def meta_rate_hint(response: httpx.Response) -> RateHint | None:
+    """:func:`usage_near_limit` as an app-wide hint (Facebook, Instagram and Threads alike)."""
+    seconds = usage_near_limit(response)
+    return None if seconds is None else RateHint(seconds, "app")
+
+
 def classify_meta(response: httpx.Response, platform: str) -> PlatformError | None:
     """Meta's reading of a failed response; None leaves it to the shared defaults (429, 5xx)."""
     status = response.status_code
@@ -226,6 +226,11 @@ def classify_meta(response: httpx.Response, platform: str) -> PlatformError | No
     return Permanent(error.message or "request refused", platform=platform, status=status, code=error.label)
 
 
+def nonempty_str(value: object) -> str | None:
+    """A Graph string field, or None when it is absent, empty or not a string."""
+    return value if isinstance(value, str) and value else None
+
+
 def is_permission_error(exc: PlatformError) -> bool:
     """True for Meta's "permission missing" family (10, 200-299)."""
     if not isinstance(exc, Permanent) or not exc.code:
@@ -234,10 +239,69 @@ def is_permission_error(exc: PlatformError) -> bool:
     return head.isdigit() and int(head) in PERMISSION_CODES
 
 
+# ---- what every Meta adapter shares -----------------------------------------------------------
+
+
+class MetaOAuth2Adapter(OAuth2Adapter):
+    """Meta's reading of errors and usage headers, and its short → long-lived token upgrade.
+
+    The base of :class:`MetaGraphAdapter` (Facebook, Instagram) and of the Threads adapter:
+    different hosts, apps and grant names, the same error model and the same rule that a code
+    exchange is followed at once by a long-lived exchange, finished later if that one fails.
+    """
+
+    scope_separator = ","
+    use_pkce = False
+
+    def classify(self, response: httpx.Response) -> PlatformError | None:
+        return classify_meta(response, self.platform)
+
+    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
+        return classify_meta(response, self.platform)
+
+    def rate_hint(self, response: httpx.Response) -> RateHint | None:
+        """Usage headers near their limit: hold every account of the app back (app-wide)."""
+        return meta_rate_hint(response)
+
+    def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
+        """The platform's exchange of a (short- or long-lived) token for a fresh long-lived one."""
+        raise NotImplementedError
+
+    def long_lived(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
+        """The long-lived token set of an exchange answer; the server's ``expires_in`` wins and,
+        when it sends none, the token has no known expiry."""
+        fresh = self.parse_token_response(body)
+        return TokenSet(
+            access_token=fresh.access_token,
+            refresh_token=None,
+            expires_at=fresh.expires_at,
+            scopes=fresh.scopes or tokens.scopes,
+            metadata={**tokens.metadata, "long_lived": True},
+        )
+
+    def long_lived_or_later(self, tokens: TokenSet) -> TokenSet:
+        """Right after the code exchange: upgrade now, or mark the short token for later.
+
+        The code is spent, so a temporary failure of the follow-up must not lose the login: the
+        short token comes back marked ``long_lived: False`` and :meth:`ensure_long_lived`
+        finishes the job on the next (retryable) call.
+        """
+        try:
+            return self.exchange_long_lived(tokens)
+        except (Transient, RateLimited):
+            return tokens.replace(metadata={**tokens.metadata, "long_lived": False})
+
+    def ensure_long_lived(self, tokens: TokenSet) -> TokenSet:
+        """The long-lived form of ``tokens``, exchanging now if the code exchange could not."""
+        if tokens.metadata.get("long_lived") is False:
+            return self.exchange_long_lived(tokens)
+        return tokens
+
+
 # ---- the Facebook / Instagram base ------------------------------------------------------------
 
 
-class MetaGraphAdapter(OAuth2Adapter):
+class MetaGraphAdapter(MetaOAuth2Adapter):
     """Facebook Login on the Graph API, shared by the Facebook and Instagram adapters.
 
     * The dialog is ``https://www.facebook.com/{ver}/dialog/oauth``; scopes are comma-separated;
@@ -255,8 +319,6 @@ class MetaGraphAdapter(OAuth2Adapter):
     required_env = ("META_APP_ID", "META_APP_SECRET")
     client_id_setting = "meta_app_id"
     client_secret_setting = "meta_app_secret"
-    scope_separator = ","
-    use_pkce = False
     token_url = ""  # derived from the API base; see token_endpoint()
 
     #: page size requested from /me/accounts (Graph's default is 25)
@@ -285,14 +347,6 @@ class MetaGraphAdapter(OAuth2Adapter):
         params = self.authorization_params(state=state, redirect_uri=redirect_uri, code_challenge=None)
         return self.endpoint("authorize_url", default) + "?" + urlencode(params)
 
-    # ---- errors ---------------------------------------------------------------------------------
-
-    def classify(self, response: httpx.Response) -> PlatformError | None:
-        return classify_meta(response, self.platform)
-
-    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
-        return classify_meta(response, self.platform)
-
     # ---- tokens ---------------------------------------------------------------------------------
 
     def token_request(
@@ -309,32 +363,12 @@ class MetaGraphAdapter(OAuth2Adapter):
         return self.after_exchange(self.parse_token_response(body), body)
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
-        """``fb_exchange_token``: a (short- or long-lived) user token → a fresh long-lived one.
-
-        The server's ``expires_in`` wins; when it sends none the token has no known expiry.
-        """
+        """``fb_exchange_token``: a (short- or long-lived) user token → a fresh long-lived one."""
         body = self.token_request({"grant_type": "fb_exchange_token", "fb_exchange_token": tokens.access_token})
-        fresh = self.parse_token_response(body)
-        return TokenSet(
-            access_token=fresh.access_token,
-            refresh_token=None,
-            expires_at=fresh.expires_at,
-            scopes=fresh.scopes or tokens.scopes,
-            metadata={**tokens.metadata, "long_lived": True},
-        )
+        return self.long_lived(tokens, body)
 
     def after_exchange(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
-        try:
-            return self.exchange_long_lived(tokens)
-        except (Transient, RateLimited):
-            # the code is spent; keep the short token and upgrade it on the next (retryable) call
-            return tokens.replace(metadata={**tokens.metadata, "long_lived": False})
-
-    def ensure_long_lived(self, tokens: TokenSet) -> TokenSet:
-        """The long-lived form of ``tokens``, exchanging now if the code exchange could not."""
-        if tokens.metadata.get("long_lived") is False:
-            return self.exchange_long_lived(tokens)
-        return tokens
+        return self.long_lived_or_later(tokens)
 
     # ---- Graph reads ------------------------------------------------------------------------------
 
@@ -342,16 +376,7 @@ class MetaGraphAdapter(OAuth2Adapter):
         """GET a Graph URL with the token in the header and ``appsecret_proof`` added."""
         query = dict(params or {})
         query["appsecret_proof"] = appsecret_proof(access_token, self.client_secret)
-        response = send(
-            self.http,
-            "GET",
-            url,
-            platform=self.platform,
-            classify=self.classify,
-            params=query,
-            headers={"Authorization": f"Bearer {access_token}"},
-            timeout=self.timeout(),
-        )
+        response = self.bearer_get(url, access_token, params=query)
         body = json_body(response)
         if not isinstance(body, dict):
             raise Permanent("Graph answered without a JSON object", platform=self.platform, status=response.status_code)
@@ -421,7 +446,7 @@ class MetaGraphAdapter(OAuth2Adapter):
             self.api(f"{user_id}/permissions"),
             platform=self.platform,
             classify=self.classify,
-            headers={"Authorization": f"Bearer {self.app_access_token()}"},
+            headers=bearer(self.app_access_token()),
             timeout=self.timeout(),
         )
         return "revoked"

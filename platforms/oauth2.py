@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import httpx
 
 from platforms.base import PlatformAdapter, RevokeResult, TokenSet
-from platforms.http import Classifier, default_timeout, json_body, oauth_error, send
+from platforms.http import Classifier, as_int, bearer, default_timeout, json_body, oauth_error, send
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
 
 __all__ = ["OAuth2Adapter", "pkce_pair", "s256_challenge"]
@@ -58,6 +58,8 @@ class OAuth2Adapter(PlatformAdapter):
     client_id_param: ClassVar[str] = "client_id"
     #: extra authorization parameters (Google: access_type=offline, prompt=consent)
     extra_authorize_params: ClassVar[dict[str, str]] = {}
+    #: why a refresh cannot start when the account holds no refresh token
+    missing_refresh_message: ClassVar[str] = "no refresh token was issued for this account"
 
     # ---- credentials ------------------------------------------------------------------------
 
@@ -76,10 +78,24 @@ class OAuth2Adapter(PlatformAdapter):
     def timeout(self) -> httpx.Timeout:
         return default_timeout(self.settings.http_timeout_seconds)
 
+    def client_basic_auth(self) -> tuple[str, str] | None:
+        """HTTP Basic client credentials where the platform wants them (``client_auth="basic"``)."""
+        return (self.client_id, self.client_secret) if self.client_auth == "basic" else None
+
+    def client_body_fields(self) -> dict[str, str]:
+        """Client credentials as form fields where the platform wants them (``client_auth="body"``)."""
+        if self.client_auth == "basic":
+            return {}
+        return {self.client_id_param: self.client_id, "client_secret": self.client_secret}
+
     # ---- hooks ------------------------------------------------------------------------------
 
     def classify(self, response: httpx.Response) -> PlatformError | None:
         """The platform's reading of a failed response (API calls and token endpoint alike)."""
+        return self.classify_token_error(response)
+
+    def classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+        """A refused ``refresh_token`` grant; platforms that say "spent token" their own way override."""
         return self.classify_token_error(response)
 
     def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
@@ -117,9 +133,7 @@ class OAuth2Adapter(PlatformAdapter):
 
     # ---- the flow ---------------------------------------------------------------------------
 
-    def authorization_params(
-        self, *, state: str, redirect_uri: str, code_challenge: str | None
-    ) -> dict[str, str]:
+    def authorization_params(self, *, state: str, redirect_uri: str, code_challenge: str | None) -> dict[str, str]:
         params = {
             "response_type": "code",
             self.client_id_param: self.client_id,
@@ -144,24 +158,21 @@ class OAuth2Adapter(PlatformAdapter):
         self, form: dict[str, str], *, classify: Classifier | None = None, url: str | None = None
     ) -> dict[str, Any]:
         """POST to the token endpoint with the platform's client authentication."""
-        auth: tuple[str, str] | None = None
-        data = dict(form)
-        if self.client_auth == "basic":
-            auth = (self.client_id, self.client_secret)
-        else:
-            data[self.client_id_param] = self.client_id
-            data["client_secret"] = self.client_secret
         response = send(
             self.http,
             "POST",
             url or self.endpoint("token_url", self.token_url),
             platform=self.platform,
             classify=classify or self.classify_token_error,
-            data=data,
-            auth=auth,
+            data={**form, **self.client_body_fields()},
+            auth=self.client_basic_auth(),
             headers={"Accept": "application/json"},
             timeout=self.timeout(),
         )
+        return self.token_body(response)
+
+    def token_body(self, response: httpx.Response) -> dict[str, Any]:
+        """The JSON object a token endpoint answered; anything else is a broken answer."""
         body = json_body(response)
         if not isinstance(body, dict):
             raise Permanent("token endpoint answered without JSON", platform=self.platform)
@@ -187,8 +198,11 @@ class OAuth2Adapter(PlatformAdapter):
         already have spent the old refresh token, so the caller records the uncertainty.
         """
         if not tokens.refresh_token:
-            raise NeedsReconnect("no refresh token was issued for this account", platform=self.platform)
-        body = self.token_request({"grant_type": "refresh_token", "refresh_token": tokens.refresh_token})
+            raise NeedsReconnect(self.missing_refresh_message, platform=self.platform)
+        body = self.token_request(
+            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
+            classify=self.classify_refresh_error,
+        )
         return self.parse_token_response(body, previous=tokens)
 
     def revoke(self, tokens: TokenSet) -> RevokeResult:
@@ -196,27 +210,26 @@ class OAuth2Adapter(PlatformAdapter):
         url = self.endpoint("revoke_url", self.revoke_url)
         if not url:
             return "none"
-        token = tokens.refresh_token or tokens.access_token
-        form = {"token": token}
-        if self.client_auth == "body":
-            form[self.client_id_param] = self.client_id
-            form["client_secret"] = self.client_secret
         send(
             self.http,
             "POST",
             url,
             platform=self.platform,
             classify=self.classify,
-            data=form,
-            auth=(self.client_id, self.client_secret) if self.client_auth == "basic" else None,
+            data=self.revoke_form(tokens),
+            auth=self.client_basic_auth(),
             timeout=self.timeout(),
         )
         return "revoked"
 
-    def get_json(self, url: str, tokens: TokenSet, **kwargs: Any) -> Any:
-        """GET an API resource with the bearer token; the platform's classifier reads failures."""
-        headers = {"Authorization": f"Bearer {tokens.access_token}", **kwargs.pop("headers", {})}
-        response = send(
+    def revoke_form(self, tokens: TokenSet) -> dict[str, str]:
+        """The revocation body: the refresh token (it ends the whole grant) and body credentials."""
+        return {"token": tokens.refresh_token or tokens.access_token, **self.client_body_fields()}
+
+    def bearer_get(self, url: str, access_token: str, **kwargs: Any) -> httpx.Response:
+        """GET with the token in the header (never the URL); the platform's classifier reads failures."""
+        headers = {**bearer(access_token), **kwargs.pop("headers", {})}
+        return send(
             self.http,
             "GET",
             url,
@@ -226,14 +239,10 @@ class OAuth2Adapter(PlatformAdapter):
             timeout=self.timeout(),
             **kwargs,
         )
-        return json_body(response)
 
-    @staticmethod
-    def as_int(value: object) -> int | None:
-        """A count from JSON (YouTube sends strings); None when absent or unreadable."""
-        if value is None or isinstance(value, bool):
-            return None
-        try:
-            return int(str(value))
-        except ValueError:
-            return None
+    def get_json(self, url: str, tokens: TokenSet, **kwargs: Any) -> Any:
+        """GET an API resource with the account's bearer token; the body as JSON (None if not)."""
+        return json_body(self.bearer_get(url, tokens.access_token, **kwargs))
+
+    #: a count from JSON (:func:`platforms.http.as_int`), kept here for the adapters' convenience
+    as_int = staticmethod(as_int)

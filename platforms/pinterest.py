@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import httpx
 
 from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
-from platforms.http import json_body, parse_retry_after, scrub
+from platforms.http import json_body, rate_limited, scrub
 from platforms.oauth2 import OAuth2Adapter
-from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
 
 __all__ = ["PinterestAdapter"]
 
@@ -70,15 +70,8 @@ class PinterestAdapter(OAuth2Adapter):
     def classify(self, response: httpx.Response) -> PlatformError | None:
         status = response.status_code
         if status == 429:
-            retry = parse_retry_after(response.headers.get("retry-after"))
             code, _ = pinterest_error(response)
-            return RateLimited(
-                "rate limited",
-                retry_after=DEFAULT_BACKOFF if retry is None else retry,
-                platform=self.platform,
-                status=429,
-                code=code,
-            )
+            return rate_limited(response, platform=self.platform, default=DEFAULT_BACKOFF, code=code)
         if status == 401:
             return AccessTokenExpired("access token rejected; refresh first", platform=self.platform, status=401)
         return self.classify_token_error(response)
@@ -96,25 +89,14 @@ class PinterestAdapter(OAuth2Adapter):
             )
         return None
 
-    def _classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+    def classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+        """A 400 to our own refresh request can only mean the refresh token (module docstring)."""
         if response.status_code == 400:
             code, message = pinterest_error(response)
             return NeedsReconnect(
                 message or "the refresh token was refused", platform=self.platform, status=400, code=code
             )
         return self.classify_token_error(response)
-
-    # ---- tokens -----------------------------------------------------------------------------
-
-    def refresh(self, tokens: TokenSet) -> TokenSet:
-        """Basic-authenticated refresh; a returned refresh token replaces the old one."""
-        if not tokens.refresh_token:
-            raise NeedsReconnect("no refresh token was issued for this account", platform=self.platform)
-        body = self.token_request(
-            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
-            classify=self._classify_refresh_error,
-        )
-        return self.parse_token_response(body, previous=tokens)
 
     # ---- profile and counts -----------------------------------------------------------------
 

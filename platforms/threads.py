@@ -20,13 +20,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import httpx
-
 from platforms.base import AccountProfile, Stats, TokenSet
-from platforms.http import Classifier, json_body, send
-from platforms.meta import classify_meta, is_permission_error
-from platforms.oauth2 import OAuth2Adapter
-from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, Transient
+from platforms.http import Classifier, as_int, send
+from platforms.meta import MetaOAuth2Adapter, is_permission_error, nonempty_str
+from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
 
 __all__ = ["ThreadsAdapter"]
 
@@ -34,7 +31,7 @@ API_VERSION = "v1.0"
 PROFILE_FIELDS = "id,username,name,threads_profile_picture_url"
 
 
-class ThreadsAdapter(OAuth2Adapter):
+class ThreadsAdapter(MetaOAuth2Adapter):
     platform = "threads"
     refresh_model = "extend"
     refresh_margin = timedelta(days=7)
@@ -44,17 +41,7 @@ class ThreadsAdapter(OAuth2Adapter):
     authorize_url = "https://threads.net/oauth/authorize"
     token_url = "https://graph.threads.net/oauth/access_token"
     api_url = "https://graph.threads.net"
-    scope_separator = ","
-    use_pkce = False
     scopes = ("threads_basic", "threads_content_publish", "threads_manage_insights")
-
-    # ---- errors ---------------------------------------------------------------------------------
-
-    def classify(self, response: httpx.Response) -> PlatformError | None:
-        return classify_meta(response, self.platform)
-
-    def classify_token_error(self, response: httpx.Response) -> PlatformError | None:
-        return classify_meta(response, self.platform)
 
     # ---- tokens ---------------------------------------------------------------------------------
 
@@ -68,10 +55,7 @@ class ThreadsAdapter(OAuth2Adapter):
         user_id = body.get("user_id")
         if user_id is not None:
             tokens = tokens.replace(metadata={**tokens.metadata, "threads_user_id": str(user_id)})
-        try:
-            return self._long_lived(tokens)
-        except (Transient, RateLimited):
-            return tokens.replace(metadata={**tokens.metadata, "long_lived": False})
+        return self.long_lived_or_later(tokens)
 
     def token_request(
         self, form: dict[str, str], *, classify: Classifier | None = None, url: str | None = None
@@ -92,12 +76,10 @@ class ThreadsAdapter(OAuth2Adapter):
             headers={"Accept": "application/json"},
             timeout=self.timeout(),
         )
-        body = json_body(response)
-        if not isinstance(body, dict):
-            raise Permanent("token endpoint answered without JSON", platform=self.platform)
-        return body
+        return self.token_body(response)
 
-    def _long_lived(self, tokens: TokenSet) -> TokenSet:
+    def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
+        """``th_exchange_token``: the short-lived token of the code exchange → a 60-day one."""
         body = self._token_get(
             "access_token",
             {
@@ -106,17 +88,7 @@ class ThreadsAdapter(OAuth2Adapter):
                 "access_token": tokens.access_token,
             },
         )
-        return self._extended(tokens, body)
-
-    def _extended(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
-        fresh = self.parse_token_response(body)
-        return TokenSet(
-            access_token=fresh.access_token,
-            refresh_token=None,
-            expires_at=fresh.expires_at,
-            scopes=fresh.scopes or tokens.scopes,
-            metadata={**tokens.metadata, "long_lived": True},
-        )
+        return self.long_lived(tokens, body)
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         """``th_refresh_token`` on the long-lived token (``th_exchange_token`` if it never became one)."""
@@ -125,11 +97,11 @@ class ThreadsAdapter(OAuth2Adapter):
                 "the Threads token expired and cannot be refreshed", platform=self.platform, code="expired"
             )
         if tokens.metadata.get("long_lived") is False:
-            return self._long_lived(tokens)
+            return self.exchange_long_lived(tokens)
         body = self._token_get(
             "refresh_access_token", {"grant_type": "th_refresh_token", "access_token": tokens.access_token}
         )
-        return self._extended(tokens, body)
+        return self.long_lived(tokens, body)
 
     # ---- profile and counts -----------------------------------------------------------------------
 
@@ -141,8 +113,7 @@ class ThreadsAdapter(OAuth2Adapter):
 
     def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
         """The one Threads profile of this token; followers when the insights scope allows."""
-        if tokens.metadata.get("long_lived") is False:
-            tokens = self._long_lived(tokens)
+        tokens = self.ensure_long_lived(tokens)
         body = self._get("me", tokens, {"fields": PROFILE_FIELDS})
         user_id = str(body.get("id") or tokens.metadata.get("threads_user_id") or "")
         if not user_id:
@@ -154,9 +125,9 @@ class ThreadsAdapter(OAuth2Adapter):
         return [
             AccountProfile(
                 platform_account_id=user_id,
-                name=_str(body.get("name")),
-                handle=_str(body.get("username")),
-                avatar_url=_str(body.get("threads_profile_picture_url")),
+                name=nonempty_str(body.get("name")),
+                handle=nonempty_str(body.get("username")),
+                avatar_url=nonempty_str(body.get("threads_profile_picture_url")),
                 tokens=tokens.replace(metadata={**tokens.metadata, "threads_user_id": user_id}),
                 stats=Stats(followers=followers),
                 refresh_model="extend",
@@ -184,12 +155,8 @@ def _metric_value(item: dict[str, Any]) -> int | None:
     """An insights metric: ``total_value.value``, else the last of ``values[].value``."""
     total = item.get("total_value")
     if isinstance(total, dict) and total.get("value") is not None:
-        return OAuth2Adapter.as_int(total.get("value"))
+        return as_int(total.get("value"))
     values = item.get("values")
     if isinstance(values, list) and values and isinstance(values[-1], dict):
-        return OAuth2Adapter.as_int(values[-1].get("value"))
+        return as_int(values[-1].get("value"))
     return None
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
-from platforms.http import json_body, parse_retry_after, scrub, send
+from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
+from platforms.http import json_body, rate_limited, scrub
 from platforms.oauth2 import RECONNECT_ERRORS, OAuth2Adapter
-from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
 
 __all__ = ["TikTokAdapter"]
 
@@ -77,14 +77,7 @@ class TikTokAdapter(OAuth2Adapter):
         code, message = api_error(json_body(response))
         status = response.status_code
         if status == 429 or code == "rate_limit_exceeded":
-            retry = parse_retry_after(response.headers.get("retry-after"))
-            return RateLimited(
-                "rate limited",
-                retry_after=WINDOW_SECONDS if retry is None else retry,
-                platform=self.platform,
-                status=status,
-                code=code,
-            )
+            return rate_limited(response, platform=self.platform, default=WINDOW_SECONDS, code=code)
         if code == "access_token_invalid":
             return AccessTokenExpired("access token rejected; refresh first", platform=self.platform, status=status)
         if code in SCOPE_ERRORS:
@@ -109,21 +102,9 @@ class TikTokAdapter(OAuth2Adapter):
             tokens = tokens.replace(metadata={**tokens.metadata, "open_id": str(body["open_id"])})
         return tokens
 
-    def revoke(self, tokens: TokenSet) -> RevokeResult:
+    def revoke_form(self, tokens: TokenSet) -> dict[str, str]:
         """TikTok revokes by access token: ``client_key``, ``client_secret``, ``token`` in the body."""
-        url = self.endpoint("revoke_url", self.revoke_url)
-        if not url:
-            return "none"
-        send(
-            self.http,
-            "POST",
-            url,
-            platform=self.platform,
-            classify=self.classify,
-            data={"client_key": self.client_id, "client_secret": self.client_secret, "token": tokens.access_token},
-            timeout=self.timeout(),
-        )
-        return "revoked"
+        return {**self.client_body_fields(), "token": tokens.access_token}
 
     # ---- profile and counts -----------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
-from platforms.http import oauth_error, parse_retry_after, seconds_until_epoch
+from platforms.base import AccountProfile, RateHint, RefreshModel, Stats, TokenSet
+from platforms.http import header_is_zero, oauth_error, rate_limited, seconds_until_epoch
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
 
@@ -44,7 +44,7 @@ def remaining_zero(response: httpx.Response) -> bool:
     A successful answer can already announce that the next call will be refused; a shared
     cooldown can use this to stop before X answers 429.
     """
-    return response.headers.get("x-rate-limit-remaining", "").strip() == "0"
+    return header_is_zero(response, "x-rate-limit-remaining")
 
 
 class TwitterAdapter(OAuth2Adapter):
@@ -62,6 +62,8 @@ class TwitterAdapter(OAuth2Adapter):
     use_pkce = True
     client_id_setting = "twitter_client_id"
     client_secret_setting = "twitter_client_secret"
+    #: the refresh grant rotates; without ``offline.access`` X issues no refresh token at all
+    missing_refresh_message = "no refresh token was issued (offline.access missing)"
 
     # ---- reading failures -------------------------------------------------------------------
 
@@ -86,7 +88,8 @@ class TwitterAdapter(OAuth2Adapter):
             return self._rate_limited(response)
         return super().classify_token_error(response)
 
-    def _classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+    def classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
+        """``invalid_request`` on a refresh is X's answer for a spent or revoked refresh token."""
         error, description = oauth_error(response)
         if error == "invalid_request":
             return NeedsReconnect(
@@ -98,28 +101,18 @@ class TwitterAdapter(OAuth2Adapter):
         return self.classify_token_error(response)
 
     def _rate_limited(self, response: httpx.Response) -> RateLimited:
-        retry = seconds_until_epoch(response.headers.get("x-rate-limit-reset"))
-        if retry is None:
-            retry = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimited(
-            "rate limited",
-            retry_after=WINDOW_SECONDS if retry is None else retry,
-            platform=self.platform,
-            status=429,
-            code="88",
+        return rate_limited(
+            response, platform=self.platform, default=WINDOW_SECONDS, code="88", reset_header="x-rate-limit-reset"
         )
+
+    def rate_hint(self, response: httpx.Response) -> RateHint | None:
+        """``x-rate-limit-remaining: 0`` on a success: this user's window is spent until the reset."""
+        if not remaining_zero(response):
+            return None
+        retry = seconds_until_epoch(response.headers.get("x-rate-limit-reset"))
+        return RateHint(WINDOW_SECONDS if retry is None else retry, "account")
 
     # ---- the flow ---------------------------------------------------------------------------
-
-    def refresh(self, tokens: TokenSet) -> TokenSet:
-        """Rotate: the answer carries a new refresh token that replaces the spent one."""
-        if not tokens.refresh_token:
-            raise NeedsReconnect("no refresh token was issued (offline.access missing)", platform=self.platform)
-        body = self.token_request(
-            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
-            classify=self._classify_refresh_error,
-        )
-        return self.parse_token_response(body, previous=tokens)
 
     def _me(self, tokens: TokenSet) -> dict[str, Any]:
         body = self.get_json(self.api("users/me"), tokens, params={"user.fields": "profile_image_url,public_metrics"})

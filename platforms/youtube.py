@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import httpx
 
 from platforms.base import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
-from platforms.http import json_body, parse_retry_after, scrub, seconds_until_midnight, send
+from platforms.http import json_body, rate_limited, scrub, seconds_until_midnight
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, Permanent, PlatformError, RateLimited
 
@@ -90,14 +90,7 @@ class YouTubeAdapter(OAuth2Adapter):
             )
         short = reasons & SHORT_LIMITS
         if short:
-            retry = parse_retry_after(response.headers.get("retry-after"))
-            return RateLimited(
-                "rate limited",
-                retry_after=SHORT_BACKOFF if retry is None else retry,
-                platform=self.platform,
-                status=status,
-                code=sorted(short)[0],
-            )
+            return rate_limited(response, platform=self.platform, default=SHORT_BACKOFF, code=sorted(short)[0])
         if status == 401:
             return AccessTokenExpired(
                 "access token rejected; refresh first", platform=self.platform, status=401, code=status_text or None
@@ -110,20 +103,14 @@ class YouTubeAdapter(OAuth2Adapter):
 
     # ---- revoke -----------------------------------------------------------------------------
 
+    def revoke_form(self, tokens: TokenSet) -> dict[str, str]:
+        """Google takes ``token=`` alone (no client credentials)."""
+        return {"token": tokens.refresh_token or tokens.access_token}
+
     def revoke(self, tokens: TokenSet) -> RevokeResult:
-        url = self.endpoint("revoke_url", self.revoke_url)
-        if not url:
-            return "none"
+        """RFC 7009 as the base class sends it; ``invalid_token`` means the grant is already gone."""
         try:
-            send(
-                self.http,
-                "POST",
-                url,
-                platform=self.platform,
-                classify=self.classify,
-                data={"token": tokens.refresh_token or tokens.access_token},
-                timeout=self.timeout(),
-            )
+            return super().revoke(tokens)
         except Permanent as exc:
             if exc.code != "invalid_token":
                 raise

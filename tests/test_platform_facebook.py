@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
@@ -15,49 +12,21 @@ from platforms.base import TokenSet
 from platforms.facebook import FacebookAdapter
 from platforms.meta import APP_THROTTLE_SECONDS, THROTTLE_SECONDS, appsecret_proof, usage_near_limit
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, RequestMaybeSent, Transient
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta
+from tests.fakeplatform.core import closed_port
 from tests.fakeplatform.facebook import META, buc_header, follow_dialog, meta_error
+from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
+from tests.platform_support import meta_connect as connect
 
-REDIRECT = "http://127.0.0.1:8000/oauth/callback"
 GRAPH = "/meta/graph/v21.0"
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture(autouse=True)
-def _meta_world(fake: FakePlatformServer) -> Iterator[None]:
-    META.reset()
-    yield
-    META.reset()
-
-
-@pytest.fixture
-def adapter(settings_factory: Any, http: httpx.Client) -> FacebookAdapter:
-    return FacebookAdapter(settings_factory(), http)
-
-
-def connect(adapter: FacebookAdapter, http: httpx.Client, user: str | None = None) -> TokenSet:
-    url = adapter.authorization_url(state="st4te", redirect_uri=REDIRECT, code_challenge=None)
-    query = follow_dialog(http, url, user)
-    return adapter.exchange_code(code=query["code"], redirect_uri=REDIRECT, code_verifier=None)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def assert_no_secret(exc: BaseException, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
-        assert all(secret not in str(arg) for arg in exc.args)
+http = platform_support.http
+_meta_world = platform_support.fresh_world(META)
+make = platform_support.adapter_factory(FacebookAdapter)
+adapter = platform_support.adapter
 
 
 # ---- authorization URL ---------------------------------------------------------------------
@@ -66,9 +35,8 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
 def test_authorization_url_is_meta_dialog_with_comma_scopes_and_no_pkce(settings_factory: Any, http: httpx.Client):
     adapter = FacebookAdapter(settings_factory(facebook_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="challenge-value")
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://www.facebook.com/v21.0/dialog/oauth"
+    base, query = split_url(url)
+    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
     assert query["client_id"] == fakemeta.APP_ID
     assert query["redirect_uri"] == REDIRECT
     assert query["state"] == "abc"
@@ -345,18 +313,13 @@ def test_server_errors_are_transient(
     adapter: FacebookAdapter, fake: FakePlatformServer, page: Any, response: FakeResponse
 ):
     fake.fail(f"{GRAPH}/201", response)
-    with pytest.raises(Transient) as info:
-        adapter.fetch_stats("201", page.tokens)
-    assert info.value.status == response.status
-    assert not isinstance(info.value, RequestMaybeSent)
+    assert_transient(lambda: adapter.fetch_stats("201", page.tokens), status=response.status)
 
 
 def test_connection_refused_is_transient(settings_factory: Any, http: httpx.Client, page: Any):
     dead = f"http://127.0.0.1:{closed_port()}/v21.0"
     adapter = FacebookAdapter(settings_factory(facebook_api_url=dead, facebook_token_url=None), http)
-    with pytest.raises(Transient) as info:
-        adapter.fetch_stats("201", page.tokens)
-    assert not isinstance(info.value, RequestMaybeSent)
+    assert_transient(lambda: adapter.fetch_stats("201", page.tokens))
     with pytest.raises(Transient):  # the token endpoint follows the API base
         adapter.exchange_code(code="code_x", redirect_uri=REDIRECT, code_verifier=None)
 

@@ -2,62 +2,37 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
-from platforms.base import AccountProfile, TokenSet
+from platforms.base import AccountProfile
 from platforms.instagram import InstagramAdapter
-from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, RequestMaybeSent, Transient
+from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta
-from tests.fakeplatform.facebook import META, buc_header, follow_dialog, meta_error
+from tests.fakeplatform.core import unused_port_url
+from tests.fakeplatform.facebook import META, buc_header, meta_error
+from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
+from tests.platform_support import meta_connect as connect
 
-REDIRECT = "http://127.0.0.1:8000/oauth/callback"
 GRAPH = "/meta/graph/v21.0"
 IG_BAKERY = "17841400000001"
 IG_BOOKS = "17841400000003"
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture(autouse=True)
-def _meta_world(fake: FakePlatformServer) -> Iterator[None]:
-    META.reset()
-    yield
-    META.reset()
-
-
-@pytest.fixture
-def adapter(settings_factory: Any, http: httpx.Client) -> InstagramAdapter:
-    return InstagramAdapter(settings_factory(), http)
-
-
-def connect(adapter: InstagramAdapter, http: httpx.Client, user: str | None = None) -> TokenSet:
-    url = adapter.authorization_url(state="st4te", redirect_uri=REDIRECT, code_challenge=None)
-    query = follow_dialog(http, url, user)
-    return adapter.exchange_code(code=query["code"], redirect_uri=REDIRECT, code_verifier=None)
+http = platform_support.http
+_meta_world = platform_support.fresh_world(META)
+make = platform_support.adapter_factory(InstagramAdapter)
+adapter = platform_support.adapter
 
 
 @pytest.fixture
 def account(adapter: InstagramAdapter, http: httpx.Client) -> AccountProfile:
     return adapter.fetch_accounts(connect(adapter, http))[0]
-
-
-def assert_no_secret(exc: BaseException, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
-        assert all(secret not in str(arg) for arg in exc.args)
 
 
 # ---- authorization and exchange -------------------------------------------------------------
@@ -66,9 +41,8 @@ def assert_no_secret(exc: BaseException, *secrets: str) -> None:
 def test_authorization_url_uses_meta_dialog_with_instagram_scopes(settings_factory: Any, http: httpx.Client):
     adapter = InstagramAdapter(settings_factory(instagram_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://www.facebook.com/v21.0/dialog/oauth"
+    base, query = split_url(url)
+    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
     scopes = query["scope"].split(",")
     assert {"instagram_basic", "pages_show_list", "pages_read_engagement"} <= set(scopes)
     assert query["client_id"] == fakemeta.APP_ID and query["state"] == "abc" and query["response_type"] == "code"
@@ -164,13 +138,8 @@ def test_refresh_refused_by_meta_as_expired_needs_reconnect(
 
 
 def test_refresh_on_connection_refused_is_transient(settings_factory: Any, http: httpx.Client, account: AccountProfile):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dead = InstagramAdapter(settings_factory(instagram_token_url=f"http://127.0.0.1:{port}/oauth/access_token"), http)
-    with pytest.raises(Transient) as info:
-        dead.refresh(account.tokens)
-    assert not isinstance(info.value, RequestMaybeSent)
+    dead = InstagramAdapter(settings_factory(instagram_token_url=f"{unused_port_url()}/oauth/access_token"), http)
+    assert_transient(lambda: dead.refresh(account.tokens))
 
 
 # ---- revoke ------------------------------------------------------------------------------------
@@ -214,9 +183,7 @@ def test_app_throttle_code_4_holds_back_the_whole_app(
 
 def test_5xx_is_transient(adapter: InstagramAdapter, account: AccountProfile, fake: FakePlatformServer):
     fake.fail(f"{GRAPH}/{IG_BAKERY}", FakeResponse(503, "Service Unavailable"))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_stats(IG_BAKERY, account.tokens)
-    assert info.value.status == 503
+    assert_transient(lambda: adapter.fetch_stats(IG_BAKERY, account.tokens), status=503)
 
 
 def test_unknown_account_is_permanent(adapter: InstagramAdapter, account: AccountProfile):

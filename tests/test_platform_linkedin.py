@@ -2,72 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from platforms.base import TokenSet
 from platforms.linkedin import LinkedInAdapter
 from social_accounts.errors import (
-    AccessTokenExpired,
     NeedsReconnect,
     Permanent,
     RateLimited,
-    RequestMaybeSent,
     Transient,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import linkedin as fake_li
-from tests.fakeplatform.core import follow_authorization, unused_port_url
+from tests.fakeplatform.core import unused_port_url
+from tests.platform_support import (
+    assert_no_revocation,
+    assert_no_secret,
+    assert_transient,
+    connect,
+    expire_then_refresh,
+    split_url,
+)
 
 STATE = "state-li"
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture
-def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Any:
-    def build(clock: Any = None, **overrides: Any) -> LinkedInAdapter:
-        settings = settings_factory(**overrides)
-        return LinkedInAdapter(settings, http, clock) if clock else LinkedInAdapter(settings, http)
-
-    return build
-
-
-@pytest.fixture
-def adapter(make: Any) -> LinkedInAdapter:
-    return make()
-
-
-def connect(adapter: LinkedInAdapter, user: str = "alice") -> TokenSet:
-    redirect_uri = adapter.settings.redirect_uri
-    url = adapter.authorization_url(state=STATE, redirect_uri=redirect_uri, code_challenge="ignored-challenge")
-    back = follow_authorization(url, fake_user=user)
-    assert back["state"] == STATE
-    return adapter.exchange_code(code=back["code"], redirect_uri=redirect_uri, code_verifier="ignored-verifier")
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    for secret in filter(None, secrets):
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
+http = platform_support.http
+make = platform_support.adapter_factory(LinkedInAdapter)
+adapter = platform_support.adapter
 
 
 def test_authorization_url_has_no_pkce_and_space_separated_scopes(
     adapter: LinkedInAdapter, fake: FakePlatformServer
 ) -> None:
     url = adapter.authorization_url(state=STATE, redirect_uri="https://app.example/oauth/callback", code_challenge="c")
-    parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.base_url}/linkedin/oauth/v2/authorization"
-    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+    base, params = split_url(url)
+    assert base == f"{fake.base_url}/linkedin/oauth/v2/authorization"
+    assert params == {
         "response_type": "code",
         "client_id": fake_li.CLIENT_ID,
         "redirect_uri": "https://app.example/oauth/callback",
@@ -170,11 +145,8 @@ def test_unknown_token_needs_reconnect(adapter: LinkedInAdapter) -> None:
 
 
 def test_expired_token_asks_for_refresh(adapter: LinkedInAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter, user="partner")
-    fake.grants.expire_access(tokens.access_token)
-    with pytest.raises(AccessTokenExpired):
-        adapter.fetch_accounts(tokens)
-    assert adapter.fetch_accounts(adapter.refresh(tokens))[0].platform_account_id == "Zx9PartnerQ"
+    _, fresh = expire_then_refresh(adapter, fake, connect(adapter, user="partner"))
+    assert adapter.fetch_accounts(fresh)[0].platform_account_id == "Zx9PartnerQ"
 
 
 def test_429_waits_until_midnight_utc(make: Any, fake: FakePlatformServer) -> None:
@@ -198,10 +170,7 @@ def test_429_on_followers_does_not_fail_connect_but_does_fail_sync(
 
 
 def test_revoke_is_off_by_default(adapter: LinkedInAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter)
-    fake.reset_log()
-    assert adapter.revoke(tokens) == "none"
-    assert fake.requests == []
+    assert_no_revocation(adapter, fake, connect(adapter))
 
 
 def test_revoke_with_override_uses_rfc7009_with_body_credentials(make: Any, fake: FakePlatformServer) -> None:
@@ -218,13 +187,9 @@ def test_5xx_and_connection_refused_are_transient(make: Any, fake: FakePlatformS
     adapter = make()
     tokens = connect(adapter)
     fake.fail("/linkedin/v2/userinfo", FakeResponse(504, "gateway timeout"))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.status == 504
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=504)
     offline = make(linkedin_api_url=unused_port_url() + "/v2")
-    with pytest.raises(Transient) as refused:
-        offline.fetch_accounts(tokens)
-    assert not isinstance(refused.value, RequestMaybeSent)
+    assert_transient(lambda: offline.fetch_accounts(tokens))
 
 
 def test_unknown_code_is_refused_and_a_bad_request_is_permanent(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -17,22 +17,20 @@ from social_accounts.errors import (
     NeedsReconnect,
     Permanent,
     RateLimited,
-    Transient,
     UnsafeAddress,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform.core import follow_authorization, unused_port_url
 from tests.fakeplatform.mastodon import USERS
+from tests.platform_support import assert_no_secret, assert_transient, split_url
 
 REDIRECT = "http://127.0.0.1:8000/oauth/callback"
 VERIFIER = "v" * 64
 METADATA = "/.well-known/oauth-authorization-server"
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
+http = platform_support.http
 
 
 @pytest.fixture
@@ -45,10 +43,6 @@ def adapter(
     settings_factory: Callable[..., object], http: httpx.Client, store: InMemoryMastodonAppStore
 ) -> MastodonAdapter:
     return MastodonAdapter(settings_factory(), http, app_store=store)  # type: ignore[arg-type]
-
-
-def query(url: str) -> dict[str, str]:
-    return {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
 def connect(adapter: MastodonAdapter, instance: str, user: str = "alice") -> TokenSet:
@@ -172,7 +166,7 @@ def test_pkce_and_profile_scope_are_negotiated_from_metadata(
 ) -> None:
     url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge="chal", instance=fake.base_url)
     assert url.startswith(fake.base_url + "/oauth/authorize?")
-    q = query(url)
+    _, q = split_url(url)
     assert q["code_challenge"] == "chal"
     assert q["code_challenge_method"] == "S256"
     assert q["scope"] == "profile write:statuses write:media"
@@ -184,7 +178,7 @@ def test_older_server_without_metadata_gets_no_pkce_and_read_accounts(
 ) -> None:
     fake.fail(METADATA, FakeResponse(404, {"error": "Not Found"}), times=10)
     url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge="chal", instance=fake.base_url)
-    q = query(url)
+    _, q = split_url(url)
     assert "code_challenge" not in q
     assert q["scope"] == "read:accounts write:statuses write:media"
     back = follow_authorization(url)
@@ -271,7 +265,7 @@ def test_401_means_revoked(fake: FakePlatformServer, adapter: MastodonAdapter) -
     with pytest.raises(NeedsReconnect) as caught:
         adapter.fetch_accounts(tokens)
     assert caught.value.status == 401
-    assert tokens.access_token not in str(caught.value)
+    assert_no_secret(caught.value, tokens.access_token)
 
 
 def test_429_waits_until_the_iso_reset_time(
@@ -304,8 +298,7 @@ def test_429_without_reset_waits_the_window(fake: FakePlatformServer, adapter: M
 def test_5xx_is_transient(fake: FakePlatformServer, adapter: MastodonAdapter) -> None:
     tokens = connect(adapter, fake.base_url)
     fake.fail("/api/v1/accounts/verify_credentials", FakeResponse(502, "<html>Bad Gateway</html>"))
-    with pytest.raises(Transient):
-        adapter.fetch_accounts(tokens)
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=502)
 
 
 # ---- the SSRF guard in action ----------------------------------------------------------------

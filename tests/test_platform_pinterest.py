@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -13,59 +11,38 @@ import pytest
 from platforms.base import TokenSet
 from platforms.pinterest import PinterestAdapter
 from social_accounts.errors import (
-    AccessTokenExpired,
     NeedsReconnect,
     Permanent,
     RateLimited,
-    RequestMaybeSent,
-    Transient,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import pinterest as fake_pin
-from tests.fakeplatform.core import follow_authorization, unused_port_url
+from tests.fakeplatform.core import unused_port_url
+from tests.platform_support import (
+    assert_no_revocation,
+    assert_no_secret,
+    assert_rotating_refresh,
+    assert_transient,
+    connect,
+    expire_then_refresh,
+    split_url,
+)
 
 STATE = "state-pin"
 ALICE = fake_pin.USERS["alice"]
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture
-def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Any:
-    def build(**overrides: Any) -> PinterestAdapter:
-        return PinterestAdapter(settings_factory(**overrides), http)
-
-    return build
-
-
-@pytest.fixture
-def adapter(make: Any) -> PinterestAdapter:
-    return make()
-
-
-def connect(adapter: PinterestAdapter, user: str = "alice") -> TokenSet:
-    redirect_uri = adapter.settings.redirect_uri
-    url = adapter.authorization_url(state=STATE, redirect_uri=redirect_uri, code_challenge="unused")
-    back = follow_authorization(url, fake_user=user)
-    assert back["state"] == STATE
-    return adapter.exchange_code(code=back["code"], redirect_uri=redirect_uri, code_verifier="unused")
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    for secret in filter(None, secrets):
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
+http = platform_support.http
+make = platform_support.adapter_factory(PinterestAdapter)
+adapter = platform_support.adapter
 
 
 def test_authorization_url_uses_commas_and_no_pkce(adapter: PinterestAdapter, fake: FakePlatformServer) -> None:
     url = adapter.authorization_url(state=STATE, redirect_uri="https://app.example/oauth/callback", code_challenge="c")
-    parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.base_url}/pinterest/oauth/"
-    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+    base, params = split_url(url)
+    assert base == f"{fake.base_url}/pinterest/oauth/"
+    assert params == {
         "response_type": "code",
         "client_id": fake_pin.APP_ID,
         "redirect_uri": "https://app.example/oauth/callback",
@@ -113,14 +90,12 @@ def test_personal_account_is_named_by_username(adapter: PinterestAdapter) -> Non
 def test_refresh_rotates_with_basic_auth(adapter: PinterestAdapter, fake: FakePlatformServer) -> None:
     first = connect(adapter)
     fake.reset_log()
-    second = adapter.refresh(first)
-    assert fake.requests[0].basic() == (fake_pin.APP_ID, fake_pin.APP_SECRET)
-    assert second.refresh_token and second.refresh_token != first.refresh_token
-    assert adapter.fetch_stats(ALICE["id"], second).posts == 1530
-    with pytest.raises(NeedsReconnect):
-        adapter.refresh(first)  # spent: the fake revokes the grant on reuse
-    with pytest.raises(NeedsReconnect):
-        adapter.refresh(second)
+
+    def works(second: TokenSet) -> None:
+        assert fake.requests[0].basic() == (fake_pin.APP_ID, fake_pin.APP_SECRET)
+        assert adapter.fetch_stats(ALICE["id"], second).posts == 1530
+
+    assert_rotating_refresh(adapter, first, works)  # spent: the fake revokes the grant on reuse
 
 
 def test_refresh_answer_without_refresh_token_keeps_the_old_one(
@@ -134,19 +109,14 @@ def test_refresh_answer_without_refresh_token_keeps_the_old_one(
 
 
 def test_expired_access_token_asks_for_refresh(adapter: PinterestAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter)
-    fake.grants.expire_access(tokens.access_token)
-    with pytest.raises(AccessTokenExpired):
-        adapter.fetch_accounts(tokens)
-    assert adapter.fetch_accounts(adapter.refresh(tokens))[0].handle == "alicepins"
+    _, fresh = expire_then_refresh(adapter, fake, connect(adapter))
+    assert adapter.fetch_accounts(fresh)[0].handle == "alicepins"
 
 
 def test_revoke_is_none_by_default_and_rfc7009_with_override(make: Any, fake: FakePlatformServer) -> None:
     adapter = make()
     tokens = connect(adapter)
-    fake.reset_log()
-    assert adapter.revoke(tokens) == "none"
-    assert fake.requests == []
+    assert_no_revocation(adapter, fake, tokens)
 
     overridden = make(pinterest_revoke_url=f"{fake.base_url}/pinterest/test-only/revoke")
     assert overridden.revoke(tokens) == "revoked"
@@ -173,13 +143,9 @@ def test_5xx_and_connection_refused_are_transient(make: Any, fake: FakePlatformS
     adapter = make()
     tokens = connect(adapter)
     fake.fail("/pinterest/v5/user_account", fake_pin.error(500, 5, "Internal error"))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.status == 500 and not isinstance(info.value, AccessTokenExpired)
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=500)
     offline = make(pinterest_api_url=unused_port_url() + "/v5")
-    with pytest.raises(Transient) as refused:
-        offline.fetch_accounts(tokens)
-    assert not isinstance(refused.value, RequestMaybeSent)
+    assert_transient(lambda: offline.fetch_accounts(tokens))
 
 
 def test_refused_code_forbidden_and_bad_app_secret_are_permanent(make: Any, fake: FakePlatformServer) -> None:

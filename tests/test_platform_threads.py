@@ -2,49 +2,31 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
-from platforms.base import AccountProfile, TokenSet
+from platforms.base import AccountProfile
 from platforms.threads import ThreadsAdapter
-from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, RequestMaybeSent, Transient
+from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import threads as fakethreads
+from tests.fakeplatform.core import closed_port
 from tests.fakeplatform.facebook import follow_dialog, meta_error
 from tests.fakeplatform.threads import THREADS
+from tests.platform_support import REDIRECT, assert_no_revocation, assert_no_secret, assert_transient, split_url
+from tests.platform_support import meta_connect as connect
 
-REDIRECT = "http://127.0.0.1:8000/oauth/callback"
 DAY = 24 * 3600
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture(autouse=True)
-def _threads_world(fake: FakePlatformServer) -> Iterator[None]:
-    THREADS.reset()
-    yield
-    THREADS.reset()
-
-
-@pytest.fixture
-def adapter(settings_factory: Any, http: httpx.Client) -> ThreadsAdapter:
-    return ThreadsAdapter(settings_factory(), http)
-
-
-def connect(adapter: ThreadsAdapter, http: httpx.Client, user: str | None = None) -> TokenSet:
-    url = adapter.authorization_url(state="st4te", redirect_uri=REDIRECT, code_challenge=None)
-    query = follow_dialog(http, url, user)
-    return adapter.exchange_code(code=query["code"], redirect_uri=REDIRECT, code_verifier=None)
+http = platform_support.http
+_threads_world = platform_support.fresh_world(THREADS)
+make = platform_support.adapter_factory(ThreadsAdapter)
+adapter = platform_support.adapter
 
 
 @pytest.fixture
@@ -53,28 +35,14 @@ def account(adapter: ThreadsAdapter, http: httpx.Client) -> AccountProfile:
     return profile
 
 
-def assert_no_secret(exc: BaseException, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
-        assert all(secret not in str(arg) for arg in exc.args)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # ---- authorization and exchange -------------------------------------------------------------
 
 
 def test_authorization_url_uses_threads_app_and_comma_scopes(settings_factory: Any, http: httpx.Client):
     adapter = ThreadsAdapter(settings_factory(threads_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://threads.net/oauth/authorize"
+    base, query = split_url(url)
+    assert base == "https://threads.net/oauth/authorize"
     assert query["client_id"] == fakethreads.APP_ID  # the Threads app id, not META_APP_ID
     assert query["scope"].split(",")[0] == "threads_basic"
     assert "threads_manage_insights" in query["scope"].split(",")
@@ -231,9 +199,7 @@ def test_refresh_of_an_expired_token_needs_reconnect(
 
 
 def test_revoke_is_none_by_default(adapter: ThreadsAdapter, account: AccountProfile, fake: FakePlatformServer):
-    fake.reset_log()
-    assert adapter.revoke(account.tokens) == "none"
-    assert fake.requests == []
+    assert_no_revocation(adapter, fake, account.tokens)
 
 
 def test_revoke_url_turns_on_rfc7009(
@@ -266,13 +232,9 @@ def test_5xx_and_connection_refused_are_transient(
     settings_factory: Any, http: httpx.Client, account: AccountProfile, fake: FakePlatformServer
 ):
     fake.fail("/threads/v1.0/me", meta_error(2, "Service temporarily unavailable", status=500))
-    with pytest.raises(Transient) as info:
-        ThreadsAdapter(settings_factory(), http).fetch_accounts(account.tokens)
-    assert info.value.status == 500
+    assert_transient(lambda: ThreadsAdapter(settings_factory(), http).fetch_accounts(account.tokens), status=500)
     dead = ThreadsAdapter(settings_factory(threads_api_url=f"http://127.0.0.1:{closed_port()}"), http)
-    with pytest.raises(Transient) as info:
-        dead.fetch_stats(account.platform_account_id, account.tokens)
-    assert not isinstance(info.value, RequestMaybeSent)
+    assert_transient(lambda: dead.fetch_stats(account.platform_account_id, account.tokens))
 
 
 def test_permanent_error(adapter: ThreadsAdapter, account: AccountProfile):

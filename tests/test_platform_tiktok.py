@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
 from platforms.base import TokenSet
@@ -17,55 +14,34 @@ from social_accounts.errors import (
     NeedsReconnect,
     Permanent,
     RateLimited,
-    RequestMaybeSent,
-    Transient,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import tiktok as fake_tt
-from tests.fakeplatform.core import follow_authorization, unused_port_url
+from tests.fakeplatform.core import unused_port_url
+from tests.platform_support import (
+    assert_no_secret,
+    assert_rotating_refresh,
+    assert_transient,
+    connect,
+    expire_then_refresh,
+    split_url,
+)
 
 STATE = "state-tt"
 ALICE = fake_tt.USERS["alice"]
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture
-def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Any:
-    def build(**overrides: Any) -> TikTokAdapter:
-        return TikTokAdapter(settings_factory(**overrides), http)
-
-    return build
-
-
-@pytest.fixture
-def adapter(make: Any) -> TikTokAdapter:
-    return make()
-
-
-def connect(adapter: TikTokAdapter, **fake_params: str) -> TokenSet:
-    redirect_uri = adapter.settings.redirect_uri
-    url = adapter.authorization_url(state=STATE, redirect_uri=redirect_uri, code_challenge="unused")
-    back = follow_authorization(url, **fake_params)
-    assert back["state"] == STATE
-    return adapter.exchange_code(code=back["code"], redirect_uri=redirect_uri, code_verifier="unused")
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    for secret in filter(None, secrets):
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
+http = platform_support.http
+make = platform_support.adapter_factory(TikTokAdapter)
+adapter = platform_support.adapter
 
 
 def test_authorization_url_uses_client_key_and_commas(adapter: TikTokAdapter, fake: FakePlatformServer) -> None:
     url = adapter.authorization_url(state=STATE, redirect_uri="https://app.example/oauth/callback", code_challenge="c")
-    parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.base_url}/tiktok/v2/auth/authorize/"
-    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+    base, params = split_url(url)
+    assert base == f"{fake.base_url}/tiktok/v2/auth/authorize/"
+    assert params == {
         "response_type": "code",
         "client_key": fake_tt.CLIENT_KEY,
         "redirect_uri": "https://app.example/oauth/callback",
@@ -127,14 +103,11 @@ def test_basic_only_consent_asks_only_for_basic_fields(adapter: TikTokAdapter) -
 
 def test_refresh_rotates_and_spent_token_revokes_the_grant(adapter: TikTokAdapter) -> None:
     first = connect(adapter)
-    second = adapter.refresh(first)
-    assert second.refresh_token and second.refresh_token != first.refresh_token
-    assert adapter.fetch_stats(ALICE["open_id"], second).followers == 34000
-    with pytest.raises(NeedsReconnect) as info:
-        adapter.refresh(first)
-    assert info.value.code == "invalid_grant"
-    with pytest.raises(NeedsReconnect):
-        adapter.refresh(second)
+
+    def works(second: TokenSet) -> None:
+        assert adapter.fetch_stats(ALICE["open_id"], second).followers == 34000
+
+    assert assert_rotating_refresh(adapter, first, works).code == "invalid_grant"
 
 
 def test_token_error_sent_with_http_200_is_still_an_error(adapter: TikTokAdapter, fake: FakePlatformServer) -> None:
@@ -148,11 +121,8 @@ def test_token_error_sent_with_http_200_is_still_an_error(adapter: TikTokAdapter
 
 
 def test_expired_access_token_asks_for_refresh(adapter: TikTokAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter)
-    fake.grants.expire_access(tokens.access_token)
-    with pytest.raises(AccessTokenExpired):
-        adapter.fetch_accounts(tokens)
-    assert adapter.fetch_accounts(adapter.refresh(tokens))[0].name == "Alice on TikTok"
+    _, fresh = expire_then_refresh(adapter, fake, connect(adapter))
+    assert adapter.fetch_accounts(fresh)[0].name == "Alice on TikTok"
 
 
 def test_revoke_sends_the_access_token_with_client_key(adapter: TikTokAdapter, fake: FakePlatformServer) -> None:
@@ -187,13 +157,9 @@ def test_internal_error_and_connection_refused_are_transient(make: Any, fake: Fa
     adapter = make()
     tokens = connect(adapter)
     fake.fail("/tiktok/v2/user/info/", fake_tt.api_error(500, "internal_error", "Something went wrong"))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.status == 500 and not isinstance(info.value, AccessTokenExpired)
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=500)
     offline = make(tiktok_token_url=unused_port_url() + "/v2/oauth/token/")
-    with pytest.raises(Transient) as refused:
-        offline.refresh(tokens)
-    assert not isinstance(refused.value, RequestMaybeSent)
+    assert_transient(lambda: offline.refresh(tokens))
 
 
 def test_invalid_params_and_bad_client_are_permanent(make: Any, fake: FakePlatformServer) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from platforms.base import TokenSet
-from platforms.oauth2 import pkce_pair
 from platforms.twitter import TwitterAdapter, remaining_zero
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -20,47 +17,26 @@ from social_accounts.errors import (
     PlatformError,
     RateLimited,
     RequestMaybeSent,
-    Transient,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import twitter as fake_x
-from tests.fakeplatform.core import follow_authorization, unused_port_url
+from tests.fakeplatform.core import unused_port_url
+from tests.platform_support import (
+    assert_no_secret,
+    assert_rotating_refresh,
+    assert_transient,
+    authorize,
+    connect,
+    expire_then_refresh,
+    split_url,
+)
 
 STATE = "state-123"
 
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture
-def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Any:
-    def build(**overrides: Any) -> TwitterAdapter:
-        return TwitterAdapter(settings_factory(**overrides), http)
-
-    return build
-
-
-@pytest.fixture
-def adapter(make: Any) -> TwitterAdapter:
-    return make()
-
-
-def connect(adapter: TwitterAdapter, user: str = "alice") -> TokenSet:
-    verifier, challenge = pkce_pair()
-    redirect_uri = adapter.settings.redirect_uri
-    url = adapter.authorization_url(state=STATE, redirect_uri=redirect_uri, code_challenge=challenge)
-    back = follow_authorization(url, fake_user=user)
-    assert back["state"] == STATE
-    return adapter.exchange_code(code=back["code"], redirect_uri=redirect_uri, code_verifier=verifier)
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    for secret in filter(None, secrets):
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
+http = platform_support.http
+make = platform_support.adapter_factory(TwitterAdapter)
+adapter = platform_support.adapter
 
 
 # ---- authorization URL ------------------------------------------------------------------------
@@ -68,9 +44,8 @@ def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
 
 def test_authorization_url_asks_for_pkce_and_offline_access(adapter: TwitterAdapter, fake: FakePlatformServer) -> None:
     url = adapter.authorization_url(state=STATE, redirect_uri="https://app.example/oauth/callback", code_challenge="ch")
-    parts = urlsplit(url)
-    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.base_url}/twitter/i/oauth2/authorize"
+    base, params = split_url(url)
+    assert base == f"{fake.base_url}/twitter/i/oauth2/authorize"
     assert params == {
         "response_type": "code",
         "client_id": fake_x.CLIENT_ID,
@@ -92,10 +67,8 @@ def test_default_endpoints_are_x_com(make: Any) -> None:
 
 
 def test_user_denying_consent_comes_back_as_access_denied(adapter: TwitterAdapter) -> None:
-    url = adapter.authorization_url(state=STATE, redirect_uri=adapter.settings.redirect_uri, code_challenge="c" * 43)
-    back = follow_authorization(url, fake_deny="1")
+    back = authorize(adapter, fake_deny="1")  # checks that the state comes back
     assert back["error"] == "access_denied"
-    assert back["state"] == STATE
     assert "code" not in back
 
 
@@ -140,9 +113,7 @@ def test_fetch_stats_for_another_account_is_refused(adapter: TwitterAdapter) -> 
 
 
 def test_wrong_code_verifier_fails_the_exchange(adapter: TwitterAdapter) -> None:
-    _, challenge = pkce_pair()
-    url = adapter.authorization_url(state=STATE, redirect_uri=adapter.settings.redirect_uri, code_challenge=challenge)
-    code = follow_authorization(url)["code"]
+    code = authorize(adapter)["code"]  # the verifier of its challenge is lost
     with pytest.raises(Permanent) as info:
         adapter.exchange_code(code=code, redirect_uri=adapter.settings.redirect_uri, code_verifier="x" * 50)
     assert info.value.code == "invalid_request"
@@ -174,8 +145,7 @@ def test_fake_refuses_client_credentials_in_the_body_only(fake: FakePlatformServ
 
 def test_exchange_timeout_is_request_maybe_sent(make: Any, fake: FakePlatformServer) -> None:
     adapter = make(http_timeout_seconds=0.3)
-    url = adapter.authorization_url(state=STATE, redirect_uri=adapter.settings.redirect_uri, code_challenge="c" * 43)
-    code = follow_authorization(url)["code"]
+    code = authorize(adapter)["code"]
     fake.fail("/twitter/2/oauth2/token", FakeResponse(200, {}), delay=0.8)
     with pytest.raises(RequestMaybeSent):
         adapter.exchange_code(code=code, redirect_uri=adapter.settings.redirect_uri, code_verifier="v" * 43)
@@ -186,25 +156,17 @@ def test_exchange_timeout_is_request_maybe_sent(make: Any, fake: FakePlatformSer
 
 def test_refresh_rotates_and_replaying_the_spent_token_revokes_the_grant(adapter: TwitterAdapter) -> None:
     first = connect(adapter)
-    second = adapter.refresh(first)
-    assert second.refresh_token and second.refresh_token != first.refresh_token
-    assert second.access_token != first.access_token
-    assert adapter.fetch_stats(fake_x.USERS["alice"]["id"], second).followers == 1200
 
-    with pytest.raises(NeedsReconnect) as info:
-        adapter.refresh(first)  # spent: X revokes the whole family
-    assert_no_secret(info.value, first.refresh_token, first.access_token)
-    with pytest.raises(NeedsReconnect):
-        adapter.refresh(second)
+    def works(second: TokenSet) -> None:
+        assert adapter.fetch_stats(fake_x.USERS["alice"]["id"], second).followers == 1200
+
+    replay = assert_rotating_refresh(adapter, first, works)  # spent: X revokes the whole family
+    assert_no_secret(replay, first.refresh_token, first.access_token)
 
 
 def test_expired_access_token_asks_for_a_refresh_first(adapter: TwitterAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter)
-    fake.grants.expire_access(tokens.access_token)
-    with pytest.raises(AccessTokenExpired) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.status == 401
-    fresh = adapter.refresh(tokens)
+    expired, fresh = expire_then_refresh(adapter, fake, connect(adapter))
+    assert expired.status == 401
     assert adapter.fetch_accounts(fresh)[0].handle == "alice"
 
 
@@ -255,17 +217,12 @@ def test_remaining_zero_reads_the_header() -> None:
 def test_5xx_is_transient(adapter: TwitterAdapter, fake: FakePlatformServer) -> None:
     tokens = connect(adapter)
     fake.fail("/twitter/2/users/me", FakeResponse(503, {"title": "Service Unavailable"}))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_accounts(tokens)
-    assert not isinstance(info.value, AccessTokenExpired)
-    assert info.value.status == 503
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=503)
 
 
 def test_connection_refused_is_transient(make: Any) -> None:
     adapter = make(twitter_token_url=unused_port_url() + "/2/oauth2/token")
-    with pytest.raises(Transient) as info:
-        adapter.refresh(TokenSet(access_token="a", refresh_token="r"))
-    assert not isinstance(info.value, RequestMaybeSent)
+    assert_transient(lambda: adapter.refresh(TokenSet(access_token="a", refresh_token="r")))
 
 
 def test_other_4xx_is_permanent(adapter: TwitterAdapter, fake: FakePlatformServer) -> None:

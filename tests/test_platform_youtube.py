@@ -2,75 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from platforms.base import TokenSet
-from platforms.oauth2 import pkce_pair
 from platforms.youtube import YouTubeAdapter
 from social_accounts.errors import (
-    AccessTokenExpired,
     NeedsReconnect,
     Permanent,
     RateLimited,
-    RequestMaybeSent,
-    Transient,
 )
+from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import youtube as fake_yt
-from tests.fakeplatform.core import follow_authorization, unused_port_url
+from tests.fakeplatform.core import unused_port_url
+from tests.platform_support import (
+    assert_no_secret,
+    assert_transient,
+    authorize,
+    connect,
+    expire_then_refresh,
+    split_url,
+)
 
 STATE = "state-yt"
 ALICE_CHANNEL = fake_yt.USERS["alice"][0]["id"]
 
 
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
-
-
-@pytest.fixture
-def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Any:
-    def build(clock: Any = None, **overrides: Any) -> YouTubeAdapter:
-        settings = settings_factory(**overrides)
-        return YouTubeAdapter(settings, http, clock) if clock else YouTubeAdapter(settings, http)
-
-    return build
-
-
-@pytest.fixture
-def adapter(make: Any) -> YouTubeAdapter:
-    return make()
-
-
-def connect(adapter: YouTubeAdapter, user: str = "alice") -> TokenSet:
-    verifier, challenge = pkce_pair()
-    redirect_uri = adapter.settings.redirect_uri
-    url = adapter.authorization_url(state=STATE, redirect_uri=redirect_uri, code_challenge=challenge)
-    back = follow_authorization(url, fake_user=user)
-    assert back["state"] == STATE
-    return adapter.exchange_code(code=back["code"], redirect_uri=redirect_uri, code_verifier=verifier)
-
-
-def assert_no_secret(exc: BaseException, *secrets: str | None) -> None:
-    for secret in filter(None, secrets):
-        assert secret not in str(exc)
-        assert secret not in repr(exc)
+http = platform_support.http
+make = platform_support.adapter_factory(YouTubeAdapter)
+adapter = platform_support.adapter
 
 
 def test_authorization_url_asks_for_offline_access_consent_and_pkce(
     adapter: YouTubeAdapter, fake: FakePlatformServer
 ) -> None:
     url = adapter.authorization_url(state=STATE, redirect_uri="https://app.example/oauth/callback", code_challenge="ch")
-    parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{fake.base_url}/youtube/o/oauth2/v2/auth"
-    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+    base, params = split_url(url)
+    assert base == f"{fake.base_url}/youtube/o/oauth2/v2/auth"
+    assert params == {
         "response_type": "code",
         "client_id": fake_yt.CLIENT_ID,
         "redirect_uri": "https://app.example/oauth/callback",
@@ -126,9 +97,7 @@ def test_identity_without_channel_fails_clearly(adapter: YouTubeAdapter) -> None
 
 
 def test_wrong_pkce_verifier_is_invalid_grant(adapter: YouTubeAdapter) -> None:
-    _, challenge = pkce_pair()
-    url = adapter.authorization_url(state=STATE, redirect_uri=adapter.settings.redirect_uri, code_challenge=challenge)
-    code = follow_authorization(url)["code"]
+    code = authorize(adapter)["code"]  # the verifier of its challenge is lost
     with pytest.raises(NeedsReconnect) as info:
         adapter.exchange_code(code=code, redirect_uri=adapter.settings.redirect_uri, code_verifier="z" * 43)
     assert info.value.code == "invalid_grant"
@@ -146,12 +115,9 @@ def test_refresh_keeps_the_refresh_token_google_does_not_resend(adapter: YouTube
 
 
 def test_expired_access_token_asks_for_refresh(adapter: YouTubeAdapter, fake: FakePlatformServer) -> None:
-    tokens = connect(adapter)
-    fake.grants.expire_access(tokens.access_token)
-    with pytest.raises(AccessTokenExpired) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.code == "UNAUTHENTICATED"
-    assert adapter.fetch_stats(ALICE_CHANNEL, adapter.refresh(tokens)).posts == 87
+    expired, fresh = expire_then_refresh(adapter, fake, connect(adapter))
+    assert expired.code == "UNAUTHENTICATED"
+    assert adapter.fetch_stats(ALICE_CHANNEL, fresh).posts == 87
 
 
 def test_revoke_posts_only_the_token_and_ends_the_grant(adapter: YouTubeAdapter, fake: FakePlatformServer) -> None:
@@ -199,13 +165,9 @@ def test_backend_error_and_connection_refused_are_transient(make: Any, fake: Fak
     adapter = make()
     tokens = connect(adapter)
     fake.fail("/youtube/v3/channels", fake_yt.google_error(503, "backendError", "Backend Error"))
-    with pytest.raises(Transient) as info:
-        adapter.fetch_accounts(tokens)
-    assert info.value.status == 503 and not isinstance(info.value, AccessTokenExpired)
+    assert_transient(lambda: adapter.fetch_accounts(tokens), status=503)
     offline = make(youtube_api_url=unused_port_url() + "/youtube/v3")
-    with pytest.raises(Transient) as refused:
-        offline.fetch_accounts(tokens)
-    assert not isinstance(refused.value, RequestMaybeSent)
+    assert_transient(lambda: offline.fetch_accounts(tokens))
 
 
 def test_other_403_is_permanent(adapter: YouTubeAdapter, fake: FakePlatformServer) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -104,6 +104,7 @@ class FakePlatformServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._faults: list[Fault] = []
+        self._extra_headers: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
         self.requests: list[FakeRequest] = []
         self.delay = 0.0
@@ -146,6 +147,13 @@ class FakePlatformServer:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._extra_headers.clear()
+
+    def add_headers(self, prefix: str, headers: dict[str, str]) -> None:
+        """Answers to paths starting with ``prefix`` carry ``headers`` too (rate-limit signals on a
+        success: ``x-rate-limit-remaining: 0``, Meta usage...). Cleared with the faults."""
+        with self._lock:
+            self._extra_headers.append((prefix, dict(headers)))
 
     def count(self, path: str, method: str | None = None) -> int:
         """How many requests reached ``path`` (exact path, or a prefix ending in ``*``)."""
@@ -181,8 +189,18 @@ class FakePlatformServer:
             m = regex.match(request.path)
             if m and method == request.method:
                 request.match = m.groupdict()
-                return handler(request)
+                return self._with_extra_headers(request.path, handler(request))
         return FakeResponse(404, {"error": "not_found", "path": request.path})
+
+    def _with_extra_headers(self, path: str, response: FakeResponse) -> FakeResponse:
+        with self._lock:
+            extra = [headers for prefix, headers in self._extra_headers if path.startswith(prefix)]
+        if not extra:
+            return response
+        merged = dict(response.headers)
+        for headers in extra:
+            merged.update(headers)
+        return FakeResponse(response.status, response.body, merged)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -384,14 +402,110 @@ def follow_authorization(url: str, **fake_params: str) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
 
 
-def unused_port_url() -> str:
-    """``http://127.0.0.1:<port>`` where nothing listens (connection refused)."""
+def closed_port() -> int:
+    """A loopback port where nothing listens (connection refused)."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        return int(sock.getsockname()[1])
+
+
+def unused_port_url() -> str:
+    """``http://127.0.0.1:<port>`` where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{closed_port()}"
+
+
+# ---- pieces of the fake OAuth platforms (additive) ------------------------------------------
+
+
+def oauth_error(error: str, description: str, status: int = 400, **extra: str) -> FakeResponse:
+    """An RFC 6749 error answer ``{"error", "error_description", ...}`` (``extra``: TikTok's log_id)."""
+    return FakeResponse(status, {"error": error, "error_description": description, **extra})
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """A fake platform's registered client, and the one way it must authenticate: HTTP Basic
+    only (X, Pinterest: body fields alone are refused) or form fields only (``id_param`` names
+    the id field: TikTok's ``client_key``)."""
+
+    client_id: str
+    client_secret: str
+    auth: Literal["basic", "body"]
+    id_param: str = "client_id"
+
+    def authenticates(self, request: FakeRequest) -> bool:
+        if self.auth == "basic":
+            return request.basic() == (self.client_id, self.client_secret)
+        form = request.form
+        return form.get(self.id_param) == self.client_id and form.get("client_secret") == self.client_secret
+
+
+def bearer_grant(request: FakeRequest, grants: GrantStore, client_id: str) -> tuple[Grant | None, str | None]:
+    """The grant behind the request's bearer token, if it belongs to ``client_id``.
+
+    ``(grant, None)``, or ``(None, reason)`` with :meth:`GrantStore.check_access`'s reason (None
+    when the token is fine but was issued to another client).
+    """
+    grant, reason = grants.check_access(request.bearer())
+    if grant is None or grant.client_id != client_id:
+        return None, reason
+    return grant, None
+
+
+def token_endpoint(
+    request: FakeRequest,
+    grants: GrantStore,
+    client: OAuthClient,
+    *,
+    pkce: bool = True,
+    rotate: bool,
+    issue: Callable[[Grant], FakeResponse],
+    reissue: Callable[[Grant, str], FakeResponse] | None = None,
+    bad_client: FakeResponse,
+    bad_code: Callable[[str | None], FakeResponse],
+    bad_refresh: FakeResponse,
+    bad_grant_type: FakeResponse,
+) -> FakeResponse:
+    """The standard OAuth token endpoint of the fake platforms: the two grants, their refusals.
+
+    Checks the client (:meth:`OAuthClient.authenticates`), then ``authorization_code`` (single-use,
+    bound to the redirect URI and, with ``pkce``, to the challenge) or ``refresh_token``
+    (``rotate``: only the newest is valid and replaying a spent one revokes the grant). A redeemed
+    code is answered by ``issue``; a refresh by ``reissue(grant, refresh_token)``, or ``issue`` when
+    the platform answers both alike. The refusals are the platform's own error shapes
+    (``bad_code`` gets the grant store's reason).
+    """
+    if not client.authenticates(request):
+        return bad_client
+    form = request.form
+    if form.get("grant_type") == "authorization_code":
+        grant, error = grants.redeem_code(
+            form.get("code", ""),
+            client_id=client.client_id,
+            redirect_uri=form.get("redirect_uri", ""),
+            code_verifier=form.get("code_verifier") if pkce else None,
+        )
+        return issue(grant) if grant is not None else bad_code(error)
+    if form.get("grant_type") == "refresh_token":
+        refresh = form.get("refresh_token", "")
+        grant, _ = grants.use_refresh(refresh, rotate=rotate)
+        if grant is None:
+            return bad_refresh
+        return reissue(grant, refresh) if reissue is not None else issue(grant)
+    return bad_grant_type
+
+
+def revoke_endpoint(
+    request: FakeRequest, grants: GrantStore, client: OAuthClient, *, bad_client: FakeResponse, revoked: FakeResponse
+) -> FakeResponse:
+    """An RFC 7009 revocation endpoint: the authenticated client's ``token`` (refresh or access)
+    ends its whole grant; an unknown token is answered ``revoked`` all the same, as RFC 7009 says."""
+    if not client.authenticates(request):
+        return bad_client
+    grants.revoke_token(request.form.get("token", ""))
+    return revoked
 
 
 def authorize_redirect(

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, Grant
+from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, Grant, GrantStore
 
 APP_ID = "meta-test-app-id"
 APP_SECRET = "meta-test-app-secret-0123456789"
@@ -211,6 +211,31 @@ def _redirect(redirect_uri: str, params: dict[str, str]) -> FakeResponse:
     return FakeResponse(302, "", {"Location": redirect_uri + sep + urlencode(params)})
 
 
+def consent_redirect(
+    query: dict[str, str], grants: GrantStore, *, app_id: str, user: str, deny: bool, declined: tuple[str, ...] = ()
+) -> FakeResponse:
+    """The end of a Meta consent screen (Facebook Login and Threads alike), once the app id, the
+    redirect URI and the user are checked: ``access_denied`` back to ``redirect_uri`` for a
+    denying user (or ``fake_deny=1``), else a code for the comma-separated scopes the user did
+    not decline."""
+    state = query.get("state", "")
+    if deny or query.get("fake_deny") == "1":
+        return _redirect(
+            query["redirect_uri"],
+            {
+                "error": "access_denied",
+                "error_reason": "user_denied",
+                "error_description": "Permissions error",
+                "state": state,
+            },
+        )
+    scopes = [s for s in query.get("scope", "").split(",") if s and s not in declined]
+    code = grants.issue_code(
+        client_id=app_id, redirect_uri=query["redirect_uri"], user=user, scopes=scopes, code_challenge=None
+    )
+    return _redirect(query["redirect_uri"], {"code": code, "state": state})
+
+
 def _usage(extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = app_usage_header(META.usage_percent)
     headers.update(extra or {})
@@ -267,22 +292,7 @@ def install(server: FakePlatformServer) -> None:
         user = META.user(q.get("fake_user") or META.default_user)
         if user is None:
             return FakeResponse(400, "unknown fake_user")
-        state = q.get("state", "")
-        if user.deny or q.get("fake_deny") == "1":
-            return _redirect(
-                q["redirect_uri"],
-                {
-                    "error": "access_denied",
-                    "error_reason": "user_denied",
-                    "error_description": "Permissions error",
-                    "state": state,
-                },
-            )
-        scopes = [s for s in q.get("scope", "").split(",") if s]
-        code = grants.issue_code(
-            client_id=APP_ID, redirect_uri=q["redirect_uri"], user=user.name, scopes=scopes, code_challenge=None
-        )
-        return _redirect(q["redirect_uri"], {"code": code, "state": state})
+        return consent_redirect(q, grants, app_id=APP_ID, user=user.name, deny=user.deny)
 
     # -- the token endpoint
 

@@ -20,10 +20,22 @@ import re
 import time
 from typing import Any
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+from tests.fakeplatform.core import (
+    FakePlatformServer,
+    FakeRequest,
+    FakeResponse,
+    Grant,
+    OAuthClient,
+    authorize_redirect,
+    bearer_grant,
+    oauth_error,
+    revoke_endpoint,
+    token_endpoint,
+)
 
 CLIENT_ID = "linkedin-test-client"
 CLIENT_SECRET = "linkedin-test-secret"
+CLIENT = OAuthClient(CLIENT_ID, CLIENT_SECRET, "body")
 ACCESS_LIFETIME = 60 * 24 * 3600
 REFRESH_LIFETIME = 365 * 24 * 3600
 SCOPES = frozenset({"openid", "profile", "email", "w_member_social", "r_basicprofile"})
@@ -79,59 +91,62 @@ def install(server: FakePlatformServer) -> None:
     def authorize(request: FakeRequest) -> FakeResponse:
         return authorize_redirect(request, grants, client_id=CLIENT_ID, known_scopes=SCOPES, users=frozenset(USERS))
 
-    def token_error(error: str, description: str, status: int = 400) -> FakeResponse:
-        return FakeResponse(status, {"error": error, "error_description": description})
+    def bad_client() -> FakeResponse:
+        return oauth_error("invalid_client", "Client authentication failed", 401)
+
+    def bad_refresh() -> FakeResponse:
+        return oauth_error("invalid_grant", "The provided refresh token is invalid, expired or revoked")
+
+    def issue(grant: Grant) -> FakeResponse:
+        body: dict[str, Any] = {
+            "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="li_at_"),
+            "expires_in": ACCESS_LIFETIME,
+            "scope": ",".join(grant.scopes),
+            "token_type": "Bearer",
+        }
+        if USERS[grant.user]["partner"]:
+            refresh = grants.new_refresh(grant, prefix="li_rt_")
+            _refresh_ends[refresh] = time.time() + REFRESH_LIFETIME
+            body.update(refresh_token=refresh, refresh_token_expires_in=REFRESH_LIFETIME)
+        return FakeResponse(200, body)
+
+    def reissue(grant: Grant, refresh: str) -> FakeResponse:
+        if _refresh_ends.get(refresh, 0) < time.time():  # the lifetime fixed at the first consent
+            return bad_refresh()
+        return FakeResponse(
+            200,
+            {
+                "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="li_at_"),
+                "expires_in": ACCESS_LIFETIME,
+                "refresh_token": refresh,
+                "refresh_token_expires_in": int(_refresh_ends[refresh] - time.time()),
+                "scope": ",".join(grant.scopes),
+            },
+        )
 
     @server.route("POST", "/linkedin/oauth/v2/accessToken")
     def token(request: FakeRequest) -> FakeResponse:
-        form = request.form
-        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
-            return token_error("invalid_client", "Client authentication failed", 401)
-        if form.get("grant_type") == "authorization_code":
-            grant, error = grants.redeem_code(
-                form.get("code", ""), client_id=CLIENT_ID, redirect_uri=form.get("redirect_uri", ""), code_verifier=None
-            )
-            if grant is None:
-                return token_error(error or "invalid_grant", "authorization code is invalid or expired")
-            body: dict[str, Any] = {
-                "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="li_at_"),
-                "expires_in": ACCESS_LIFETIME,
-                "scope": ",".join(grant.scopes),
-                "token_type": "Bearer",
-            }
-            if USERS[grant.user]["partner"]:
-                refresh = grants.new_refresh(grant, prefix="li_rt_")
-                _refresh_ends[refresh] = time.time() + REFRESH_LIFETIME
-                body.update(refresh_token=refresh, refresh_token_expires_in=REFRESH_LIFETIME)
-            return FakeResponse(200, body)
-        if form.get("grant_type") == "refresh_token":
-            refresh = form.get("refresh_token", "")
-            grant, _ = grants.use_refresh(refresh, rotate=False)
-            if grant is None or _refresh_ends.get(refresh, 0) < time.time():
-                return token_error("invalid_grant", "The provided refresh token is invalid, expired or revoked")
-            return FakeResponse(
-                200,
-                {
-                    "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="li_at_"),
-                    "expires_in": ACCESS_LIFETIME,
-                    "refresh_token": refresh,
-                    "refresh_token_expires_in": int(_refresh_ends[refresh] - time.time()),
-                    "scope": ",".join(grant.scopes),
-                },
-            )
-        return token_error("unsupported_grant_type", "grant_type not supported")
+        return token_endpoint(
+            request,
+            grants,
+            CLIENT,
+            pkce=False,
+            rotate=False,
+            issue=issue,
+            reissue=reissue,
+            bad_client=bad_client(),
+            bad_code=lambda error: oauth_error(error or "invalid_grant", "authorization code is invalid or expired"),
+            bad_refresh=bad_refresh(),
+            bad_grant_type=oauth_error("unsupported_grant_type", "grant_type not supported"),
+        )
 
     @server.route("POST", "/linkedin/oauth/v2/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        form = request.form
-        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
-            return token_error("invalid_client", "Client authentication failed", 401)
-        grants.revoke_token(form.get("token", ""))
-        return FakeResponse(200, "")
+        return revoke_endpoint(request, grants, CLIENT, bad_client=bad_client(), revoked=FakeResponse(200, ""))
 
     def member(request: FakeRequest) -> tuple[dict[str, Any] | None, FakeResponse | None]:
-        grant, reason = grants.check_access(request.bearer())
-        if grant is None or grant.client_id != CLIENT_ID:
+        grant, reason = bearer_grant(request, grants, CLIENT_ID)
+        if grant is None:
             return None, unauthorized(reason)
         return USERS[grant.user], None
 

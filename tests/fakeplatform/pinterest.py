@@ -14,10 +14,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+from tests.fakeplatform.core import (
+    FakePlatformServer,
+    FakeRequest,
+    FakeResponse,
+    OAuthClient,
+    authorize_redirect,
+    bearer_grant,
+    revoke_endpoint,
+    token_endpoint,
+)
 
 APP_ID = "1480000"
 APP_SECRET = "pinterest-test-secret"
+CLIENT = OAuthClient(APP_ID, APP_SECRET, "basic")
 ACCESS_LIFETIME = 30 * 24 * 3600
 REFRESH_LIFETIME = 60 * 24 * 3600
 SCOPES = frozenset({"user_accounts:read", "boards:read", "boards:write", "pins:read", "pins:write"})
@@ -68,9 +78,6 @@ def install(server: FakePlatformServer) -> None:
             request, grants, client_id=APP_ID, scope_separator=",", known_scopes=SCOPES, users=frozenset(USERS)
         )
 
-    def client_ok(request: FakeRequest) -> bool:
-        return request.basic() == (APP_ID, APP_SECRET)
-
     def issue(grant: Any) -> FakeResponse:
         return FakeResponse(
             200,
@@ -87,30 +94,29 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("POST", "/pinterest/v5/oauth/token")
     def token(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return error(401, 2, "Authentication failed.")
-        form = request.form
-        if form.get("grant_type") == "authorization_code":
-            grant, _ = grants.redeem_code(
-                form.get("code", ""), client_id=APP_ID, redirect_uri=form.get("redirect_uri", ""), code_verifier=None
-            )
-            return issue(grant) if grant is not None else error(400, 1, "Invalid authorization code.")
-        if form.get("grant_type") == "refresh_token":
-            grant, _ = grants.use_refresh(form.get("refresh_token"), rotate=True)
-            return issue(grant) if grant is not None else error(400, 1, "Invalid refresh token.")
-        return error(400, 1, "Invalid grant_type.")
+        return token_endpoint(
+            request,
+            grants,
+            CLIENT,
+            pkce=False,
+            rotate=True,
+            issue=issue,
+            bad_client=error(401, 2, "Authentication failed."),
+            bad_code=lambda _: error(400, 1, "Invalid authorization code."),
+            bad_refresh=error(400, 1, "Invalid refresh token."),
+            bad_grant_type=error(400, 1, "Invalid grant_type."),
+        )
 
     @server.route("POST", "/pinterest/test-only/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return error(401, 2, "Authentication failed.")
-        grants.revoke_token(request.form.get("token", ""))
-        return FakeResponse(200, {})
+        return revoke_endpoint(
+            request, grants, CLIENT, bad_client=error(401, 2, "Authentication failed."), revoked=FakeResponse(200, {})
+        )
 
     @server.route("GET", "/pinterest/v5/user_account")
     def user_account(request: FakeRequest) -> FakeResponse:
-        grant, _ = grants.check_access(request.bearer())
-        if grant is None or grant.client_id != APP_ID:
+        grant, _ = bearer_grant(request, grants, APP_ID)
+        if grant is None:
             return error(401, 2, "Authentication failed.")
         if "user_accounts:read" not in grant.scopes:
             return error(403, 3, "Not authorized to access the user associated with this token.")

@@ -28,13 +28,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, Grant
-from tests.fakeplatform.facebook import meta_error
+from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, Grant, OAuthClient
+from tests.fakeplatform.facebook import consent_redirect, meta_error
 
 APP_ID = "threads-test-app-id"
 APP_SECRET = "threads-test-app-secret-0123456789"
+CLIENT = OAuthClient(APP_ID, APP_SECRET, "body")
 
 SHORT_LIVED = 3600
 LONG_LIVED = 5183944
@@ -84,11 +84,6 @@ class ThreadsWorld:
 THREADS = ThreadsWorld()
 
 
-def _redirect(redirect_uri: str, params: dict[str, str]) -> FakeResponse:
-    sep = "&" if "?" in redirect_uri else "?"
-    return FakeResponse(302, "", {"Location": redirect_uri + sep + urlencode(params)})
-
-
 def install(server: FakePlatformServer) -> None:
     grants = server.grants
 
@@ -117,27 +112,12 @@ def install(server: FakePlatformServer) -> None:
         user = THREADS.users.get(q.get("fake_user") or THREADS.default_user)
         if user is None:
             return FakeResponse(400, "unknown fake_user")
-        state = q.get("state", "")
-        if user.deny or q.get("fake_deny") == "1":
-            return _redirect(
-                q["redirect_uri"],
-                {
-                    "error": "access_denied",
-                    "error_reason": "user_denied",
-                    "error_description": "Permissions error",
-                    "state": state,
-                },
-            )
-        scopes = [s for s in q.get("scope", "").split(",") if s and s not in user.declined]
-        code = grants.issue_code(
-            client_id=APP_ID, redirect_uri=q["redirect_uri"], user=user.name, scopes=scopes, code_challenge=None
-        )
-        return _redirect(q["redirect_uri"], {"code": code, "state": state})
+        return consent_redirect(q, grants, app_id=APP_ID, user=user.name, deny=user.deny, declined=user.declined)
 
     @server.route("POST", "/threads/oauth/access_token")
     def access_token(req: FakeRequest) -> FakeResponse:
         f = req.form
-        if f.get("client_id") != APP_ID or f.get("client_secret") != APP_SECRET:
+        if not CLIENT.authenticates(req):
             return meta_error(101, "Error validating client secret.")
         if f.get("grant_type") != "authorization_code" or not f.get("code"):
             return meta_error(100, "Invalid grant_type or missing code")
@@ -229,7 +209,7 @@ def install(server: FakePlatformServer) -> None:
     def fake_revoke(req: FakeRequest) -> FakeResponse:
         """Fake-only RFC 7009 endpoint, for THREADS_REVOKE_URL (Threads documents none)."""
         f = req.form
-        if f.get("client_id") != APP_ID or f.get("client_secret") != APP_SECRET:
+        if not CLIENT.authenticates(req):
             return FakeResponse(401, {"error": "invalid_client"})
         grants.revoke_token(f.get("token", ""))
         with THREADS.lock:

@@ -15,10 +15,20 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+from tests.fakeplatform.core import (
+    FakePlatformServer,
+    FakeRequest,
+    FakeResponse,
+    OAuthClient,
+    authorize_redirect,
+    bearer_grant,
+    oauth_error,
+    token_endpoint,
+)
 
 CLIENT_KEY = "tiktok-test-key"
 CLIENT_SECRET = "tiktok-test-secret"
+CLIENT = OAuthClient(CLIENT_KEY, CLIENT_SECRET, "body", id_param="client_key")
 ACCESS_LIFETIME = 7200
 REFRESH_LIFETIME = 180 * 24 * 3600
 SCOPES = frozenset(
@@ -81,11 +91,8 @@ def install(server: FakePlatformServer) -> None:
             users=frozenset(USERS),
         )
 
-    def oauth_error(error: str, description: str, status: int = 400) -> FakeResponse:
-        return FakeResponse(status, {"error": error, "error_description": description, "log_id": _log_id()})
-
-    def client_ok(request: FakeRequest) -> bool:
-        return request.form.get("client_key") == CLIENT_KEY and request.form.get("client_secret") == CLIENT_SECRET
+    def refused(error: str, description: str, status: int = 400) -> FakeResponse:
+        return oauth_error(error, description, status, log_id=_log_id())
 
     def issue(grant: Any) -> FakeResponse:
         return FakeResponse(
@@ -103,30 +110,22 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("POST", "/tiktok/v2/oauth/token/")
     def token(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return oauth_error("invalid_client", "Client key or secret is incorrect.", 401)
-        form = request.form
-        if form.get("grant_type") == "authorization_code":
-            grant, _ = grants.redeem_code(
-                form.get("code", ""),
-                client_id=CLIENT_KEY,
-                redirect_uri=form.get("redirect_uri", ""),
-                code_verifier=form.get("code_verifier"),
-            )
-            if grant is None:
-                return oauth_error("invalid_grant", "Authorization code is expired.")
-            return issue(grant)
-        if form.get("grant_type") == "refresh_token":
-            grant, _ = grants.use_refresh(form.get("refresh_token"), rotate=True)
-            if grant is None:
-                return oauth_error("invalid_grant", "Refresh token is invalid or expired.")
-            return issue(grant)
-        return oauth_error("unsupported_grant_type", "grant_type not supported")
+        return token_endpoint(
+            request,
+            grants,
+            CLIENT,
+            rotate=True,
+            issue=issue,
+            bad_client=refused("invalid_client", "Client key or secret is incorrect.", 401),
+            bad_code=lambda _: refused("invalid_grant", "Authorization code is expired."),
+            bad_refresh=refused("invalid_grant", "Refresh token is invalid or expired."),
+            bad_grant_type=refused("unsupported_grant_type", "grant_type not supported"),
+        )
 
     @server.route("POST", "/tiktok/v2/oauth/revoke/")
     def revoke(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return oauth_error("invalid_client", "Client key or secret is incorrect.", 401)
+        if not CLIENT.authenticates(request):
+            return refused("invalid_client", "Client key or secret is incorrect.", 401)
         grant, _ = grants.check_access(request.form.get("token"))
         if grant is None:
             return api_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
@@ -135,8 +134,8 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("GET", "/tiktok/v2/user/info/")
     def user_info(request: FakeRequest) -> FakeResponse:
-        grant, _ = grants.check_access(request.bearer())
-        if grant is None or grant.client_id != CLIENT_KEY:
+        grant, _ = bearer_grant(request, grants, CLIENT_KEY)
+        if grant is None:
             return api_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
         fields = [f for f in request.query.get("fields", "").split(",") if f]
         if not fields or any(f not in FIELD_SCOPE for f in fields):

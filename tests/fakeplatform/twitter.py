@@ -12,10 +12,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+from tests.fakeplatform.core import (
+    FakePlatformServer,
+    FakeRequest,
+    FakeResponse,
+    OAuthClient,
+    authorize_redirect,
+    bearer_grant,
+    oauth_error,
+    revoke_endpoint,
+    token_endpoint,
+)
 
 CLIENT_ID = "twitter-test-client"
 CLIENT_SECRET = "twitter-test-secret"
+CLIENT = OAuthClient(CLIENT_ID, CLIENT_SECRET, "basic")
 #: seconds an access token lives (X: 2 hours)
 ACCESS_LIFETIME = 7200
 SCOPES = frozenset({"tweet.read", "tweet.write", "users.read", "offline.access", "follows.read"})
@@ -58,10 +69,6 @@ def rate_limited(reset_in: int = 300, with_headers: bool = True) -> FakeResponse
     return FakeResponse(429, {"errors": [{"code": 88, "message": "Rate limit exceeded"}]}, headers)
 
 
-def _token_error(error: str, description: str, status: int = 400) -> FakeResponse:
-    return FakeResponse(status, {"error": error, "error_description": description})
-
-
 def install(server: FakePlatformServer) -> None:
     grants = server.grants
 
@@ -71,8 +78,8 @@ def install(server: FakePlatformServer) -> None:
             request, grants, client_id=CLIENT_ID, known_scopes=SCOPES, require_pkce=True, users=frozenset(USERS)
         )
 
-    def client_ok(request: FakeRequest) -> bool:
-        return request.basic() == (CLIENT_ID, CLIENT_SECRET)
+    def bad_client() -> FakeResponse:
+        return oauth_error("unauthorized_client", "Missing valid authorization header", 401)
 
     def issue(grant: Any) -> FakeResponse:
         body: dict[str, Any] = {
@@ -87,37 +94,28 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("POST", "/twitter/2/oauth2/token")
     def token(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return _token_error("unauthorized_client", "Missing valid authorization header", 401)
-        form = request.form
-        if form.get("grant_type") == "authorization_code":
-            grant, _ = grants.redeem_code(
-                form.get("code", ""),
-                client_id=CLIENT_ID,
-                redirect_uri=form.get("redirect_uri", ""),
-                code_verifier=form.get("code_verifier"),
-            )
-            if grant is None:
-                return _token_error("invalid_request", "Value passed for the authorization code was invalid.")
-            return issue(grant)
-        if form.get("grant_type") == "refresh_token":
-            grant, _ = grants.use_refresh(form.get("refresh_token"), rotate=True)
-            if grant is None:
-                return _token_error("invalid_request", "Value passed for the token was invalid.")
-            return issue(grant)
-        return _token_error("unsupported_grant_type", "grant_type not supported")
+        return token_endpoint(
+            request,
+            grants,
+            CLIENT,
+            rotate=True,
+            issue=issue,
+            bad_client=bad_client(),
+            bad_code=lambda _: oauth_error("invalid_request", "Value passed for the authorization code was invalid."),
+            bad_refresh=oauth_error("invalid_request", "Value passed for the token was invalid."),
+            bad_grant_type=oauth_error("unsupported_grant_type", "grant_type not supported"),
+        )
 
     @server.route("POST", "/twitter/2/oauth2/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        if not client_ok(request):
-            return _token_error("unauthorized_client", "Missing valid authorization header", 401)
-        grants.revoke_token(request.form.get("token", ""))
-        return FakeResponse(200, {"revoked": True})
+        return revoke_endpoint(
+            request, grants, CLIENT, bad_client=bad_client(), revoked=FakeResponse(200, {"revoked": True})
+        )
 
     @server.route("GET", "/twitter/2/users/me")
     def me(request: FakeRequest) -> FakeResponse:
-        grant, _ = grants.check_access(request.bearer())
-        if grant is None or grant.client_id != CLIENT_ID:
+        grant, _ = bearer_grant(request, grants, CLIENT_ID)
+        if grant is None:
             return FakeResponse(401, UNAUTHORIZED)
         if "users.read" not in grant.scopes:
             return FakeResponse(403, {"title": "Forbidden", "status": 403, "detail": "Missing scope users.read"})

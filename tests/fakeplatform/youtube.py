@@ -16,10 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeResponse, authorize_redirect
+from tests.fakeplatform.core import (
+    FakePlatformServer,
+    FakeRequest,
+    FakeResponse,
+    Grant,
+    OAuthClient,
+    authorize_redirect,
+    bearer_grant,
+    oauth_error,
+    token_endpoint,
+)
 
 CLIENT_ID = "1234-test.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-youtube-test-secret"
+CLIENT = OAuthClient(CLIENT_ID, CLIENT_SECRET, "body")
 ACCESS_LIFETIME = 3599
 READONLY = "https://www.googleapis.com/auth/youtube.readonly"
 SCOPES = frozenset(
@@ -95,47 +106,44 @@ def install(server: FakePlatformServer) -> None:
             return FakeResponse(400, "fake Google: access_type=offline&prompt=consent expected")
         return authorize_redirect(request, grants, client_id=CLIENT_ID, known_scopes=SCOPES, users=frozenset(USERS))
 
-    def oauth_error(error: str, description: str, status: int = 400) -> FakeResponse:
-        return FakeResponse(status, {"error": error, "error_description": description})
+    def issue(grant: Grant) -> FakeResponse:
+        return FakeResponse(
+            200,
+            {
+                "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="ya29."),
+                "expires_in": ACCESS_LIFETIME,
+                "refresh_token": grants.new_refresh(grant, prefix="1//0g"),
+                "scope": " ".join(grant.scopes),
+                "token_type": "Bearer",
+            },
+        )
+
+    def reissue(grant: Grant, refresh: str) -> FakeResponse:
+        """Google does not rotate: a refresh answer carries no refresh token."""
+        return FakeResponse(
+            200,
+            {
+                "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="ya29."),
+                "expires_in": ACCESS_LIFETIME,
+                "scope": " ".join(grant.scopes),
+                "token_type": "Bearer",
+            },
+        )
 
     @server.route("POST", "/youtube/token")
     def token(request: FakeRequest) -> FakeResponse:
-        form = request.form
-        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
-            return oauth_error("invalid_client", "Unauthorized", 401)
-        if form.get("grant_type") == "authorization_code":
-            grant, error = grants.redeem_code(
-                form.get("code", ""),
-                client_id=CLIENT_ID,
-                redirect_uri=form.get("redirect_uri", ""),
-                code_verifier=form.get("code_verifier"),
-            )
-            if grant is None:
-                return oauth_error(error or "invalid_grant", "Bad Request")
-            return FakeResponse(
-                200,
-                {
-                    "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="ya29."),
-                    "expires_in": ACCESS_LIFETIME,
-                    "refresh_token": grants.new_refresh(grant, prefix="1//0g"),
-                    "scope": " ".join(grant.scopes),
-                    "token_type": "Bearer",
-                },
-            )
-        if form.get("grant_type") == "refresh_token":
-            grant, _ = grants.use_refresh(form.get("refresh_token"), rotate=False)
-            if grant is None:
-                return oauth_error("invalid_grant", "Token has been expired or revoked.")
-            return FakeResponse(
-                200,
-                {
-                    "access_token": grants.new_access(grant, ACCESS_LIFETIME, prefix="ya29."),
-                    "expires_in": ACCESS_LIFETIME,
-                    "scope": " ".join(grant.scopes),
-                    "token_type": "Bearer",
-                },
-            )
-        return oauth_error("unsupported_grant_type", "Invalid grant_type")
+        return token_endpoint(
+            request,
+            grants,
+            CLIENT,
+            rotate=False,
+            issue=issue,
+            reissue=reissue,
+            bad_client=oauth_error("invalid_client", "Unauthorized", 401),
+            bad_code=lambda error: oauth_error(error or "invalid_grant", "Bad Request"),
+            bad_refresh=oauth_error("invalid_grant", "Token has been expired or revoked."),
+            bad_grant_type=oauth_error("unsupported_grant_type", "Invalid grant_type"),
+        )
 
     @server.route("POST", "/youtube/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
@@ -148,8 +156,8 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("GET", "/youtube/v3/channels")
     def channels(request: FakeRequest) -> FakeResponse:
-        grant, _ = grants.check_access(request.bearer())
-        if grant is None or grant.client_id != CLIENT_ID:
+        grant, _ = bearer_grant(request, grants, CLIENT_ID)
+        if grant is None:
             return unauthenticated()
         parts = set(request.query.get("part", "").split(","))
         if not parts or not parts <= {"id", "snippet", "statistics", "contentDetails"}:
