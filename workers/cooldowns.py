@@ -18,7 +18,15 @@ from dataclasses import dataclass
 
 import redis
 
-__all__ = ["Cooldown", "active_cooldowns", "cooldown_key", "remaining", "set_cooldown", "take_budget"]
+__all__ = [
+    "Cooldown",
+    "active_cooldowns",
+    "cooldown_key",
+    "publish_gauge",
+    "remaining",
+    "set_cooldown",
+    "take_budget",
+]
 
 # Extend a cooldown, never shorten it: a later, smaller Retry-After must not cut an app-wide wait.
 _EXTEND = """
@@ -101,6 +109,24 @@ def active_cooldowns(client: redis.Redis, namespace: str) -> list[Cooldown]:
         text = reason.decode() if isinstance(reason, bytes) else str(reason or "")
         found.append(Cooldown(platform, scope, ttl / 1000.0, text))
     return sorted(found, key=lambda c: (c.platform, c.scope))
+
+
+def publish_gauge(client: redis.Redis, namespace: str) -> int:
+    """Set ``social_accounts_cooldowns_active{platform}`` from Redis (on each ``/metrics`` scrape).
+
+    Redis is the truth shared by every worker; a per-process counter would only know the
+    cooldowns its own process started. Returns how many are in force.
+    """
+    from social_accounts.metrics import COOLDOWNS_ACTIVE
+
+    found = active_cooldowns(client, namespace)
+    counts: dict[str, int] = {}
+    for cooldown in found:
+        counts[cooldown.platform] = counts.get(cooldown.platform, 0) + 1
+    COOLDOWNS_ACTIVE.clear()  # a platform whose cooldowns ended must drop back, not stay stale
+    for platform, count in counts.items():
+        COOLDOWNS_ACTIVE.labels(platform).set(count)
+    return len(found)
 
 
 def take_budget(client: redis.Redis, namespace: str, name: str, *, limit: int, window_seconds: float) -> float:

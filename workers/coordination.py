@@ -20,7 +20,7 @@ import redis
 from workers import cooldowns, locks
 from workers.runtime import Runtime
 
-__all__ = ["Coordination", "LocalCoordination", "RedisCoordination", "for_runtime"]
+__all__ = ["Coordination", "LocalCoordination", "RedisCoordination", "for_runtime", "lock_ttl_seconds"]
 
 
 class Coordination(Protocol):
@@ -31,12 +31,17 @@ class Coordination(Protocol):
 
 
 class RedisCoordination:
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    def __init__(
+        self, client: redis.Redis, namespace: str, *, lock_ttl_seconds: float = locks.LOCK_TTL_SECONDS
+    ) -> None:
         self.client = client
         self.namespace = namespace
+        self.lock_ttl_seconds = lock_ttl_seconds
 
     def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]:
-        return locks.account_lock(self.client, self.namespace, account_id, wait_seconds=wait_seconds)
+        return locks.account_lock(
+            self.client, self.namespace, account_id, wait_seconds=wait_seconds, ttl_seconds=self.lock_ttl_seconds
+        )
 
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float:
         return cooldowns.remaining(self.client, self.namespace, platform, account_id)
@@ -101,5 +106,17 @@ _local = LocalCoordination()
 def for_runtime(rt: Runtime) -> Coordination:
     """Redis coordination when the broker is Redis (shared by every process), else in-process."""
     if rt.settings.coordination_redis_url:
-        return RedisCoordination(rt.redis, rt.settings.redis_namespace)
+        return RedisCoordination(
+            rt.redis, rt.settings.redis_namespace, lock_ttl_seconds=lock_ttl_seconds(rt.settings.http_timeout_seconds)
+        )
     return _local
+
+
+def lock_ttl_seconds(http_timeout_seconds: float) -> float:
+    """The refresh lock's TTL: room for two calls (connect + read each) and the database writes.
+
+    Derived from the HTTP timeout, because the lock must outlive every request made under it
+    (60 s with the default 10 s timeout); and no longer than that, because a worker killed while
+    holding it keeps everyone else from refreshing the account until it expires.
+    """
+    return 4 * http_timeout_seconds + 20.0

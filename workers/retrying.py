@@ -30,6 +30,7 @@ from social_accounts.errors import (
 __all__ = [
     "CONNECT_POLICY",
     "Decision",
+    "Deferred",
     "Delivery",
     "RateLimitRetry",
     "RetryPolicy",
@@ -59,6 +60,18 @@ CONNECT_POLICY = RetryPolicy()
 
 class RateLimitRetry(dramatiq.Retry):
     """A retry the platform asked for; budgeted separately from transient failures."""
+
+
+class Deferred(Exception):
+    """Not now, and not a failure: a cooldown or a budget says wait ``seconds``; nothing was sent.
+
+    The actor puts the same message back with that delay without spending a retry.
+    """
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(f"{reason}: {seconds:.1f}s")
+        self.seconds = seconds
+        self.reason = reason
 
 
 @dataclass(frozen=True)
