@@ -160,6 +160,7 @@ def web(
     import uvicorn
 
     application = create_app(settings)
+    _later("web_callback.app", "freeze_startup_heap", "web")()  # GC pauses set the callback's p99
     # log_config=None: uvicorn's loggers propagate to our redacting root handler
     uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
 

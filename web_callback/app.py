@@ -18,6 +18,7 @@ drop access lines entirely, run uvicorn with ``--no-access-log``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from web_callback.auth import BearerAuth
 from web_callback.callback import close_batchers, oauth_callback
 from web_callback.pages import routes as page_routes
 
-__all__ = ["DropQueryString", "Services", "create_app"]
+__all__ = ["DropQueryString", "Services", "create_app", "freeze_startup_heap"]
 
 
 @dataclass
@@ -90,6 +91,19 @@ class DropQueryString(logging.Filter):
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
             record.args = (*args[:2], args[2].split("?", 1)[0], *args[3:])
         return True
+
+
+def freeze_startup_heap() -> None:
+    """Take everything alive after start-up (imported modules, the app) out of the cyclic GC's scans.
+
+    Why: a full (generation 2) collection walks every tracked object, and a served process has
+    hundreds of thousands from its imports alone; each such pass stopped the event loop for tens
+    of milliseconds, which was the callback's p99 under load (``bench/callback.py``: p99 about 170
+    ms without, 40-75 ms with, bare endpoint 15-40 ms). Objects created later are collected as
+    usual. Call once per process right before serving (``social-accounts web`` does); not in tests.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def install_access_log_filter() -> None:

@@ -130,7 +130,7 @@ class BatchEnqueuer:
                 error: str | None = None
                 try:
                     await asyncio.wait_for(self._write([item for item, _ in batch]), self.timeout)
-                except (redis.RedisError, OSError, TimeoutError) as exc:
+                except Exception as exc:  # RedisError, OSError, TimeoutError, or a bug: never leave a request hanging
                     error = type(exc).__name__
                     await self._drop_client()  # a fresh connection for the next batch
                 else:

@@ -1,0 +1,227 @@
+"""Benchmark: ``GET /oauth/callback`` against a bare endpoint on the same server, same run.
+
+Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's pure-Python
+HTTP parser) than about our handler. The bare route answers ``200`` from the same uvicorn
+process, so the ratio isolates what the callback adds: query parsing, the state's HMAC, the
+code's AES-GCM encryption, the thread hop and the Redis enqueue.
+
+Setup: one uvicorn process (``--factory callback:create_bench_app``, access log off) running the
+product app plus one bench-only route (added here, never in the product), a real Redis broker on
+127.0.0.1 in a dedicated namespace, and ``wrk -c32 -t2 -d10s`` cycling through 20,000 distinct,
+validly signed states (so every request really verifies, encrypts and enqueues).
+
+Goals: callback throughput >= 0.5x bare, callback p99 <= 2x bare p99.
+
+Run: ``.venv/bin/python bench/callback.py [--seconds 10] [--rounds 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    REDIS_URL,
+    BenchError,
+    Row,
+    WrkResult,
+    bench_secrets,
+    cpu_seconds,
+    free_port,
+    main_guard,
+    print_table,
+    process,
+    python,
+    redis_client,
+    redis_namespace,
+    run_wrk,
+    tail,
+    wait_for_port,
+)
+
+BARE_PATH = "/bench/bare"
+STATES = 20_000
+
+
+def create_bench_app() -> Any:
+    """The product app (settings from the environment) plus the bench-only bare route.
+
+    The bare route is inserted into the same router, first, so both paths pay the same routing.
+    Like ``social-accounts web``, the start-up heap is frozen (``BENCH_NO_GC_FREEZE=1`` to compare).
+    """
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from web_callback.app import create_app, freeze_startup_heap
+
+    async def bare(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    app = create_app()
+    app.router.routes.insert(0, Route(BARE_PATH, bare, methods=["GET"]))
+    if not os.environ.get("BENCH_NO_GC_FREEZE"):  # what `social-accounts web` does before serving
+        freeze_startup_heap()
+    return app
+
+
+def write_paths(workdir: Path, state_secret: str, public_url: str) -> tuple[Path, Path]:
+    """Two files of request paths with the same query strings: callback and bare."""
+    from web_callback.state import SignedState, sign_state
+
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    queries = []
+    for _ in range(STATES):
+        state = sign_state(SignedState(str(uuid.uuid4()), "twitter", expires, f"{public_url}/done"), state_secret)
+        queries.append(f"code={secrets.token_urlsafe(30)}&state={state}")
+    callback = workdir / "callback.txt"
+    bare = workdir / "bare.txt"
+    callback.write_text("".join(f"/oauth/callback?{q}\n" for q in queries))
+    bare.write_text("".join(f"{BARE_PATH}?{q}\n" for q in queries))
+    return callback, bare
+
+
+def check_once(base: str, path: str, expected: int) -> None:
+    import httpx
+
+    response = httpx.get(base + path, follow_redirects=False, timeout=10)
+    if response.status_code != expected:
+        raise BenchError(f"{path.split('?')[0]} answered {response.status_code}, expected {expected}")
+
+
+def profile(pid: int, base: str, paths: Path, out: str, seconds: int, wrk: dict[str, Any]) -> None:
+    """Record collapsed stacks (py-spy ``--format raw``) of the server during one callback run."""
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise BenchError("py-spy is not on PATH")
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--output",
+            out,
+            "--duration",
+            str(seconds),
+            "--nonblocking",
+        ]
+    )
+    run_wrk(base, paths, seconds=seconds, **wrk)
+    recorder.wait()
+
+
+def mean(results: list[WrkResult], attr: str) -> float:
+    return sum(getattr(r, attr) for r in results) / len(results)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs of each endpoint (interleaved)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--py-spy", metavar="OUT", help="profile the server with py-spy during one callback run")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp, redis_namespace() as namespace:
+        workdir = Path(tmp)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = {
+            **bench_secrets(),
+            "BROKER_URL": REDIS_URL,
+            "REDIS_NAMESPACE": namespace,
+            "DATABASE_URL": f"sqlite:///{workdir / 'unused.db'}",  # the callback never touches it
+            "PUBLIC_URL": base,
+            "LOG_LEVEL": "WARNING",
+        }
+        callback_paths, bare_paths = write_paths(workdir, env["STATE_SECRET"], base)
+        first_callback = callback_paths.read_text().split("\n", 1)[0]
+        cmd = [
+            python(),
+            "-m",
+            "uvicorn",
+            "--factory",
+            "callback:create_bench_app",
+            "--app-dir",
+            str(Path(__file__).resolve().parent),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+        log = workdir / "uvicorn.log"
+        with process(cmd, env, log) as server:
+            try:
+                wait_for_port(port, server)
+                check_once(base, BARE_PATH, 200)
+                check_once(base, first_callback, 303)
+                wrk = {"connections": args.connections, "threads": args.threads, "workdir": workdir}
+                for paths in (bare_paths, callback_paths):  # warm up both paths (imports, pools)
+                    run_wrk(base, paths, seconds=2, **wrk)
+                if args.py_spy:
+                    profile(server.pid, base, callback_paths, args.py_spy, args.seconds, wrk)
+                before = int(redis_client().llen(f"{namespace}:connect"))
+                bare: list[WrkResult] = []
+                callback: list[WrkResult] = []
+                for i in range(args.rounds):  # interleaved so drift hits both alike
+                    order = [(bare, bare_paths), (callback, callback_paths)]
+                    for results, paths in order if i % 2 == 0 else reversed(order):
+                        cpu = cpu_seconds(server.pid)
+                        result = run_wrk(base, paths, seconds=args.seconds, **wrk)
+                        result.server_cpu = cpu_seconds(server.pid) - cpu
+                        results.append(result)
+            except BenchError:
+                print(tail(log), file=sys.stderr)
+                raise
+            if server.poll() is not None:
+                raise BenchError(f"uvicorn died during the run:\n{tail(log)}")
+        client = redis_client()
+        queued = int(client.llen(f"{namespace}:connect")) - before
+        client.close()
+
+    failures = sum(r.errors + r.bad_status for r in bare + callback)
+    bare_rps, cb_rps = mean(bare, "rps"), mean(callback, "rps")
+    bare_p99, cb_p99 = mean(bare, "p99_ms"), mean(callback, "p99_ms")
+    sent = sum(r.requests for r in callback)
+    rows = [
+        Row("bare   requests/s", f"{bare_rps:,.0f}"),
+        Row("bare   p50 / p99 ms", f"{mean(bare, 'p50_ms'):.2f} / {bare_p99:.2f}"),
+        Row("callback requests/s", f"{cb_rps:,.0f}"),
+        Row("callback p50 / p99 ms", f"{mean(callback, 'p50_ms'):.2f} / {cb_p99:.2f}"),
+        Row("server CPU us/request bare", f"{mean(bare, 'cpu_us_per_request'):.0f}"),
+        Row("server CPU us/request callback", f"{mean(callback, 'cpu_us_per_request'):.0f}"),
+        Row("throughput ratio", f"{cb_rps / bare_rps:.2f}x", ">= 0.50x", cb_rps / bare_rps >= 0.5),
+        Row("p99 ratio", f"{cb_p99 / bare_p99:.2f}x", "<= 2.00x", cb_p99 / bare_p99 <= 2.0),
+        Row("errors / non-2xx-3xx", f"{failures}", "0", failures == 0),
+        Row("messages enqueued", f"{queued:,} (>= {sent:,} answered)", "", queued >= sent),
+    ]
+    print_table(
+        f"GET /oauth/callback vs bare endpoint: 1 uvicorn worker, wrk -c{args.connections} -t{args.threads} "
+        f"-d{args.seconds}s x {args.rounds} rounds, {STATES:,} distinct valid states",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main_guard(run)

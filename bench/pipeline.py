@@ -1,0 +1,255 @@
+"""Benchmark: connects per second through the real pipeline (Redis, workers, PostgreSQL, platform).
+
+Why this shape: a connect is I/O-bound on the platform, so the number that matters is how close
+the workers come to keeping every thread busy on a platform call. With ``P`` processes x ``T``
+threads and a platform answering every call after ``d`` seconds, the ceiling is
+``P*T / (calls per connect * d)`` connects per second; everything else (Redis, the database,
+encryption, our own code) shows up as the distance from it.
+
+Setup: the fake platform (every module installed, ``delay = 0.020``) in this process; a fresh
+PostgreSQL database migrated to head; a dedicated Redis namespace; ``social-accounts worker
+--processes 2 --threads 8`` with the fake's settings. N twitter attempts (distinct sites) are
+created with ``models.attempts.create_attempt``, authorized on the fake (real codes bound to
+PKCE), then every callback is enqueued with ``workers.publish.enqueue_code_received`` (codes
+encrypted as the web app does). The clock runs from the first enqueue until every attempt has
+left ``pending``. Calls per connect are counted from the fake's request log.
+
+Checks: every attempt ``connected``, none failed, each with exactly one account, N distinct
+accounts, exactly one code exchange per attempt. Goal: >= 0.75x the ideal.
+
+Run: ``.venv/bin/python bench/pipeline.py [--connects 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    REDIS_URL,
+    VENV_BIN,
+    BenchError,
+    Row,
+    bench_secrets,
+    db_commits,
+    fake_capacity,
+    fake_env,
+    fake_platform,
+    group_cpu_seconds,
+    load_average,
+    main_guard,
+    pg_database,
+    print_table,
+    process,
+    redis_client,
+    redis_namespace,
+    tail,
+)
+
+DELAY = 0.020
+PLATFORM = "twitter"
+
+
+def wait_for_workers(namespace: str, processes: int, proc: Any, log: Path, timeout: float = 60.0) -> None:
+    """Workers are ready once each process has sent a heartbeat (its first queue poll)."""
+    client = redis_client()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"the workers exited with {proc.returncode}:\n{tail(log)}")
+            if client.zcard(f"{namespace}:__heartbeats__") >= processes:
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise BenchError(f"the workers did not start within {timeout:.0f}s:\n{tail(log)}")
+
+
+def prepare(settings: Any, engine: Any, ring: Any, n: int) -> list[tuple[str, str]]:
+    """N pending attempts, each authorized on the fake: ``[(attempt_id, code)]``."""
+    import httpx
+    from sqlalchemy.orm import Session
+
+    from models.attempts import create_attempt
+    from platforms.oauth2 import pkce_pair
+    from platforms.registry import get_adapter
+
+    now = datetime.now(UTC)
+    attempts: list[tuple[str, str]] = []
+    with Session(engine) as session, session.begin():
+        for i in range(n):
+            verifier, challenge = pkce_pair()
+            attempt_id = create_attempt(
+                session,
+                ring,
+                platform=PLATFORM,
+                site_id=f"bench-site-{i}",
+                user_id="bench-user",
+                expires_at=now + timedelta(minutes=30),
+                now=now,
+                code_verifier=verifier,
+            )
+            attempts.append((attempt_id, challenge))
+
+    def authorize(item: tuple[str, str]) -> tuple[str, str]:
+        attempt_id, challenge = item
+        with httpx.Client() as browser:
+            adapter = get_adapter(PLATFORM, settings, browser)
+            url = adapter.authorization_url(
+                state=attempt_id, redirect_uri=settings.redirect_uri, code_challenge=challenge
+            )
+            response = browser.get(url, follow_redirects=False)
+        if response.status_code != 302:
+            raise BenchError(f"the fake's authorize answered {response.status_code}")
+        query = dict(httpx.URL(response.headers["location"]).params)
+        if "code" not in query:
+            raise BenchError(f"the fake's authorize gave no code: {sorted(query)}")
+        return attempt_id, query["code"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(authorize, attempts))
+
+
+def outcome(engine: Any) -> Counter[str]:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT status, count(*) FROM social_oauth_states GROUP BY status")).all()
+    return Counter({str(status): int(count) for status, count in rows})
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connects", type=int, default=500)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    args = parser.parse_args()
+    concurrency = args.processes * args.threads
+
+    import sqlalchemy as sa
+
+    from models.crypto import KeyRing
+    from models.engine import make_engine
+    from social_accounts.settings import Settings
+    from workers.broker import build_broker
+    from workers.publish import enqueue_code_received
+
+    with (
+        tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp,
+        fake_platform() as fake,
+        pg_database() as db_url,
+        redis_namespace() as namespace,
+    ):
+        env = {
+            **bench_secrets(),
+            **fake_env(fake),
+            "DATABASE_URL": db_url,
+            "BROKER_URL": REDIS_URL,
+            "REDIS_NAMESPACE": namespace,
+            "ALLOW_PRIVATE_NETWORK": "1",
+            "PUBLIC_URL": "http://127.0.0.1:8000",
+            "LOG_LEVEL": "WARNING",
+        }
+        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        ring = KeyRing.from_settings(settings)
+        engine = make_engine(db_url)
+        broker = build_broker(settings)
+        try:
+            fake.delay = DELAY
+            capacity = fake_capacity(fake, concurrency)
+            fake.delay = 0.0
+            attempts = prepare(settings, engine, ring, args.connects)
+            log = Path(tmp) / "workers.log"
+            cmd = [str(VENV_BIN / "social-accounts"), "worker", "--processes", str(args.processes)]
+            cmd += ["--threads", str(args.threads)]
+            with process(cmd, env, log) as workers:
+                wait_for_workers(namespace, args.processes, workers, log)
+                fake.delay = DELAY
+                fake.reset_log()
+                commits_before = db_commits(engine)
+                cpu_before = group_cpu_seconds(workers.pid)
+                own_cpu_before = time.process_time()
+                load_before = load_average()
+                started = time.monotonic()
+                for attempt_id, code in attempts:
+                    code_enc = ring.encrypt(code, table="message", column="code", row_id=attempt_id)
+                    enqueue_code_received(broker, attempt_id=attempt_id, code_enc=code_enc)
+                enqueued = time.monotonic() - started
+                while True:
+                    counts = outcome(engine)
+                    if counts["pending"] == 0:
+                        break
+                    if time.monotonic() - started > args.timeout:
+                        raise BenchError(f"still pending after {args.timeout:.0f}s: {dict(counts)}\n{tail(log)}")
+                    if workers.poll() is not None:
+                        raise BenchError(f"the workers died:\n{tail(log)}")
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+                worker_cpu = group_cpu_seconds(workers.pid) - cpu_before
+                own_cpu = time.process_time() - own_cpu_before
+                load = max(load_before, load_average())
+                time.sleep(1.0)  # PostgreSQL publishes its counters at most once a second
+                commits = db_commits(engine) - commits_before
+            calls = Counter(r.path for r in list(fake.requests))
+            with engine.connect() as conn:
+                accounts = conn.execute(sa.text("SELECT count(*) FROM social_accounts")).scalar_one()
+                per_attempt = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM social_oauth_states "
+                        "WHERE status = 'connected' AND json_array_length(account_ids::json) = 1"
+                    )
+                ).scalar_one()
+                reused = conn.execute(
+                    sa.text("SELECT count(*) FROM social_oauth_states WHERE history::text LIKE '%state_reused%'")
+                ).scalar_one()
+        finally:
+            broker.close()
+            engine.dispose()
+
+    n = args.connects
+    total_calls = sum(calls.values())
+    per_connect = total_calls / n
+    ideal = concurrency / (per_connect * DELAY)
+    rate = n / elapsed
+    exchanges = calls.get("/twitter/2/oauth2/token", 0)
+    clean = counts["connected"] == n and counts["failed"] == 0 and per_attempt == n and accounts == n
+    rows = [
+        Row("connects", f"{n}"),
+        Row("platform calls per connect", f"{per_connect:.2f}  ({', '.join(f'{p} {c}' for p, c in calls.items())})"),
+        Row("fake capacity, 16 clients", f"{capacity:,.0f} req/s (ceiling {concurrency / DELAY:,.0f})"),
+        Row("enqueue time", f"{enqueued * 1000:.0f} ms"),
+        Row("first enqueue -> all connected", f"{elapsed:.2f} s"),
+        Row("connects/s", f"{rate:.1f}"),
+        Row("ideal connects/s", f"{ideal:.1f}  (= {concurrency} / ({per_connect:.2f} x {DELAY * 1000:.0f} ms))"),
+        Row(
+            "worker CPU per connect", f"{worker_cpu / n * 1000:.1f} ms (2 procs: {worker_cpu / elapsed:.2f} cores busy)"
+        ),
+        Row("fake+bench CPU per connect", f"{own_cpu / n * 1000:.1f} ms"),
+        Row("DB commits per connect", f"{commits / n:.1f}"),
+        Row("load average (1 min)", f"{load:.1f} on {os.cpu_count()} cores"),
+        Row("ratio to ideal", f"{rate / ideal:.2f}x", ">= 0.75x", rate / ideal >= 0.75),
+        Row("connected / failed", f"{counts['connected']} / {counts['failed']}", f"{n} / 0", clean),
+        Row("code exchanges", f"{exchanges}", f"{n}", exchanges == n),
+        Row("accounts / replays", f"{accounts} / {reused}", f"{n} / 0", accounts == n and reused == 0),
+    ]
+    print_table(
+        f"connect pipeline: {args.processes} worker processes x {args.threads} threads, "
+        f"fake platform answering after {DELAY * 1000:.0f} ms, {n} {PLATFORM} connects",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main_guard(run)

@@ -1,0 +1,253 @@
+"""Benchmark: token refreshes per second for 10,000 due accounts, and not one refresh twice.
+
+Why: the scheduler's ``refresh_ahead`` claims every due account and enqueues one message each;
+the workers must then refresh each token exactly once (X revokes the whole grant when a rotated
+refresh token is used twice), as fast as the platform lets them. With ``P x T`` worker threads
+and a platform answering after ``d`` seconds the ceiling is ``P*T / (calls per refresh * d)``.
+
+Setup: the fake platform (every module installed, ``delay = 0.020``) in this process, a fresh
+PostgreSQL database, a dedicated Redis namespace, ``social-accounts worker --processes 2
+--threads 8``. N twitter accounts are written with ``models.repository.upsert_account`` whose
+tokens are real grants in the fake's ``GrantStore`` (rotating refresh tokens), due now. The clock
+runs from ``scheduler.jobs.refresh_ahead`` (claim + bulk enqueue) until N ``refreshed`` events
+exist. Checks: token endpoint calls == N exactly, no grant revoked, no refresh failure.
+
+Run: ``.venv/bin/python bench/refresh.py [--accounts 10000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    REDIS_URL,
+    VENV_BIN,
+    BenchError,
+    Row,
+    bench_secrets,
+    db_commits,
+    fake_capacity,
+    fake_env,
+    fake_platform,
+    group_cpu_seconds,
+    load_average,
+    main_guard,
+    pg_database,
+    print_table,
+    process,
+    redis_client,
+    redis_namespace,
+    tail,
+)
+
+DELAY = 0.020
+PLATFORM = "twitter"
+TOKEN_PATH = "/twitter/2/oauth2/token"
+#: seconds an inserted token still lives: well inside any refresh margin, so every one is due
+EXPIRES_IN = 120
+
+
+def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
+    """N due twitter accounts whose tokens are live grants on the fake (rotating refresh tokens)."""
+    from sqlalchemy.orm import Session
+
+    from models.repository import upsert_account
+    from platforms.base import AccountProfile, TokenSet
+    from tests.fakeplatform.core import Grant
+    from tests.fakeplatform.twitter import ACCESS_LIFETIME, CLIENT_ID, SCOPES
+
+    grants = fake.grants
+    now = datetime.now(UTC)
+    issued = now - timedelta(seconds=ACCESS_LIFETIME - EXPIRES_IN)
+    chunk = 500
+    for start in range(0, n, chunk):
+        with Session(engine) as session, session.begin():
+            for i in range(start, min(start + chunk, n)):
+                grant = Grant(f"g_bench_{i}", CLIENT_ID, "alice", sorted(SCOPES))
+                with grants.lock:
+                    grants.grants[grant.grant_id] = grant
+                tokens = TokenSet(
+                    access_token=grants.new_access(grant, EXPIRES_IN, prefix="tw_at_"),
+                    refresh_token=grants.new_refresh(grant, prefix="tw_rt_"),
+                    expires_at=now + timedelta(seconds=EXPIRES_IN),
+                    scopes=tuple(sorted(SCOPES)),
+                    metadata={"issued_at": issued.isoformat()},
+                )
+                profile = AccountProfile(
+                    platform_account_id=f"{9_000_000_000 + i}",
+                    name=f"Bench {i}",
+                    handle=f"bench{i}",
+                    avatar_url=None,
+                    tokens=tokens,
+                    refresh_model="rotate",
+                )
+                upsert_account(
+                    session,
+                    ring,
+                    site_id=f"bench-site-{i % 100}",
+                    platform=PLATFORM,
+                    user_id="bench-user",
+                    profile=profile,
+                    next_refresh_at=now - timedelta(seconds=1),
+                    now=now,
+                )
+
+
+def wait_for_workers(namespace: str, processes: int, proc: Any, log: Path, timeout: float = 60.0) -> None:
+    client = redis_client()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"the workers exited with {proc.returncode}:\n{tail(log)}")
+            if client.zcard(f"{namespace}:__heartbeats__") >= processes:
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise BenchError(f"the workers did not start within {timeout:.0f}s:\n{tail(log)}")
+
+
+def events(engine: Any) -> Counter[str]:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, count(*) FROM social_account_events GROUP BY kind")).all()
+    return Counter({str(kind): int(count) for kind, count in rows})
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    args = parser.parse_args()
+    n = args.accounts
+    concurrency = args.processes * args.threads
+
+    import sqlalchemy as sa
+
+    from models.crypto import KeyRing
+    from models.engine import make_engine
+    from scheduler.jobs import JobContext, refresh_ahead
+    from social_accounts.settings import Settings
+    from workers.broker import build_broker
+
+    with (
+        tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp,
+        fake_platform() as fake,
+        pg_database() as db_url,
+        redis_namespace() as namespace,
+    ):
+        env = {
+            **bench_secrets(),
+            **fake_env(fake),
+            "DATABASE_URL": db_url,
+            "BROKER_URL": REDIS_URL,
+            "REDIS_NAMESPACE": namespace,
+            "ALLOW_PRIVATE_NETWORK": "1",
+            "PUBLIC_URL": "http://127.0.0.1:8000",
+            "LOG_LEVEL": "WARNING",
+        }
+        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        ring = KeyRing.from_settings(settings)
+        engine = make_engine(db_url)
+        broker = build_broker(settings)
+        try:
+            seeding = time.monotonic()
+            seed(fake, engine, ring, n)
+            seeding = time.monotonic() - seeding
+            log = Path(tmp) / "workers.log"
+            cmd = [str(VENV_BIN / "social-accounts"), "worker", "--processes", str(args.processes)]
+            cmd += ["--threads", str(args.threads)]
+            with process(cmd, env, log) as workers:
+                wait_for_workers(namespace, args.processes, workers, log)
+                fake.delay = DELAY
+                capacity = fake_capacity(fake, concurrency)
+                fake.reset_log()
+                commits_before = db_commits(engine)
+                cpu_before = group_cpu_seconds(workers.pid)
+                own_cpu_before = time.process_time()
+                load_before = load_average()
+                started = time.monotonic()
+                enqueued = refresh_ahead(JobContext(settings=settings, engine=engine, broker=broker))
+                enqueue_time = time.monotonic() - started
+                last_progress, last_done = time.monotonic(), -1
+                while True:
+                    counts = events(engine)
+                    done = counts["refreshed"]
+                    if done >= n:
+                        break
+                    if done != last_done:
+                        last_progress, last_done = time.monotonic(), done
+                    if time.monotonic() - last_progress > 60:
+                        raise BenchError(f"no progress for 60 s at {done}/{n}: {dict(counts)}\n{tail(log)}")
+                    if time.monotonic() - started > args.timeout:
+                        raise BenchError(f"only {done}/{n} refreshed after {args.timeout:.0f}s\n{tail(log)}")
+                    if workers.poll() is not None:
+                        raise BenchError(f"the workers died:\n{tail(log)}")
+                    time.sleep(0.05)
+                elapsed = time.monotonic() - started
+                worker_cpu = group_cpu_seconds(workers.pid) - cpu_before
+                own_cpu = time.process_time() - own_cpu_before
+                load = max(load_before, load_average())
+                time.sleep(2.0)  # late duplicates would show up now; counters publish at most once a second
+                counts = events(engine)
+                commits = db_commits(engine) - commits_before
+            calls = Counter(r.path for r in list(fake.requests))
+            with fake.grants.lock:
+                revoked = sum(1 for g in fake.grants.grants.values() if g.revoked)
+            with engine.connect() as conn:
+                versions = Counter(
+                    int(v) for (v,) in conn.execute(sa.text("SELECT token_version FROM social_accounts")).all()
+                )
+                statuses = Counter(str(s) for (s,) in conn.execute(sa.text("SELECT status FROM social_accounts")).all())
+        finally:
+            broker.close()
+            engine.dispose()
+
+    token_calls = calls.get(TOKEN_PATH, 0)
+    per_refresh = sum(calls.values()) / n
+    ideal = concurrency / (per_refresh * DELAY)
+    rate = n / elapsed
+    failures = counts["refresh_failed"]
+    once = token_calls == n and revoked == 0 and counts["refreshed"] == n
+    rows = [
+        Row("accounts due", f"{n:,} (seeded in {seeding:.1f} s)"),
+        Row("enqueued by refresh_ahead", f"{enqueued:,} in {enqueue_time * 1000:.0f} ms", f"{n:,}", enqueued == n),
+        Row("platform calls per refresh", f"{per_refresh:.2f}  ({', '.join(f'{p} {c}' for p, c in calls.items())})"),
+        Row("fake capacity, 16 clients", f"{capacity:,.0f} req/s (ceiling {concurrency / DELAY:,.0f})"),
+        Row("refresh_ahead -> all refreshed", f"{elapsed:.1f} s"),
+        Row("refreshes/s", f"{rate:.1f}"),
+        Row("ideal refreshes/s", f"{ideal:.0f}  (= {concurrency} / ({per_refresh:.2f} x {DELAY * 1000:.0f} ms))"),
+        Row("worker CPU per refresh", f"{worker_cpu / n * 1000:.1f} ms ({worker_cpu / elapsed:.2f} cores busy)"),
+        Row("fake+bench CPU per refresh", f"{own_cpu / n * 1000:.1f} ms"),
+        Row("DB commits per refresh", f"{commits / n:.1f}"),
+        Row("load average (1 min)", f"{load:.1f} on {os.cpu_count()} cores"),
+        Row("ratio to ideal", f"{rate / ideal:.2f}x", ">= 0.75x", rate / ideal >= 0.75),
+        Row("token endpoint calls", f"{token_calls:,}", f"== {n:,}", token_calls == n),
+        Row("grants revoked (reuse)", f"{revoked}", "0", revoked == 0),
+        Row("refreshed / failed events", f"{counts['refreshed']:,} / {failures}", f"{n:,} / 0", once and failures == 0),
+        Row("token_version histogram", ", ".join(f"v{v}: {c}" for v, c in sorted(versions.items()))),
+        Row("account statuses", ", ".join(f"{s}: {c}" for s, c in sorted(statuses.items()))),
+    ]
+    print_table(
+        f"refresh throughput: {args.processes} worker processes x {args.threads} threads, "
+        f"fake platform answering after {DELAY * 1000:.0f} ms, {n:,} due {PLATFORM} accounts",
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main_guard(run)
