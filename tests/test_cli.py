@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -341,7 +342,8 @@ def test_doctor_reports_leader_and_cooldowns_from_redis(
     assert checks["scheduler leader"]["status"] == "ok"
     assert checks["scheduler leader"]["detail"].startswith("host-a:42:abcd (lease ")
     assert checks["cooldowns"]["detail"] == "1 active"
-    assert checks["cooldowns"]["items"][0].startswith("twitter (app): 2m0")
+    # 120 s set just before; the doctor reads it a moment later (2m00s, or 1m59s on a busy machine)
+    assert re.match(r"twitter \(app\): (2m00s|1m59s) left, rate_limited$", checks["cooldowns"]["items"][0])
 
 
 def test_doctor_fails_when_the_broker_does_not_answer(

@@ -104,7 +104,7 @@ def test_app_services_share_one_image_and_point_at_the_compose_databases() -> No
         assert service["build"] == "."
         assert "env_file" not in service  # a clean clone has no .env; settings are substituted
         for secret in ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS"):
-            assert service["environment"][secret] == "${%s:-}" % secret
+            assert service["environment"][secret] == "${" + secret + ":-}"
         assert service["environment"]["BROKER_URL"] == "redis://redis:6379/0"
         assert "@postgres:5432/" in service["environment"]["DATABASE_URL"]
 
