@@ -26,8 +26,8 @@ from models.tables import SocialAccount, SocialOAuthState
 from platforms.base import Clock, utcnow
 from scheduler.claims import claim_due
 from social_accounts.settings import Settings
-from workers.bulk import enqueue_many
-from workers.messages import REFRESH_ACCOUNT, SYNC_ACCOUNT, build_message
+from workers.bulk import enqueue_calls
+from workers.messages import ACTOR_QUEUES, REFRESH_ACCOUNT, SYNC_ACCOUNT
 
 __all__ = ["JobContext", "cleanup", "recompute_health", "reconcile", "refresh_ahead", "sync_due"]
 
@@ -37,7 +37,7 @@ ACCOUNTS = SocialAccount.__table__  # type: ignore[attr-defined]
 STATES = SocialOAuthState.__table__  # type: ignore[attr-defined]
 
 #: claimed and enqueued per round trip
-CLAIM_BATCH = 2000
+CLAIM_BATCH = 5000
 #: at most this many per tick; the rest stay due for the next tick
 MAX_PER_TICK = 100_000
 #: accounts in error / rate_limited whose last change is older than this get a fresh refresh
@@ -56,13 +56,14 @@ class JobContext:
     rng: random.Random = field(default_factory=random.Random)
 
 
-def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, build: Any) -> int:
+def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, actor_name: str, extra: dict[str, str]) -> int:
     sent = 0
+    queue = ACTOR_QUEUES[actor_name]
     while sent < MAX_PER_TICK:
         now = ctx.clock()
         ids = claim_due(ctx.engine, column, now=now, lease_until=now + lease, batch=CLAIM_BATCH)
         if ids:
-            sent += enqueue_many(ctx.broker, (build(account_id) for account_id in ids))
+            sent += enqueue_calls(ctx.broker, queue, actor_name, [{"account_id": i, **extra} for i in ids])
         if len(ids) < CLAIM_BATCH:
             break
     return sent
@@ -71,12 +72,7 @@ def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, build: Any) 
 def refresh_ahead(ctx: JobContext) -> int:
     """Claim every account whose refresh is due and enqueue its refresh; returns the count."""
     lease = timedelta(seconds=ctx.settings.refresh_lease_seconds)
-    return _claim_and_emit(
-        ctx,
-        "next_refresh_at",
-        lease,
-        lambda account_id: build_message(REFRESH_ACCOUNT, account_id=account_id, reason="scheduled"),
-    )
+    return _claim_and_emit(ctx, "next_refresh_at", lease, REFRESH_ACCOUNT, {"reason": "scheduled"})
 
 
 def sync_due(ctx: JobContext) -> int:
@@ -87,9 +83,7 @@ def sync_due(ctx: JobContext) -> int:
     """
     period = ctx.settings.sync_every_seconds
     lease = timedelta(seconds=period * ctx.rng.uniform(0.9, 1.1))
-    return _claim_and_emit(
-        ctx, "next_sync_at", lease, lambda account_id: build_message(SYNC_ACCOUNT, account_id=account_id)
-    )
+    return _claim_and_emit(ctx, "next_sync_at", lease, SYNC_ACCOUNT, {})
 
 
 def health_expression(now: datetime) -> Any:
@@ -185,7 +179,8 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
             )
         ]
     if stale_ids:
-        enqueue_many(ctx.broker, (build_message(REFRESH_ACCOUNT, account_id=i, reason="reconcile") for i in stale_ids))
+        calls = [{"account_id": i, "reason": "reconcile"} for i in stale_ids]
+        enqueue_calls(ctx.broker, ACTOR_QUEUES[REFRESH_ACCOUNT], REFRESH_ACCOUNT, calls)
     return {"timed_out": timed_out, "rescheduled": int(unscheduled or 0), "retried": len(stale_ids)}
 
 

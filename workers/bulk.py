@@ -11,6 +11,9 @@ back to one ``enqueue`` per message.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-__all__ = ["enqueue_many"]
+__all__ = ["enqueue_calls", "enqueue_many"]
 
 #: messages per Redis pipeline round trip
 PIPELINE_CHUNK = 2000
@@ -60,3 +63,69 @@ def _flush(pipe: Any, by_queue: dict[str, tuple[dict[str, bytes], list[str]]]) -
         pipe.rpush(queue, *ids)
     pipe.execute()
     by_queue.clear()
+
+
+def _uuid4_strings(count: int) -> list[str]:
+    """``count`` random version-4 UUID strings from one ``os.urandom`` call.
+
+    ``str(uuid.uuid4())`` costs a system call and an object per id: for a tick of 10,000 messages
+    (two ids each) that alone was a tenth of the tick's budget.
+    """
+    raw = bytearray(os.urandom(16 * count))
+    for offset in range(0, len(raw), 16):
+        raw[offset + 6] = (raw[offset + 6] & 0x0F) | 0x40  # version 4
+        raw[offset + 8] = (raw[offset + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return [
+        f"{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:]}" for t in (text[i : i + 32] for i in range(0, len(text), 32))
+    ]
+
+
+def enqueue_calls(broker: dramatiq.Broker, queue_name: str, actor_name: str, calls: list[dict[str, Any]]) -> int:
+    """Enqueue one message per keyword-argument dict in ``calls``, all for one actor.
+
+    On Redis with Dramatiq's default JSON encoder the payloads are written straight from a
+    template (the exact fields ``Message.encode()`` produces), which is what lets a scheduler tick
+    claim and enqueue 10,000 accounts well within a second; anything else goes through
+    ``dramatiq.Message`` and :func:`enqueue_many`.
+    """
+    if not calls:
+        return 0
+    if not isinstance(broker, RedisBroker) or type(dramatiq.get_encoder()) is not dramatiq.JSONEncoder:
+        stamp = int(time.time() * 1000)
+        return enqueue_many(
+            broker,
+            (
+                dramatiq.Message(
+                    queue_name=queue_name,
+                    actor_name=actor_name,
+                    args=(),
+                    kwargs=kwargs,
+                    options={},
+                    message_id=str(uuid.uuid4()),
+                    message_timestamp=stamp,
+                )
+                for kwargs in calls
+            ),
+        )
+    head = json.dumps({"queue_name": queue_name, "actor_name": actor_name, "args": []}, separators=(",", ":"))[:-1]
+    queue = f"{broker.namespace}:{queue_name}"
+    pipe: Any = broker.client.pipeline(transaction=False)
+    for start in range(0, len(calls), PIPELINE_CHUNK):
+        chunk = calls[start : start + PIPELINE_CHUNK]
+        ids = _uuid4_strings(2 * len(chunk))
+        stamp = int(time.time() * 1000)
+        payloads: dict[str, bytes] = {}
+        order: list[str] = []
+        for index, kwargs in enumerate(chunk):
+            redis_id, message_id = ids[2 * index], ids[2 * index + 1]
+            payloads[redis_id] = (
+                f'{head},"kwargs":{json.dumps(kwargs, separators=(",", ":"))},'
+                f'"options":{{"redis_message_id":"{redis_id}"}},'
+                f'"message_id":"{message_id}","message_timestamp":{stamp}}}'
+            ).encode()
+            order.append(redis_id)
+        pipe.hset(f"{queue}.msgs", mapping=payloads)
+        pipe.rpush(queue, *order)
+        pipe.execute()
+    return len(calls)
