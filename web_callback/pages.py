@@ -323,7 +323,8 @@ async def logout(request: Request) -> Response:
 # ---- the page -----------------------------------------------------------------------------------
 
 
-async def accounts_page(request: Request, *, banner: dict[str, Any] | None = None, status: int = 200) -> Response:
+def _signed_in(request: Request) -> tuple[str, SessionSigner, Session] | Response:
+    """Site id, signer and session of a GET from a signed-in browser, else the page to show instead."""
     site_id = _site(request)
     if site_id is None:
         return _plain_page(request, 404, "Not found", "There is no such site.")
@@ -331,6 +332,14 @@ async def accounts_page(request: Request, *, banner: dict[str, Any] | None = Non
     session = signer.read_session(request)
     if session is None:
         return _login_page(request, site_id)
+    return site_id, signer, session
+
+
+async def accounts_page(request: Request, *, banner: dict[str, Any] | None = None, status: int = 200) -> Response:
+    signed_in = _signed_in(request)
+    if isinstance(signed_in, Response):
+        return signed_in
+    site_id, signer, session = signed_in
     services = _services(request)
     query = {k: request.query_params[k] for k in ("attempt", "notice", "account") if k in request.query_params}
     context = await run_in_threadpool(_page_context, services, site_id, query)
@@ -421,13 +430,10 @@ def _action_endpoint(action: connecting.Action) -> Any:
 
 async def confirm_disconnect(request: Request) -> Response:
     """The confirmation step: a page of its own with one POST button (and a way back)."""
-    site_id = _site(request)
-    if site_id is None:
-        return _plain_page(request, 404, "Not found", "There is no such site.")
-    signer = _signer(request)
-    session = signer.read_session(request)
-    if session is None:
-        return _login_page(request, site_id)
+    signed_in = _signed_in(request)
+    if isinstance(signed_in, Response):
+        return signed_in
+    site_id, signer, session = signed_in
     account = await run_in_threadpool(connecting.account_view, _services(request), request.path_params["account_id"])
     if account is None or account["site_id"] != site_id:
         return _plain_page(request, 404, "Not found", "This site has no such account.", site_id)
