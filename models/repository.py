@@ -16,12 +16,14 @@ here, so callers have one import.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, CursorResult, Row
 from sqlalchemy.orm import Session
 
 from models.attempts import (
@@ -35,7 +37,6 @@ from models.attempts import (
     tokens_to_json,
 )
 from models.crypto import KeyRing
-from models.dialect import upsert_insert
 from models.ids import account_id as make_account_id
 from models.ids import new_id
 from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
@@ -44,6 +45,7 @@ from models.tables import SocialAccount, SocialAccountEvent, table_of, utcnow
 from platforms.base import AccountProfile, TokenSet
 
 __all__ = [
+    "AccountSnapshot",
     "LoadedAccount",
     "MastodonAppRecord",
     "account_public_dict",
@@ -55,8 +57,12 @@ __all__ = [
     "list_accounts",
     "load_account",
     "load_attempt",
+    "lock_account_version",
+    "read_account",
     "read_token_bundle",
+    "event_values",
     "record_event",
+    "record_events",
     "save_mastodon_app",
     "save_refreshed_tokens",
     "store_token_bundle",
@@ -68,6 +74,8 @@ __all__ = [
 ACCOUNTS = table_of(SocialAccount)
 EVENTS = table_of(SocialAccountEvent)
 _T = "social_accounts"
+#: a Session (ORM callers) or a Core Connection (the refresh's hot path): both ``execute``
+Executor = Session | Connection
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,88 @@ class LoadedAccount:
     row: SocialAccount = field(repr=False, compare=False)
 
 
-def _forget(session: Session, row_id: str) -> None:
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """What a refresh acts on, read with one Core ``SELECT`` instead of an ORM load.
+
+    Why not ``LoadedAccount``: building and tracking an ORM object cost a refresh more CPU than
+    everything else it does (``bench/README.md``); a refresh only needs these facts.
+    """
+
+    id: str
+    site_id: str
+    platform: str
+    status: str
+    token_version: int
+    refresh_model: str
+    next_refresh_at: datetime | None
+    tokens: TokenSet
+
+
+_c = ACCOUNTS.c
+#: built once: a statement object per call would pay SQLAlchemy's cache-key walk again
+_READ_ACCOUNT = sa.select(
+    _c.id,
+    _c.site_id,
+    _c.platform,
+    _c.status,
+    _c.token_version,
+    _c.refresh_model,
+    _c.next_refresh_at,
+    _c.access_token,
+    _c.refresh_token,
+    _c.token_expires_at,
+    _c.refresh_token_expires_at,
+    _c.scopes,
+    _c.token_metadata,
+).where(_c.id == sa.bindparam("account_id"))
+_LOCK_VERSION = (
+    sa.select(_c.status, _c.last_synced_at, _c.last_error_at, _c.site_id, _c.platform)
+    .where(_c.id == sa.bindparam("account_id"), _c.token_version == sa.bindparam("version"))
+    .with_for_update()
+)
+
+
+def read_account(conn: Connection, ring: KeyRing, account_id: str) -> AccountSnapshot | None:
+    """The account's state and decrypted tokens, or ``None``. Raises ``CryptoError`` for unreadable tokens."""
+    row = conn.execute(_READ_ACCOUNT, {"account_id": account_id}).first()
+    if row is None:
+        return None
+    m = row._mapping
+    tokens = TokenSet(
+        access_token=ring.decrypt_optional(m["access_token"], table=_T, column="access_token", row_id=account_id) or "",
+        refresh_token=ring.decrypt_optional(m["refresh_token"], table=_T, column="refresh_token", row_id=account_id),
+        expires_at=m["token_expires_at"],
+        refresh_expires_at=m["refresh_token_expires_at"],
+        scopes=tuple(m["scopes"] or ()),
+        metadata=dict(m["token_metadata"] or {}),
+    )
+    return AccountSnapshot(
+        id=m["id"],
+        site_id=m["site_id"],
+        platform=m["platform"],
+        status=m["status"],
+        token_version=m["token_version"],
+        refresh_model=m["refresh_model"],
+        next_refresh_at=m["next_refresh_at"],
+        tokens=tokens,
+    )
+
+
+def lock_account_version(conn: Connection, account_id: str, version: int) -> Row[Any, Any, Any, Any, Any] | None:
+    """Lock the account row for this transaction if ``token_version`` is still ``version``.
+
+    Returns ``status, last_synced_at, last_error_at, site_id, platform`` (what the outcome policy
+    needs to compute the new status and health exactly), or ``None`` when another writer moved the
+    version (or the account is gone). The write that follows keeps its own ``token_version`` fence.
+    """
+    return conn.execute(_LOCK_VERSION, {"account_id": account_id, "version": version}).first()
+
+
+def _forget(session: Executor, row_id: str) -> None:
     """Drop a cached ORM copy after a Core statement changed the row behind the session's back."""
+    if not isinstance(session, Session):
+        return
     cached = session.identity_map.get(session.identity_key(SocialAccount, row_id))
     if cached is not None:
         session.expire(cached)
@@ -146,7 +234,27 @@ def upsert_account(
         "user_id": user_id,
         "refresh_model": profile.refresh_model,
     }
-    stmt = upsert_insert(session, ACCOUNTS).values(**values)
+    stmt = _upsert_statement(session.get_bind().dialect.name, bool(tokens.scopes))
+    version = session.execute(stmt, values).scalar_one()
+    _forget(session, acc_id)
+    return acc_id, version == 0
+
+
+#: ``INSERT … ON CONFLICT`` per backend (as ``models.dialect.upsert_insert``, keyed by name so the
+#: statement can be built once)
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
+    """The account upsert, built once per backend and shape; the values come as parameters.
+
+    Building ``insert().values().on_conflict_do_update()`` per call (coercions, annotations, the
+    cache-key walk) was a quarter of a connect's CPU (``bench/pipeline.py``).
+    """
+    if dialect not in _INSERTS:
+        raise RuntimeError(f"unsupported database backend {dialect!r}")
+    stmt = _INSERTS[dialect](ACCOUNTS)
     new, cur = stmt.excluded, ACCOUNTS.c
 
     def keep(name: str) -> Any:  # the new value, unless it is NULL
@@ -176,14 +284,11 @@ def upsert_account(
         "token_version": cur.token_version + 1,
         "updated_at": new.updated_at,
     }
-    if tokens.scopes:  # an answer without scopes keeps the granted ones
+    if with_scopes:  # an answer without scopes keeps the granted ones
         set_["scopes"] = new.scopes
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[cur.site_id, cur.platform, cur.platform_account_id], set_=set_
     ).returning(cur.token_version)
-    version = session.execute(stmt).scalar_one()
-    _forget(session, acc_id)
-    return acc_id, version == 0
 
 
 def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAccount | None:
@@ -221,7 +326,7 @@ def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAcco
 
 
 def save_refreshed_tokens(
-    session: Session,
+    session: Executor,
     ring: KeyRing,
     account_id: str,
     *,
@@ -229,17 +334,19 @@ def save_refreshed_tokens(
     tokens: TokenSet,
     next_refresh_at: datetime | None,
     now: datetime,
+    also: dict[str, Any] | None = None,
 ) -> bool:
     """Store refreshed tokens if ``token_version`` is still ``expected_version``; ``False`` otherwise.
 
-    Status and failure counters are left to the caller's policy; an empty refresh token in
+    Status and failure counters are left to the caller's policy, which may pass the columns it
+    sets as ``also`` so tokens and outcome are one ``UPDATE``; an empty refresh token in
     ``tokens`` keeps the stored one (platforms that do not rotate omit it).
     """
     values: dict[str, Any] = {
+        **(also or {}),
         "token_expires_at": tokens.expires_at,
         "token_metadata": dict(tokens.metadata),
         "next_refresh_at": next_refresh_at,
-        "token_version": ACCOUNTS.c.token_version + 1,
         "updated_at": now,
     }
     if tokens.access_token:
@@ -253,18 +360,64 @@ def save_refreshed_tokens(
         values["refresh_token_expires_at"] = tokens.refresh_expires_at
     if tokens.scopes:
         values["scopes"] = list(tokens.scopes)
-    stmt = (
-        sa.update(ACCOUNTS)
-        .where(ACCOUNTS.c.id == account_id, ACCOUNTS.c.token_version == expected_version)
-        .values(**values)
-    )
-    result = cast(CursorResult[Any], session.execute(stmt))
+    stmt = _fenced_update(tuple(sorted(values)))
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["w_id"], params["w_version"] = account_id, expected_version
+    result = cast(CursorResult[Any], session.execute(stmt, params))
     _forget(session, account_id)
     return result.rowcount == 1
 
 
+@functools.lru_cache(maxsize=64)
+def _fenced_update(columns: tuple[str, ...]) -> sa.Update:
+    """``UPDATE … SET <columns>, token_version + 1 WHERE id = :w_id AND token_version = :w_version``.
+
+    One statement object per set of columns, reused: building ``update().values()`` per call
+    and walking it for SQLAlchemy's cache key was a third of a refresh's database CPU.
+    """
+    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=ACCOUNTS.c[name].type) for name in columns}
+    values["token_version"] = ACCOUNTS.c.token_version + 1
+    return (
+        sa.update(ACCOUNTS)
+        .where(ACCOUNTS.c.id == sa.bindparam("w_id"), ACCOUNTS.c.token_version == sa.bindparam("w_version"))
+        .values(values)
+    )
+
+
+def event_values(
+    *,
+    kind: str,
+    account_id: str | None = None,
+    site_id: str | None = None,
+    platform: str | None = None,
+    reason: str = "",
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """One audit event's column values (``record_events`` writes several in one statement)."""
+    return {
+        "id": new_id(),
+        "account_id": account_id,
+        "site_id": site_id,
+        "platform": platform,
+        "kind": kind,
+        "reason": reason,
+        "data": dict(data or {}),
+        "created_at": now or utcnow(),
+    }
+
+
+_INSERT_EVENT = sa.insert(EVENTS)
+
+
+def record_events(conn: Executor, events: list[dict[str, Any]]) -> None:
+    """Append events built by ``event_values`` in one ``INSERT``. ``data`` must never hold a secret."""
+    if events:
+        conn.execute(_INSERT_EVENT, events)
+
+
 def record_event(
-    session: Session,
+    session: Executor,
     *,
     kind: str,
     account_id: str | None = None,
@@ -275,20 +428,11 @@ def record_event(
     now: datetime | None = None,
 ) -> str:
     """Append one audit event and return its id. ``data`` must never hold a secret."""
-    event_id = new_id()
-    session.execute(
-        sa.insert(EVENTS).values(
-            id=event_id,
-            account_id=account_id,
-            site_id=site_id,
-            platform=platform,
-            kind=kind,
-            reason=reason,
-            data=dict(data or {}),
-            created_at=now or utcnow(),
-        )
+    values = event_values(
+        kind=kind, account_id=account_id, site_id=site_id, platform=platform, reason=reason, data=data, now=now
     )
-    return event_id
+    session.execute(_INSERT_EVENT, values)
+    return str(values["id"])
 
 
 def list_accounts(session: Session, *, site_id: str | None = None) -> list[SocialAccount]:

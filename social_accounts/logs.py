@@ -72,6 +72,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@"), rf"\1{REDACTED}@"),
 )
 
+#: every pattern above needs one of these in the text (a secret name, bearer/basic, a JWT's
+#: ``eyJ``, a URL's ``://``): a line without any skips the five substitutions. Case-insensitive
+#: like the patterns, so it matches a superset of what they match.
+_CANDIDATES = ("token", "code", "secret", "passw", "jwt", "bearer", "basic", "eyj", "://")
+
 _registered: OrderedDict[str, None] = OrderedDict()
 _registered_sorted: tuple[str, ...] = ()
 _lock = threading.Lock()
@@ -114,6 +119,9 @@ def redact(text: str) -> str:
     for secret in _registered_sorted:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    lowered = text.casefold()  # as wide as the patterns' (?i): "ſ" (long s) folds to "s"
+    if not any(word in lowered for word in _CANDIDATES):  # the common line: nothing secret-shaped
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

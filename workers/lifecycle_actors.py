@@ -40,6 +40,8 @@ LIFECYCLE_POLICY = retrying.RetryPolicy(
     max_backoff_ms=10 * 60 * 1000,
     max_retry_after_ms=24 * 3600 * 1000,
 )
+#: the reason ``scheduler.jobs.refresh_ahead`` gives its messages
+SCHEDULED_REASON = "scheduled"
 #: reasons that refresh even a token that is not due yet (an operator or the site owner asked)
 FORCING_REASONS = frozenset({"manual", "force", "operator", "api"})
 
@@ -107,7 +109,10 @@ UNPROVEN = ("error", "rate_limited")
 def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> str:
     """Refresh; an account left in ``error``/``rate_limited`` with a token that needed no refresh
     is verified with one stats sync, so it does not stay marked failing until its token is due."""
-    result = refresh_now(rt, account_id, reason=reason, force=reason in FORCING_REASONS)
+    # the scheduler's claim already found the account due: no look before the lock
+    result = refresh_now(
+        rt, account_id, reason=reason, force=reason in FORCING_REASONS, precheck=reason != SCHEDULED_REASON
+    )
     if result.outcome == "busy":
         # another holder has the lock: a live worker doing this very refresh (the re-check then
         # finds the token fresh and calls nobody), or a dead one whose lock has yet to expire;

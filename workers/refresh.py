@@ -14,29 +14,49 @@ Where today's tools lose their users' connections, and what stops it here:
   ``NeedsReconnect``; transient failures must persist before an account turns ``error``.
 
 The new token set is committed before anything else uses it.
+
+Cost (``bench/refresh.py``): a refresh reads the account with one Core ``SELECT`` under the
+lock (plus one before it, to skip what is not due without touching Redis, except for scheduler
+messages whose claim already found the account due) and writes once: ``SELECT … FOR UPDATE``
+fenced on ``token_version``, one ``UPDATE`` carrying tokens, status, counters and health, and
+the events, in one transaction.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from models.repository import LoadedAccount, load_account, record_event, save_refreshed_tokens
+from models.repository import (
+    AccountSnapshot,
+    load_account,
+    lock_account_version,
+    read_account,
+    record_events,
+    save_refreshed_tokens,
+)
+from models.repository import event_values as event
 from platforms.base import TokenSet
 from social_accounts.errors import PlatformError, RateLimited
 from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
 from workers.adapters import adapter_for
 from workers.connect import next_refresh_at
-from workers.coordination import for_runtime
+from workers.coordination import Coordination, for_runtime
 from workers.runtime import Runtime
-from workers.status import record_failure, record_success
+from workers.status import record_failure, success_changes
 
 __all__ = ["CooledDown", "RefreshResult", "is_due", "refresh_now"]
 
 log = logging.getLogger("social_accounts.refresh")
+T = TypeVar("T")
 
 #: statuses where a refresh is pointless: the user must act (or has left)
 INACTIVE = ("expired", "disconnected")
@@ -81,12 +101,48 @@ def is_due(tokens: TokenSet, margin: timedelta, now: datetime) -> bool:
     return tokens.expires_at - lead_time(tokens, margin) <= now
 
 
-def _load(rt: Runtime, account_id: str) -> LoadedAccount | None:
-    with Session(rt.engine) as session:
-        return load_account(session, rt.ring, account_id)
+def _load(rt: Runtime, account_id: str) -> AccountSnapshot | None:
+    """One ``SELECT`` in autocommit: no ``BEGIN``/``ROLLBACK`` round trips around a single read."""
+    with rt.engine.connect() as conn:
+        return read_account(conn.execution_options(isolation_level="AUTOCOMMIT"), rt.ring, account_id)
 
 
-def _reschedule(rt: Runtime, account: LoadedAccount, margin: timedelta) -> None:
+#: how long fresh tokens wait for the database to come back before they are given up
+SAVE_PATIENCE_SECONDS = 15.0
+
+
+def _write_patiently(rt: Runtime, account_id: str, body: Callable[[Connection], T]) -> T:
+    """Run ``body`` in one transaction, again on a fresh connection if the connection was lost.
+
+    Once the platform has answered, the old refresh token may be spent (rotation): losing the new
+    one to a database restart would disconnect the user. Only a lost connection is retried (never
+    a statement error), within :data:`SAVE_PATIENCE_SECONDS`, well inside the lock's TTL. A
+    commit whose answer was lost is safe to retry: the ``token_version`` fence then refuses the
+    second write and the caller reloads what the first one stored.
+    """
+    deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
+    pause = 0.25
+    while True:
+        try:
+            conn = rt.engine.connect()
+        except sa.exc.OperationalError:  # cannot connect: the database is restarting
+            if time.monotonic() + pause > deadline:
+                raise
+        else:
+            try:
+                with conn, conn.begin():
+                    return body(conn)
+            except sa.exc.OperationalError as exc:
+                if not exc.connection_invalidated or time.monotonic() + pause > deadline:
+                    raise
+        log.warning(
+            "database connection lost while saving refreshed tokens; trying again", extra={"account_id": account_id}
+        )
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
+def _reschedule(rt: Runtime, account: AccountSnapshot, margin: timedelta) -> None:
     """Put back a refresh time that no longer fits the token (a scheduler lease pushed it, or it is gone).
 
     Only a time outside the window ``next_refresh_at`` itself would pick (the lead time, minus at
@@ -110,52 +166,85 @@ def _reschedule(rt: Runtime, account: LoadedAccount, margin: timedelta) -> None:
 
 
 def refresh_now(
-    rt: Runtime, account_id: str, *, reason: str = "requested", force: bool = False, wait_seconds: float = 0.0
+    rt: Runtime,
+    account_id: str,
+    *,
+    reason: str = "requested",
+    force: bool = False,
+    wait_seconds: float = 0.0,
+    precheck: bool = True,
 ) -> RefreshResult:
     """Refresh ``account_id`` if it is due (or ``force``), under its lock.
 
     Parameters:
       wait_seconds(float): wait this long for another holder of the lock (the token API does;
         messages do not: the holder is doing the same work).
+      precheck(bool): read the account before taking the lock, so a token that is not due costs
+        no Redis round trips. The scheduler's messages pass False: its claim picked the account
+        because it was due, so that read would only repeat the one made under the lock (which
+        decides everything either way).
     Raises:
       CooledDown: a rate-limit cooldown is in force; nothing was sent.
       PlatformError: RateLimited and Transient propagate after being recorded, so the caller
         can retry; NeedsReconnect and Permanent are recorded and end here.
     """
-    account = _load(rt, account_id)
+    coordination = for_runtime(rt)
+    seen: AccountSnapshot | None = None
+    if precheck:
+        seen = _load(rt, account_id)
+        settled = _settled(rt, seen, force)
+        if settled is not None:
+            return settled
+        assert seen is not None
+        _check_cooldown(coordination, seen)
+    with coordination.account_lock(account_id, wait_seconds=wait_seconds) as acquired:
+        if not acquired:
+            return RefreshResult("busy", status=seen.status if seen is not None else None)
+        current = _load(rt, account_id)
+        if seen is None:  # this read is the first: it decides what the pre-check would have
+            settled = _settled(rt, current, force)
+            if settled is not None:
+                return settled
+            assert current is not None
+            _check_cooldown(coordination, current)
+        else:
+            if current is None:
+                return RefreshResult("missing")
+            if current.status in INACTIVE:
+                return RefreshResult("skipped", status=current.status)
+            moved = current.token_version != seen.token_version
+            margin = adapter_for(rt, current.platform).refresh_margin
+            if moved or (not force and not is_due(current.tokens, margin, rt.clock())):
+                # someone refreshed while we waited: use their token, do not call the platform
+                return RefreshResult("fresh", current.tokens, current.status)
+        return _refresh_locked(rt, current, reason=reason)
+
+
+def _settled(rt: Runtime, account: AccountSnapshot | None, force: bool) -> RefreshResult | None:
+    """The outcome when no refresh is needed (missing, inactive, never expires, not due), else None."""
     if account is None:
         return RefreshResult("missing")
     if account.status in INACTIVE:
         return RefreshResult("skipped", status=account.status)
-    adapter = adapter_for(rt, account.platform)
-    margin = adapter.refresh_margin
+    margin = adapter_for(rt, account.platform).refresh_margin
     if account.refresh_model == "none":
         _reschedule(rt, account, margin)
         return RefreshResult("nothing_to_do", account.tokens, account.status)
     if not force and not is_due(account.tokens, margin, rt.clock()):
         _reschedule(rt, account, margin)
         return RefreshResult("fresh", account.tokens, account.status)
-    coordination = for_runtime(rt)
+    return None
+
+
+def _check_cooldown(coordination: Coordination, account: AccountSnapshot) -> None:
     wait = coordination.cooldown_remaining(account.platform, account.id)
     if wait > 0:
         raise CooledDown(wait)
-    with coordination.account_lock(account.id, wait_seconds=wait_seconds) as acquired:
-        if not acquired:
-            return RefreshResult("busy", status=account.status)
-        current = _load(rt, account_id)
-        if current is None:
-            return RefreshResult("missing")
-        if current.status in INACTIVE:
-            return RefreshResult("skipped", status=current.status)
-        moved = current.token_version != account.token_version
-        if moved or (not force and not is_due(current.tokens, margin, rt.clock())):
-            # someone refreshed while we waited: use their token, do not call the platform
-            return RefreshResult("fresh", current.tokens, current.status)
-        return _refresh_locked(rt, current, adapter_margin=margin, reason=reason)
 
 
-def _refresh_locked(rt: Runtime, account: LoadedAccount, *, adapter_margin: timedelta, reason: str) -> RefreshResult:
+def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> RefreshResult:
     adapter = adapter_for(rt, account.platform)
+    adapter_margin = adapter.refresh_margin
     try:
         fresh = adapter.refresh(account.tokens)
     except PlatformError as error:
@@ -178,25 +267,38 @@ def _refresh_locked(rt: Runtime, account: LoadedAccount, *, adapter_margin: time
         return RefreshResult("failed", status=status)
     now = rt.clock()
     fresh = fresh.replace(metadata={**fresh.metadata, "issued_at": now.isoformat()})
-    with Session(rt.engine) as session, session.begin():
-        saved = save_refreshed_tokens(
-            session,
+    lead = lead_time(fresh, adapter_margin)
+
+    def save(conn: Connection) -> bool:
+        # the row lock keeps status and the health inputs still while the outcome is computed;
+        # a disconnect in progress (status already ``disconnected``) is not undone by a refresh
+        current = lock_account_version(conn, account.id, account.token_version)
+        if current is None or current.status == "disconnected":
+            return False
+        values, events = success_changes(
+            account_id=account.id,
+            site_id=current.site_id,
+            platform=current.platform,
+            status=current.status,
+            token_expires_at=fresh.expires_at,
+            last_synced_at=current.last_synced_at,
+            last_error_at=current.last_error_at,
+            reason="token refreshed",
+            now=now,
+        )
+        if not save_refreshed_tokens(
+            conn,
             rt.ring,
             account.id,
             expected_version=account.token_version,
             tokens=fresh,
-            next_refresh_at=next_refresh_at(fresh, lead_time(fresh, adapter_margin), now),
+            next_refresh_at=next_refresh_at(fresh, lead, now),
             now=now,
-        )
-        if not saved:  # fenced: another writer got there first; theirs stands
-            log.info("refresh lost the race", extra={"account_id": account.id, "platform": account.platform})
-            REFRESHES.labels(account.platform, "lost_race").inc()
-        else:
-            row = load_account(session, rt.ring, account.id)
-            assert row is not None
-            record_success(session, row.row, reason="token refreshed", now=now)
-            record_event(
-                session,
+            also=values,
+        ):
+            return False
+        events.append(
+            event(
                 kind="refreshed",
                 account_id=account.id,
                 site_id=account.site_id,
@@ -205,7 +307,14 @@ def _refresh_locked(rt: Runtime, account: LoadedAccount, *, adapter_margin: time
                 data={"expires_at": fresh.expires_at.isoformat() if fresh.expires_at else None},
                 now=now,
             )
-    if not saved:
+        )
+        record_events(conn, events)
+        return True
+
+    saved = _write_patiently(rt, account.id, save)
+    if not saved:  # fenced: another writer got there first; theirs stands
+        log.info("refresh lost the race", extra={"account_id": account.id, "platform": account.platform})
+        REFRESHES.labels(account.platform, "lost_race").inc()
         reloaded = _load(rt, account.id)
         return RefreshResult("fresh", reloaded.tokens if reloaded else None)
     REFRESHES.labels(account.platform, "refreshed").inc()
@@ -213,7 +322,7 @@ def _refresh_locked(rt: Runtime, account: LoadedAccount, *, adapter_margin: time
     return RefreshResult("refreshed", fresh, "active")
 
 
-def _record_failure(rt: Runtime, account: LoadedAccount, error: PlatformError) -> str:
+def _record_failure(rt: Runtime, account: AccountSnapshot, error: PlatformError) -> str:
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
         row = load_account(session, rt.ring, account.id)

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Runtime", "configure", "current", "reset"]
 
+#: a pooled database connection unused this long is pinged before use; busier ones are not (a
+#: connection that died under load fails one statement and the step is retried)
+PING_AFTER_IDLE_SECONDS = 5.0
+
 
 @dataclass
 class Runtime:
@@ -52,7 +56,7 @@ class Runtime:
             if self._engine is None:
                 from models.engine import make_engine
 
-                self._engine = make_engine(self.settings.database_url)
+                self._engine = make_engine(self.settings.database_url, ping_after_idle=PING_AFTER_IDLE_SECONDS)
             return self._engine
 
     @property

@@ -17,16 +17,17 @@ do not commit, so the outcome is stored in the same transaction as whatever caus
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models.repository import record_event
+from models.repository import event_values, record_event
 from models.tables import SocialAccount
 from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
 from social_accounts.health import compute_health
 from social_accounts.settings import Settings
 
-__all__ = ["record_failure", "record_success", "set_status"]
+__all__ = ["record_failure", "record_success", "set_status", "success_changes"]
 
 
 def set_status(session: Session, row: SocialAccount, status: str, *, reason: str, now: datetime) -> None:
@@ -57,11 +58,56 @@ def refresh_health(row: SocialAccount, now: datetime) -> None:
     ).score
 
 
+#: what a success clears, whichever way it is written
+SUCCESS_CLEARS: dict[str, Any] = {"consecutive_failures": 0, "first_failure_at": None, "rate_limited_until": None}
+
+
 def record_success(session: Session, row: SocialAccount, *, reason: str, now: datetime) -> None:
-    row.consecutive_failures = 0
-    row.first_failure_at = None
-    row.rate_limited_until = None
+    for name, value in SUCCESS_CLEARS.items():
+        setattr(row, name, value)
     set_status(session, row, "active", reason=reason, now=now)
+
+
+def success_changes(
+    *,
+    account_id: str,
+    site_id: str,
+    platform: str,
+    status: str,
+    token_expires_at: datetime | None,
+    last_synced_at: datetime | None,
+    last_error_at: datetime | None,
+    reason: str,
+    now: datetime,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``record_success`` for a Core write: the column values and the events, nothing executed.
+
+    ``status``, ``last_synced_at`` and ``last_error_at`` are the row's current values (read under
+    a row lock), ``token_expires_at`` the new one; the caller folds the values into its single
+    ``UPDATE`` and writes the events in the same transaction. Same policy, same events.
+    """
+    health = compute_health(
+        status="active",
+        token_expires_at=token_expires_at,
+        last_synced_at=last_synced_at,
+        last_error_at=last_error_at,
+        now=now,
+    )
+    values = {**SUCCESS_CLEARS, "status": "active", "health_score": health.score, "updated_at": now}
+    events = []
+    if status != "active":
+        events.append(
+            event_values(
+                kind="status_changed",
+                account_id=account_id,
+                site_id=site_id,
+                platform=platform,
+                reason=reason,
+                data={"from": status, "to": "active"},
+                now=now,
+            )
+        )
+    return values, events
 
 
 def record_failure(
