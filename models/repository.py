@@ -24,6 +24,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.attempts import (
@@ -235,7 +236,17 @@ def upsert_account(
         "refresh_model": profile.refresh_model,
     }
     stmt = _upsert_statement(session.get_bind().dialect.name, bool(tokens.scopes))
-    version = session.execute(stmt, values).scalar_one()
+    try:
+        # A savepoint, so the retry below does not abort the caller's transaction.
+        with session.begin_nested():
+            version = session.execute(stmt, values).scalar_one()
+    except IntegrityError:
+        # Two connects of the same account at the same instant: the account has two equivalent
+        # unique keys (the deterministic id and the contract's triple), and PostgreSQL's ON CONFLICT
+        # arbitrates only one; the other one raises when the concurrent insert commits first. By
+        # now that row is committed, so the second try takes the DO UPDATE branch.
+        with session.begin_nested():
+            version = session.execute(stmt, values).scalar_one()
     _forget(session, acc_id)
     return acc_id, version == 0
 
