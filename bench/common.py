@@ -377,3 +377,45 @@ def main_guard(run: Any) -> None:
     except BenchError as exc:
         print(f"benchmark could not run: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def worker_env(fake: Any, db_url: str, namespace: str) -> dict[str, str]:
+    """The environment of the service's processes in a benchmark: the fake platform, a bench
+    database, the bench Redis namespace, generated secrets, quiet logs."""
+    return {
+        **bench_secrets(),
+        **fake_env(fake),
+        "DATABASE_URL": db_url,
+        "BROKER_URL": REDIS_URL,
+        "REDIS_NAMESPACE": namespace,
+        "ALLOW_PRIVATE_NETWORK": "1",
+        "PUBLIC_URL": "http://127.0.0.1:8000",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def settings_from(env: dict[str, str]) -> Any:
+    """The ``Settings`` the worker processes will read from ``env`` (no ``.env`` file)."""
+    from social_accounts.settings import Settings
+
+    return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+
+
+def worker_command(processes: int, threads: int) -> list[str]:
+    return [str(VENV_BIN / "social-accounts"), "worker", "--processes", str(processes), "--threads", str(threads)]
+
+
+def wait_for_workers(namespace: str, processes: int, proc: Any, log: Path, timeout: float = 60.0) -> None:
+    """Workers are ready once each process has sent a heartbeat (its first queue poll)."""
+    client = redis_client()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BenchError(f"the workers exited with {proc.returncode}:\n{tail(log)}")
+            if client.zcard(f"{namespace}:__heartbeats__") >= processes:
+                return
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise BenchError(f"the workers did not start within {timeout:.0f}s:\n{tail(log)}")

@@ -36,14 +36,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    REDIS_URL,
-    VENV_BIN,
     BenchError,
     Row,
-    bench_secrets,
     db_commits,
     fake_capacity,
-    fake_env,
     fake_platform,
     group_cpu_seconds,
     load_average,
@@ -51,29 +47,16 @@ from common import (  # noqa: E402
     pg_database,
     print_table,
     process,
-    redis_client,
     redis_namespace,
+    settings_from,
     tail,
+    wait_for_workers,
+    worker_command,
+    worker_env,
 )
 
 DELAY = 0.020
 PLATFORM = "twitter"
-
-
-def wait_for_workers(namespace: str, processes: int, proc: Any, log: Path, timeout: float = 60.0) -> None:
-    """Workers are ready once each process has sent a heartbeat (its first queue poll)."""
-    client = redis_client()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise BenchError(f"the workers exited with {proc.returncode}:\n{tail(log)}")
-            if client.zcard(f"{namespace}:__heartbeats__") >= processes:
-                return
-            time.sleep(0.1)
-    finally:
-        client.close()
-    raise BenchError(f"the workers did not start within {timeout:.0f}s:\n{tail(log)}")
 
 
 def prepare(settings: Any, engine: Any, ring: Any, n: int) -> list[tuple[str, str]]:
@@ -142,7 +125,6 @@ def run() -> None:
 
     from models.crypto import KeyRing
     from models.engine import make_engine
-    from social_accounts.settings import Settings
     from workers.broker import build_broker
     from workers.publish import enqueue_code_received
 
@@ -152,17 +134,8 @@ def run() -> None:
         pg_database() as db_url,
         redis_namespace() as namespace,
     ):
-        env = {
-            **bench_secrets(),
-            **fake_env(fake),
-            "DATABASE_URL": db_url,
-            "BROKER_URL": REDIS_URL,
-            "REDIS_NAMESPACE": namespace,
-            "ALLOW_PRIVATE_NETWORK": "1",
-            "PUBLIC_URL": "http://127.0.0.1:8000",
-            "LOG_LEVEL": "WARNING",
-        }
-        settings = Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        env = worker_env(fake, db_url, namespace)
+        settings = settings_from(env)
         ring = KeyRing.from_settings(settings)
         engine = make_engine(db_url)
         broker = build_broker(settings)
@@ -172,9 +145,7 @@ def run() -> None:
             fake.delay = 0.0
             attempts = prepare(settings, engine, ring, args.connects)
             log = Path(tmp) / "workers.log"
-            cmd = [str(VENV_BIN / "social-accounts"), "worker", "--processes", str(args.processes)]
-            cmd += ["--threads", str(args.threads)]
-            with process(cmd, env, log) as workers:
+            with process(worker_command(args.processes, args.threads), env, log) as workers:
                 wait_for_workers(namespace, args.processes, workers, log)
                 fake.delay = DELAY
                 fake.reset_log()
