@@ -23,6 +23,21 @@ PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
+#: every attempt error code of CONTRACT.md (written out here, not read from the code under test)
+CONTRACT_CODES = (
+    "access_denied",
+    "state_invalid",
+    "state_expired",
+    "state_reused",
+    "token_exchange_failed",
+    "exchange_uncertain",
+    "profile_fetch_failed",
+    "save_failed",
+    "login_failed",
+    "instance_unreachable",
+    "timeout",
+)
+
 
 def unavailable(what: str) -> None:
     if IN_CI:

@@ -37,6 +37,7 @@ from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.registry import adapter_class, platform_statuses
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
+from tests.conftest import CONTRACT_CODES
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES
 from web_callback.pages import BLUESKY_APP_PASSWORDS_URL
@@ -47,19 +48,6 @@ from workers.broker import build_broker
 TOKEN = "test-api-token"
 SITE = "site-1"
 PAGE = f"/sites/{SITE}/accounts"
-CONTRACT_CODES = (
-    "access_denied",
-    "state_invalid",
-    "state_expired",
-    "state_reused",
-    "token_exchange_failed",
-    "exchange_uncertain",
-    "profile_fetch_failed",
-    "save_failed",
-    "login_failed",
-    "instance_unreachable",
-    "timeout",
-)
 
 
 @dataclass

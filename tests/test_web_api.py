@@ -31,6 +31,7 @@ from models.tables import SocialAccount, SocialMastodonApp, SocialOAuthState
 from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import PLATFORMS, Settings
+from tests.conftest import CONTRACT_CODES
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES, error_message
 from web_callback.state import verify_state
@@ -40,20 +41,6 @@ AUTH = {"Authorization": "Bearer test-api-token"}
 RETURN_TO = "http://127.0.0.1:8000/dashboard?tab=social"
 DEAD_REDIS = "redis://127.0.0.1:1/0"
 DEAD_DB = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
-#: every attempt error code of CONTRACT.md
-CONTRACT_CODES = (
-    "access_denied",
-    "state_invalid",
-    "state_expired",
-    "state_reused",
-    "token_exchange_failed",
-    "exchange_uncertain",
-    "profile_fetch_failed",
-    "save_failed",
-    "login_failed",
-    "instance_unreachable",
-    "timeout",
-)
 
 
 @dataclass
