@@ -23,7 +23,6 @@ from models import repository
 from models.ids import new_id
 from models.tables import SocialAccount, SocialOAuthState
 from platforms.oauth2 import pkce_pair
-from platforms.registry import get_adapter
 from social_accounts.errors import InputError, InstanceUnreachable, PlatformError, PlatformNotConfigured, RateLimited
 from web_callback.health import BROKER_ERRORS
 from web_callback.messages import error_message
@@ -109,14 +108,11 @@ def check_return_to(services: Services, return_to: str | None) -> None:
 
 
 def connect_adapter(services: Services, platform: str) -> PlatformAdapter:
-    """The adapter for ``platform`` (Mastodon with the database-backed app store)."""
-    if platform == "mastodon":
-        from platforms.mastodon import MastodonAdapter
-        from workers.mastodon_store import DbMastodonAppStore
+    """The adapter for ``platform``, built exactly as the workers build it (Mastodon with the
+    database-backed app store, rate hints into the shared cooldowns), on this app's resources."""
+    from workers.adapters import adapter_for
 
-        store = DbMastodonAppStore(services.engine, services.ring)
-        return MastodonAdapter(services.settings, services.http, app_store=store)
-    return get_adapter(platform, services.settings, services.http)
+    return adapter_for(services.runtime, platform)
 
 
 # ---- connect ----------------------------------------------------------------------------------

@@ -237,11 +237,6 @@ def _pause_check(rt: Runtime, platform: str) -> None:
         raise retrying.Deferred(wait, f"{platform} is cooling down")
 
 
-def _adapter(rt: Runtime, platform: str) -> PlatformAdapter:
-    """The platform's adapter on the shared HTTP client (Mastodon: with its DB-backed app store)."""
-    return adapter_for(rt, platform)
-
-
 def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery: retrying.Delivery) -> TokenSet | None:
     """The token set of this attempt: from ``token_bundle`` when stored, else by exchanging once."""
     if row.token_bundle:
@@ -261,7 +256,7 @@ def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery
         fail_attempt(rt, row.id, "exchange_uncertain", "exchange: the worker stopped before the answer came")
         return None
     _pause_check(rt, row.platform)
-    adapter = _adapter(rt, row.platform)
+    adapter = adapter_for(rt, row.platform)
     _set_stage(rt, row.id, EXCHANGING, expected=row.stage)
     try:
         tokens = _call(
@@ -365,7 +360,7 @@ def _first_sync_turn(session: Session, rt: Runtime, account_id: str, now: dateti
 def _finish(rt: Runtime, row: SocialOAuthState, tokens: TokenSet, delivery: retrying.Delivery) -> Outcome:
     """Fetch the accounts the token reaches and save them."""
     _pause_check(rt, row.platform)
-    adapter = _adapter(rt, row.platform)
+    adapter = adapter_for(rt, row.platform)
     profiles = _call(
         rt,
         row.id,
@@ -436,7 +431,7 @@ def _login(rt: Runtime, row: SocialOAuthState, delivery: retrying.Delivery) -> T
     wait = login_budget_wait(rt, handle)  # createSession: 30 per 5 minutes per identifier
     if wait > 0:
         raise retrying.Deferred(wait, "the login budget for this handle is used up")
-    adapter: Any = _adapter(rt, row.platform)
+    adapter: Any = adapter_for(rt, row.platform)
     tokens: TokenSet | None = _call(
         rt,
         row.id,
