@@ -156,3 +156,36 @@ def settings_factory(fake_platform: FakePlatformServer) -> Any:
 # ---- the reference Bluesky PDS (tests/peers) --------------------------------------------------
 
 from tests.peers.pds import pds  # noqa: E402,F401  (session fixture: the real PDS on loopback)
+
+# ---- the scheduler tests' own Redis DB and a migrated engine ----------------------------------
+
+
+#: Redis DB for the scheduler tests. Other suites ``FLUSHDB`` the shared test DB (``redis_url``) before
+#: and after each test; run at the same time on one machine, they would wipe our queues mid-test.
+#: Same server, a DB of our own, and every key under a ``sched-test-`` namespace we delete after.
+SCHED_REDIS_DB = 13
+
+
+@pytest.fixture
+def sched_redis_url(redis_url: str) -> Iterator[str]:
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{SCHED_REDIS_DB}"
+    yield url
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match="sched-test-*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Any]:
+    """A fresh PostgreSQL database migrated to head, and an engine on it."""
+    from models.engine import make_engine
+    from models.migrate import upgrade
+
+    upgrade(pg_url)
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()

@@ -52,29 +52,6 @@ DAY = timedelta(hours=24)
 # ---- fixtures and helpers ----------------------------------------------------------------------
 
 
-#: Redis DB for these tests. Other suites ``FLUSHDB`` the shared test DB (``redis_url``) before
-#: and after each test; run at the same time on one machine, they would wipe our queues mid-test.
-#: Same server, a DB of our own, and every key under a ``sched-test-`` namespace we delete after.
-SCHED_REDIS_DB = 13
-
-
-@pytest.fixture
-def sched_redis_url(redis_url: str) -> Iterator[str]:
-    url = redis_url.rsplit("/", 1)[0] + f"/{SCHED_REDIS_DB}"
-    yield url
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match="sched-test-*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    upgrade(pg_url)
-    eng = make_engine(pg_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture
