@@ -10,7 +10,6 @@ import base64
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,10 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from models import migrate
 from models.attempts import store_token_bundle
 from models.crypto import KeyRing
-from models.engine import make_engine
 from models.repository import create_attempt, load_account, load_attempt, save_mastodon_app, upsert_account
 from platforms.base import AccountProfile, TokenSet
 from social_accounts.errors import ConfigError, CryptoError, DecryptError, UnknownKeyError
@@ -183,14 +180,6 @@ def test_key_ring_constructor_checks_key_length() -> None:
 
 
 # ---- on a real database ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    migrate.upgrade(pg_url)
-    eng = make_engine(pg_url)
-    yield eng
-    eng.dispose()
 
 
 def _profile(pid: str, access: str, refresh: str | None) -> AccountProfile:

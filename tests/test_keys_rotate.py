@@ -8,7 +8,6 @@ finished by the next one.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,9 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import migrate
 from models.crypto import KeyRing
-from models.engine import make_engine
 from models.keys import rotate_keys
 from models.repository import (
     attempt_secret,
@@ -37,14 +34,6 @@ from social_accounts.errors import UnknownKeyError
 
 NOW = datetime(2026, 4, 1, tzinfo=UTC)
 N_ACCOUNTS = 7
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    migrate.upgrade(pg_url)
-    eng = make_engine(pg_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,14 +48,6 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def ring() -> KeyRing:
     return KeyRing([("k1", os.urandom(32))])
-
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    migrate.upgrade(pg_url)
-    eng = make_engine(pg_url)
-    yield eng
-    eng.dispose()
 
 
 def profile(
