@@ -52,8 +52,6 @@ DAY = timedelta(hours=24)
 # ---- fixtures and helpers ----------------------------------------------------------------------
 
 
-
-
 @pytest.fixture
 def settings(settings_factory: Any, pg_url: str, sched_redis_url: str) -> Settings:
     namespace = f"sched-test-{uuid.uuid4().hex[:8]}"

@@ -33,8 +33,6 @@ CLI = Path(sys.executable).with_name("social-accounts")
 LEADER_TTL = 2.0
 
 
-
-
 def add_due_accounts(engine: Engine, count: int) -> list[str]:
     now = datetime.now(UTC)
     rows: list[dict[str, Any]] = [
