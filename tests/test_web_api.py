@@ -444,9 +444,7 @@ def test_account_action_with_the_broker_down_is_503(api: Api) -> None:
     assert client.post(f"/v1/accounts/{account_id}/refresh", headers=AUTH).status_code == 503
 
 
-def test_token_endpoint_hands_out_a_token_that_is_not_due_without_calling_the_platform(
-    api: Api, fake: Any
-) -> None:
+def test_token_endpoint_hands_out_a_token_that_is_not_due_without_calling_the_platform(api: Api, fake: Any) -> None:
     account_id = make_account(api)
     response = api.post(f"/v1/accounts/{account_id}/token")
     assert response.status_code == 200, response.text
