@@ -23,7 +23,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, CursorResult, Row
+from sqlalchemy.engine import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ from models.attempts import (
     tokens_to_json,
 )
 from models.crypto import KeyRing
+from models.direct import for_engine
 from models.ids import account_id as make_account_id
 from models.ids import new_id
 from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
@@ -62,9 +63,11 @@ __all__ = [
     "read_account",
     "read_token_bundle",
     "event_values",
+    "fetch_account",
     "record_event",
     "record_events",
     "save_mastodon_app",
+    "save_refresh_if_unchanged",
     "save_refreshed_tokens",
     "store_token_bundle",
     "tokens_from_json",
@@ -116,6 +119,9 @@ class AccountSnapshot:
     refresh_model: str
     next_refresh_at: datetime | None
     tokens: TokenSet
+    #: the health inputs as read: a refresh's write is fenced on them (``save_refresh_if_unchanged``)
+    last_synced_at: datetime | None = None
+    last_error_at: datetime | None = None
 
 
 _c = ACCOUNTS.c
@@ -134,6 +140,8 @@ _READ_ACCOUNT = sa.select(
     _c.refresh_token_expires_at,
     _c.scopes,
     _c.token_metadata,
+    _c.last_synced_at,
+    _c.last_error_at,
 ).where(_c.id == sa.bindparam("account_id"))
 _LOCK_VERSION = (
     sa.select(_c.status, _c.last_synced_at, _c.last_error_at, _c.site_id, _c.platform)
@@ -145,26 +153,58 @@ _LOCK_VERSION = (
 def read_account(conn: Connection, ring: KeyRing, account_id: str) -> AccountSnapshot | None:
     """The account's state and decrypted tokens, or ``None``. Raises ``CryptoError`` for unreadable tokens."""
     row = conn.execute(_READ_ACCOUNT, {"account_id": account_id}).first()
-    if row is None:
-        return None
-    m = row._mapping
+    return None if row is None else _snapshot(tuple(row), ring)
+
+
+def fetch_account(engine: Engine, ring: KeyRing, account_id: str) -> AccountSnapshot | None:
+    """``read_account`` as one statement in autocommit, the cheapest way the engine allows
+    (straight on psycopg on PostgreSQL: ``models.direct``)."""
+    direct = for_engine(engine)
+    if direct is None:
+        with engine.connect() as conn:
+            return read_account(conn.execution_options(isolation_level="AUTOCOMMIT"), ring, account_id)
+    row = direct.fetch_one(direct.statement("read_account", lambda: _READ_ACCOUNT), {"account_id": account_id})
+    return None if row is None else _snapshot(row, ring)
+
+
+def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
+    """An ``AccountSnapshot`` from a row of ``_READ_ACCOUNT`` (columns in its order)."""
+    (
+        account_id,
+        site_id,
+        platform,
+        status,
+        token_version,
+        refresh_model,
+        next_refresh_at,
+        access_token,
+        refresh_token,
+        token_expires_at,
+        refresh_token_expires_at,
+        scopes,
+        token_metadata,
+        last_synced_at,
+        last_error_at,
+    ) = row
     tokens = TokenSet(
-        access_token=ring.decrypt_optional(m["access_token"], table=_T, column="access_token", row_id=account_id) or "",
-        refresh_token=ring.decrypt_optional(m["refresh_token"], table=_T, column="refresh_token", row_id=account_id),
-        expires_at=m["token_expires_at"],
-        refresh_expires_at=m["refresh_token_expires_at"],
-        scopes=tuple(m["scopes"] or ()),
-        metadata=dict(m["token_metadata"] or {}),
+        access_token=ring.decrypt_optional(access_token, table=_T, column="access_token", row_id=account_id) or "",
+        refresh_token=ring.decrypt_optional(refresh_token, table=_T, column="refresh_token", row_id=account_id),
+        expires_at=token_expires_at,
+        refresh_expires_at=refresh_token_expires_at,
+        scopes=tuple(scopes or ()),
+        metadata=dict(token_metadata or {}),
     )
     return AccountSnapshot(
-        id=m["id"],
-        site_id=m["site_id"],
-        platform=m["platform"],
-        status=m["status"],
-        token_version=m["token_version"],
-        refresh_model=m["refresh_model"],
-        next_refresh_at=m["next_refresh_at"],
+        id=account_id,
+        site_id=site_id,
+        platform=platform,
+        status=status,
+        token_version=token_version,
+        refresh_model=refresh_model,
+        next_refresh_at=next_refresh_at,
         tokens=tokens,
+        last_synced_at=last_synced_at,
+        last_error_at=last_error_at,
     )
 
 
@@ -188,7 +228,7 @@ def _forget(session: Executor, row_id: str) -> None:
 
 
 def upsert_account(
-    session: Session,
+    session: Executor,
     ring: KeyRing,
     *,
     site_id: str,
@@ -197,11 +237,18 @@ def upsert_account(
     profile: AccountProfile,
     next_refresh_at: datetime | None,
     now: datetime,
+    next_sync_at: datetime | None = None,
+    savepoint: bool = True,
 ) -> tuple[str, bool]:
     """Insert or update the account for ``profile``; returns ``(account_id, inserted)``.
 
     The account comes back ``active`` with health 100 and its failure counters cleared (a fresh
     connect proves the grant works); ``token_version`` goes up by one on update.
+    ``next_sync_at`` only fills an empty turn: an account that has one keeps it.
+
+    ``savepoint=False`` (a Core connection's caller that retries its whole transaction once on
+    ``IntegrityError``, like the connect worker) saves the SAVEPOINT/RELEASE round trips; the
+    race described below then surfaces to that caller instead of being retried here.
     """
     acc_id = make_account_id(site_id, platform, profile.platform_account_id)
     tokens, stats = profile.tokens, profile.stats
@@ -234,8 +281,14 @@ def upsert_account(
         "consecutive_failures": 0,
         "user_id": user_id,
         "refresh_model": profile.refresh_model,
+        "next_sync_at": next_sync_at,
     }
-    stmt = _upsert_statement(session.get_bind().dialect.name, bool(tokens.scopes))
+    dialect = session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
+    stmt = _upsert_statement(dialect, bool(tokens.scopes))
+    if not savepoint:
+        version = session.execute(stmt, values).scalar_one()
+        _forget(session, acc_id)
+        return acc_id, version == 0
     try:
         # A savepoint, so the retry below does not abort the caller's transaction.
         with session.begin_nested():
@@ -291,6 +344,7 @@ def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
         "first_failure_at": sa.null(),
         "rate_limited_until": sa.null(),
         "next_refresh_at": new.next_refresh_at,
+        "next_sync_at": sa.func.coalesce(cur.next_sync_at, new.next_sync_at),  # a turn already set stays
         "refresh_model": new.refresh_model,
         "token_version": cur.token_version + 1,
         "updated_at": new.updated_at,
@@ -353,6 +407,91 @@ def save_refreshed_tokens(
     sets as ``also`` so tokens and outcome are one ``UPDATE``; an empty refresh token in
     ``tokens`` keeps the stored one (platforms that do not rotate omit it).
     """
+    values = _token_values(ring, account_id, tokens=tokens, next_refresh_at=next_refresh_at, now=now, also=also)
+    stmt = _fenced_update(tuple(sorted(values)))
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["w_id"], params["w_version"] = account_id, expected_version
+    result = cast(CursorResult[Any], session.execute(stmt, params))
+    _forget(session, account_id)
+    return result.rowcount == 1
+
+
+def save_refresh_if_unchanged(
+    engine: Engine,
+    ring: KeyRing,
+    seen: AccountSnapshot,
+    *,
+    tokens: TokenSet,
+    next_refresh_at: datetime | None,
+    now: datetime,
+    also: dict[str, Any],
+    events: list[dict[str, Any]],
+) -> bool:
+    """Store a refresh's outcome if the row is still exactly as ``seen``; ``False`` otherwise.
+
+    The fence is ``token_version`` plus what the outcome was computed from (status and the health
+    inputs), so a row nobody touched since it was read under the refresh lock needs no row lock
+    and no second read: on PostgreSQL the tokens, the outcome and the events (at least one) are
+    ONE statement in autocommit, an ``UPDATE … RETURNING`` feeding the events' ``INSERT`` (one
+    round trip, run on psycopg directly: ``models.direct``). Elsewhere (SQLite) it is the
+    ``UPDATE`` and, if it matched, the ``INSERT``, in one transaction. On ``False`` nothing was
+    written and the caller falls back to locking the row (``lock_account_version``) and
+    recomputing.
+    """
+    if not events:
+        raise ValueError("a refresh always records at least one event")
+    values = _token_values(ring, seen.id, tokens=tokens, next_refresh_at=next_refresh_at, now=now, also=also)
+    columns = tuple(sorted(values))
+    params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
+    params.update(w_id=seen.id, w_version=seen.token_version, w_status=seen.status)
+    params.update(w_synced=seen.last_synced_at, w_error=seen.last_error_at)
+    direct = for_engine(engine)
+    if direct is None:
+        with engine.connect() as conn, conn.begin():
+            result = cast(CursorResult[Any], conn.execute(_fenced_update(columns, exact=True), params))
+            if result.rowcount != 1:
+                return False
+            record_events(conn, events)
+            return True
+    for i, event in enumerate(events):
+        params.update({f"e{i}_{name}": event.get(name) for name in _EVENT_COLUMNS})
+    n = len(events)
+    statement = direct.statement(
+        ("refresh_write", columns, n),
+        lambda: _update_and_log(columns, n),
+        json_params=frozenset({"v_scopes", "v_token_metadata", *(f"e{i}_data" for i in range(n))}),
+    )
+    return direct.execute(statement, params) == n
+
+
+_EVENT_COLUMNS = ("id", "account_id", "site_id", "platform", "kind", "reason", "data", "created_at")
+
+
+def _update_and_log(columns: tuple[str, ...], n_events: int) -> sa.Insert:
+    """``WITH refreshed AS (<exact fenced UPDATE> RETURNING id) INSERT INTO social_account_events
+    SELECT <event 0> FROM refreshed UNION ALL …``: the events exist only if the update matched."""
+    updated = _fenced_update(columns, exact=True).returning(ACCOUNTS.c.id).cte("refreshed")
+    rows = [
+        sa.select(*(sa.bindparam(f"e{i}_{name}", type_=EVENTS.c[name].type) for name in _EVENT_COLUMNS)).select_from(
+            updated
+        )
+        for i in range(n_events)
+    ]
+    source = rows[0] if n_events == 1 else sa.union_all(*rows)
+    return sa.insert(EVENTS).from_select(list(_EVENT_COLUMNS), source, include_defaults=False)
+
+
+def _token_values(
+    ring: KeyRing,
+    account_id: str,
+    *,
+    tokens: TokenSet,
+    next_refresh_at: datetime | None,
+    now: datetime,
+    also: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The columns a refresh writes: ``also`` plus the tokens, encrypted (an empty refresh token
+    keeps the stored one)."""
     values: dict[str, Any] = {
         **(also or {}),
         "token_expires_at": tokens.expires_at,
@@ -371,28 +510,27 @@ def save_refreshed_tokens(
         values["refresh_token_expires_at"] = tokens.refresh_expires_at
     if tokens.scopes:
         values["scopes"] = list(tokens.scopes)
-    stmt = _fenced_update(tuple(sorted(values)))
-    params = {f"v_{name}": value for name, value in values.items()}
-    params["w_id"], params["w_version"] = account_id, expected_version
-    result = cast(CursorResult[Any], session.execute(stmt, params))
-    _forget(session, account_id)
-    return result.rowcount == 1
+    return values
 
 
 @functools.lru_cache(maxsize=64)
-def _fenced_update(columns: tuple[str, ...]) -> sa.Update:
-    """``UPDATE … SET <columns>, token_version + 1 WHERE id = :w_id AND token_version = :w_version``.
+def _fenced_update(columns: tuple[str, ...], exact: bool = False) -> sa.Update:
+    """``UPDATE … SET <columns>, token_version + 1 WHERE id = :w_id AND token_version = :w_version``
+    (``exact``: also ``status = :w_status`` and the health inputs unchanged).
 
     One statement object per set of columns, reused: building ``update().values()`` per call
     and walking it for SQLAlchemy's cache key was a third of a refresh's database CPU.
     """
     values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=ACCOUNTS.c[name].type) for name in columns}
     values["token_version"] = ACCOUNTS.c.token_version + 1
-    return (
-        sa.update(ACCOUNTS)
-        .where(ACCOUNTS.c.id == sa.bindparam("w_id"), ACCOUNTS.c.token_version == sa.bindparam("w_version"))
-        .values(values)
-    )
+    fence = [_c.id == sa.bindparam("w_id"), _c.token_version == sa.bindparam("w_version")]
+    if exact:
+        fence += [
+            _c.status == sa.bindparam("w_status"),
+            _c.last_synced_at.is_not_distinct_from(sa.bindparam("w_synced", type_=_c.last_synced_at.type)),
+            _c.last_error_at.is_not_distinct_from(sa.bindparam("w_error", type_=_c.last_error_at.type)),
+        ]
+    return sa.update(ACCOUNTS).where(*fence).values(values)
 
 
 def event_values(

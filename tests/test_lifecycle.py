@@ -197,10 +197,11 @@ def test_429_with_retry_after_cools_the_account_down_without_calling_the_platfor
 
 
 class _KilledOnce:
-    """Stands in for ``save_refreshed_tokens`` and dies once, as a worker killed before COMMIT."""
+    """Stands in for ``save_refresh_if_unchanged`` (the refresh's write when nobody touched the
+    row, as here) and dies once, as a worker killed before COMMIT."""
 
     def __init__(self) -> None:
-        self.real = refresh_mod.save_refreshed_tokens
+        self.real = refresh_mod.save_refresh_if_unchanged
         self.killed = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> bool:
@@ -216,7 +217,7 @@ def test_x_refresh_lost_before_commit_ends_expired_not_in_a_loop(
     [account_id] = connect(life, "twitter")
     tokens = load(life, account_id).tokens
     make_due(life, account_id)
-    monkeypatch.setattr(refresh_mod, "save_refreshed_tokens", _KilledOnce())
+    monkeypatch.setattr(refresh_mod, "save_refresh_if_unchanged", _KilledOnce())
     rt = runtime.current()
 
     with pytest.raises(sa.exc.OperationalError):
@@ -252,7 +253,7 @@ def test_bluesky_against_the_reference_pds(bsky: Pipeline, pds: Any, monkeypatch
     rt = runtime.current()
     before = load(bsky, account_id).tokens
     make_due(bsky, account_id)
-    monkeypatch.setattr(refresh_mod, "save_refreshed_tokens", _KilledOnce())
+    monkeypatch.setattr(refresh_mod, "save_refresh_if_unchanged", _KilledOnce())
 
     with pytest.raises(sa.exc.OperationalError):
         refresh_now(rt, account_id)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from social_accounts.health import compute_health, health_colour
-from workers.cooldowns import active_cooldowns, remaining, set_cooldown, take_budget
+from social_accounts.settings import PLATFORMS
+from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown, take_budget
+from workers.coordination import RedisCoordination
 from workers.locks import account_lock, lock_key
 
 NS = "sa-test"
@@ -101,3 +103,32 @@ def test_health_score_follows_the_rules() -> None:
     worst = dict(stale, token_expires_at=now - timedelta(seconds=1))
     assert compute_health(status="rate_limited", **worst).score == 0  # floor 0, never negative
     assert [health_colour(s) for s in (100, 79, 49)] == ["green", "yellow", "red"]
+
+
+def test_the_lock_reads_the_cooldowns_it_peeks_at_in_the_same_round_trip(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    set_cooldown(client, NS, "twitter", 30, account_id="a9")
+    set_cooldown(client, NS, "mastodon", 5)  # app-wide
+    peek = {
+        platform: [cooldown_key(NS, platform, None), cooldown_key(NS, platform, "a9")]
+        for platform in ("twitter", "mastodon", "bluesky")
+    }
+    with account_lock(client, NS, "a9", peek=peek) as hold:
+        assert hold and hold.acquired
+        assert 29 < hold.waits["twitter"] <= 30
+        assert 4 < hold.waits["mastodon"] <= 5
+        assert hold.waits["bluesky"] == 0
+        with account_lock(client, NS, "a9", peek=peek) as busy:
+            assert not busy  # the peek never takes a lock it should not
+            assert 29 < busy.waits["twitter"] <= 30
+    assert client.exists(lock_key(NS, "a9")) == 0
+
+
+def test_redis_coordination_peeks_at_every_platform_for_the_account(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    coordination = RedisCoordination(client, NS)
+    set_cooldown(client, NS, "linkedin", 12, account_id="a10")
+    with coordination.account_lock("a10") as hold:
+        assert set(hold.waits) == set(PLATFORMS)
+        assert 11 < hold.waits["linkedin"] <= 12
+        assert all(wait == 0 for platform, wait in hold.waits.items() if platform != "linkedin")

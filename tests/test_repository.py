@@ -23,10 +23,13 @@ from models.crypto import KeyRing
 from models.engine import make_engine
 from models.public import PUBLIC_COLUMNS
 from models.repository import (
+    AccountSnapshot,
     account_public_dict,
     append_history,
     attempt_secret,
     create_attempt,
+    event_values,
+    fetch_account,
     find_mastodon_app,
     health_reason,
     list_accounts,
@@ -35,6 +38,7 @@ from models.repository import (
     read_token_bundle,
     record_event,
     save_mastodon_app,
+    save_refresh_if_unchanged,
     save_refreshed_tokens,
     store_token_bundle,
     upsert_account,
@@ -193,6 +197,63 @@ def test_save_refreshed_tokens_compare_and_set(engine: Engine, ring: KeyRing) ->
         assert (loaded.tokens.access_token, loaded.tokens.refresh_token) == ("AT-new", "RT-new")
         assert loaded.token_version == 1 and loaded.next_refresh_at == nxt
         assert loaded.tokens.expires_at == NOW + timedelta(hours=5)
+
+
+def _refresh_write(engine: Engine, ring: KeyRing, seen: AccountSnapshot, access: str) -> bool:
+    """One refresh outcome (status active, one ``refreshed`` event) fenced on ``seen``."""
+    return save_refresh_if_unchanged(
+        engine,
+        ring,
+        seen,
+        tokens=TokenSet(access_token=access, refresh_token=f"RT-{access}", expires_at=NOW + timedelta(hours=3)),
+        next_refresh_at=NOW + timedelta(hours=2),
+        now=NOW,
+        also={"status": "active", "health_score": 97},
+        events=[event_values(kind="refreshed", account_id=seen.id, site_id=seen.site_id, reason="t", now=NOW)],
+    )
+
+
+def _refreshed_events(engine: Engine, account_id: str) -> int:
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM social_account_events WHERE account_id = :a AND kind = 'refreshed'"
+        return int(conn.execute(sa.text(query), {"a": account_id}).scalar_one())
+
+
+def _check_refresh_fence(engine: Engine, ring: KeyRing) -> None:
+    acc, _ = upsert(engine, ring, profile())
+    seen = fetch_account(engine, ring, acc)
+    assert seen is not None and seen.token_version == 0 and seen.last_synced_at is None
+    # a sync landed after the read: the outcome computed from the read is no longer exact
+    with engine.begin() as conn:
+        conn.execute(sa.update(SocialAccount).where(SocialAccount.id == acc).values(last_synced_at=NOW))
+    assert not _refresh_write(engine, ring, seen, "AT-stale")
+    assert _refreshed_events(engine, acc) == 0  # nothing written, not even the event
+    current = fetch_account(engine, ring, acc)
+    assert current is not None and current.token_version == 0 and current.tokens.access_token == "AT-1"
+    # read again: the write lands, tokens, outcome and event together
+    assert _refresh_write(engine, ring, current, "AT-2")
+    after = fetch_account(engine, ring, acc)
+    assert after is not None and after.token_version == 1
+    assert (after.tokens.access_token, after.tokens.refresh_token) == ("AT-2", "RT-AT-2")
+    assert after.last_synced_at == NOW and _refreshed_events(engine, acc) == 1
+    # the version fence still holds: a writer that read version 0 loses
+    assert not _refresh_write(engine, ring, current, "AT-late")
+    assert _refreshed_events(engine, acc) == 1
+
+
+def test_refresh_write_is_fenced_on_what_the_outcome_was_computed_from(engine: Engine, ring: KeyRing) -> None:
+    """PostgreSQL: one ``UPDATE … RETURNING`` feeding the events' ``INSERT``, on psycopg directly."""
+    _check_refresh_fence(engine, ring)
+
+
+def test_refresh_write_fence_on_sqlite(tmp_path: Path, ring: KeyRing) -> None:
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    migrate.upgrade(url)
+    eng = make_engine(url)
+    try:
+        _check_refresh_fence(eng, ring)
+    finally:
+        eng.dispose()
 
 
 def test_refresh_without_refresh_token_keeps_it(engine: Engine, ring: KeyRing) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import redis
 
+from workers.redis_scripts import LuaScript
+
 __all__ = [
     "Cooldown",
     "active_cooldowns",
@@ -55,6 +57,17 @@ return tonumber(oldest[2]) + window - now
 """
 
 
+# The longest remaining wait (ms) among the keys: one command for the app and the account scope.
+_LONGEST_PTTL = LuaScript("""
+local longest = 0
+for _, key in ipairs(KEYS) do
+  local ms = redis.call('PTTL', key)
+  if ms > longest then longest = ms end
+end
+return longest
+""")
+
+
 @dataclass(frozen=True)
 class Cooldown:
     platform: str
@@ -88,11 +101,7 @@ def remaining(client: redis.Redis, namespace: str, platform: str, account_id: st
     keys = [cooldown_key(namespace, platform, None)]
     if account_id:
         keys.append(cooldown_key(namespace, platform, account_id))
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.pttl(key)
-    waits = [int(ms) for ms in pipe.execute() if isinstance(ms, int) and ms > 0]
-    return max(waits, default=0) / 1000.0
+    return max(0, int(_LONGEST_PTTL(client, keys, []))) / 1000.0
 
 
 def active_cooldowns(client: redis.Redis, namespace: str) -> list[Cooldown]:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import redis
 
+from social_accounts.settings import PLATFORMS
 from workers import cooldowns, locks
 from workers.runtime import Runtime
 
@@ -24,7 +25,7 @@ __all__ = ["Coordination", "LocalCoordination", "RedisCoordination", "for_runtim
 
 
 class Coordination(Protocol):
-    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]: ...
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[locks.Hold]: ...
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float: ...
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None: ...
     def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float: ...
@@ -38,9 +39,21 @@ class RedisCoordination:
         self.namespace = namespace
         self.lock_ttl_seconds = lock_ttl_seconds
 
-    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]:
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[locks.Hold]:
+        """The lock, and in the same round trip every platform's cooldowns for this account
+        (which platform it is on is only known after the read the lock protects)."""
+        ns = self.namespace
+        peek = {
+            platform: (cooldowns.cooldown_key(ns, platform, None), cooldowns.cooldown_key(ns, platform, account_id))
+            for platform in PLATFORMS
+        }
         return locks.account_lock(
-            self.client, self.namespace, account_id, wait_seconds=wait_seconds, ttl_seconds=self.lock_ttl_seconds
+            self.client,
+            ns,
+            account_id,
+            wait_seconds=wait_seconds,
+            ttl_seconds=self.lock_ttl_seconds,
+            peek=peek,
         )
 
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float:
@@ -63,17 +76,17 @@ class LocalCoordination:
         self._budgets: dict[str, deque[float]] = defaultdict(deque)
 
     @contextmanager
-    def _lock(self, account_id: str, wait_seconds: float) -> Iterator[bool]:
+    def _lock(self, account_id: str, wait_seconds: float) -> Iterator[locks.Hold]:
         with self._mutex:
             lock = self._locks[account_id]
         got = lock.acquire(timeout=wait_seconds) if wait_seconds > 0 else lock.acquire(blocking=False)
         try:
-            yield got
+            yield locks.Hold(got, {})  # no peeked cooldowns: ``cooldown_remaining`` is a dict lookup here
         finally:
             if got:
                 lock.release()
 
-    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[bool]:
+    def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[locks.Hold]:
         return self._lock(account_id, wait_seconds)
 
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float:

@@ -37,10 +37,11 @@ from sqlalchemy.orm import Session
 
 from models.repository import (
     AccountSnapshot,
+    fetch_account,
     load_account,
     lock_account_version,
-    read_account,
     record_events,
+    save_refresh_if_unchanged,
     save_refreshed_tokens,
 )
 from models.repository import event_values as event
@@ -50,6 +51,7 @@ from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
 from workers.adapters import adapter_for
 from workers.connect import next_refresh_at
 from workers.coordination import Coordination, for_runtime
+from workers.locks import Hold
 from workers.runtime import Runtime
 from workers.status import record_failure, success_changes
 
@@ -103,8 +105,7 @@ def is_due(tokens: TokenSet, margin: timedelta, now: datetime) -> bool:
 
 def _load(rt: Runtime, account_id: str) -> AccountSnapshot | None:
     """One ``SELECT`` in autocommit: no ``BEGIN``/``ROLLBACK`` round trips around a single read."""
-    with rt.engine.connect() as conn:
-        return read_account(conn.execution_options(isolation_level="AUTOCOMMIT"), rt.ring, account_id)
+    return fetch_account(rt.engine, rt.ring, account_id)
 
 
 #: how long fresh tokens wait for the database to come back before they are given up
@@ -112,7 +113,22 @@ SAVE_PATIENCE_SECONDS = 15.0
 
 
 def _write_patiently(rt: Runtime, account_id: str, body: Callable[[Connection], T]) -> T:
-    """Run ``body`` in one transaction, again on a fresh connection if the connection was lost.
+    """Run ``body`` in one transaction, again on a fresh connection if the connection was lost."""
+
+    def attempt() -> T:
+        try:
+            conn = rt.engine.connect()
+        except sa.exc.OperationalError as exc:  # cannot connect: the database is restarting
+            exc.connection_invalidated = True
+            raise
+        with conn, conn.begin():
+            return body(conn)
+
+    return _patiently(account_id, attempt)
+
+
+def _patiently(account_id: str, attempt: Callable[[], T]) -> T:
+    """``attempt()`` (a database write), again if the connection was lost or could not be made.
 
     Once the platform has answered, the old refresh token may be spent (rotation): losing the new
     one to a database restart would disconnect the user. Only a lost connection is retried (never
@@ -124,17 +140,12 @@ def _write_patiently(rt: Runtime, account_id: str, body: Callable[[Connection], 
     pause = 0.25
     while True:
         try:
-            conn = rt.engine.connect()
-        except sa.exc.OperationalError:  # cannot connect: the database is restarting
-            if time.monotonic() + pause > deadline:
+            return attempt()
+        except sa.exc.OperationalError as exc:
+            # connection_invalidated: lost mid-statement, or no connection could be made (the
+            # database is restarting); anything else is a statement error, not retried
+            if not exc.connection_invalidated or time.monotonic() + pause > deadline:
                 raise
-        else:
-            try:
-                with conn, conn.begin():
-                    return body(conn)
-            except sa.exc.OperationalError as exc:
-                if not exc.connection_invalidated or time.monotonic() + pause > deadline:
-                    raise
         log.warning(
             "database connection lost while saving refreshed tokens; trying again", extra={"account_id": account_id}
         )
@@ -197,8 +208,8 @@ def refresh_now(
             return settled
         assert seen is not None
         _check_cooldown(coordination, seen)
-    with coordination.account_lock(account_id, wait_seconds=wait_seconds) as acquired:
-        if not acquired:
+    with coordination.account_lock(account_id, wait_seconds=wait_seconds) as hold:
+        if not hold:
             return RefreshResult("busy", status=seen.status if seen is not None else None)
         current = _load(rt, account_id)
         if seen is None:  # this read is the first: it decides what the pre-check would have
@@ -206,7 +217,7 @@ def refresh_now(
             if settled is not None:
                 return settled
             assert current is not None
-            _check_cooldown(coordination, current)
+            _check_cooldown(coordination, current, hold)
         else:
             if current is None:
                 return RefreshResult("missing")
@@ -236,8 +247,12 @@ def _settled(rt: Runtime, account: AccountSnapshot | None, force: bool) -> Refre
     return None
 
 
-def _check_cooldown(coordination: Coordination, account: AccountSnapshot) -> None:
-    wait = coordination.cooldown_remaining(account.platform, account.id)
+def _check_cooldown(coordination: Coordination, account: AccountSnapshot, hold: Hold | None = None) -> None:
+    """``CooledDown`` when the platform may not be called for this account yet (read with the
+    lock when ``hold`` peeked at this platform's cooldowns, else one more round trip)."""
+    wait = hold.waits.get(account.platform) if hold is not None else None
+    if wait is None:
+        wait = coordination.cooldown_remaining(account.platform, account.id)
     if wait > 0:
         raise CooledDown(wait)
 
@@ -268,6 +283,40 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
     now = rt.clock()
     fresh = fresh.replace(metadata={**fresh.metadata, "issued_at": now.isoformat()})
     lead = lead_time(fresh, adapter_margin)
+    refreshed_event = event(
+        kind="refreshed",
+        account_id=account.id,
+        site_id=account.site_id,
+        platform=account.platform,
+        reason=reason,
+        data={"expires_at": fresh.expires_at.isoformat() if fresh.expires_at else None},
+        now=now,
+    )
+
+    def save_unchanged() -> bool:
+        # the common case: nobody touched the row since it was read under the refresh lock, so
+        # the outcome computed from that read is exact; one fenced statement, no row lock
+        values, events = success_changes(
+            account_id=account.id,
+            site_id=account.site_id,
+            platform=account.platform,
+            status=account.status,
+            token_expires_at=fresh.expires_at,
+            last_synced_at=account.last_synced_at,
+            last_error_at=account.last_error_at,
+            reason="token refreshed",
+            now=now,
+        )
+        return save_refresh_if_unchanged(
+            rt.engine,
+            rt.ring,
+            account,
+            tokens=fresh,
+            next_refresh_at=next_refresh_at(fresh, lead, now),
+            now=now,
+            also=values,
+            events=[*events, refreshed_event],
+        )
 
     def save(conn: Connection) -> bool:
         # the row lock keeps status and the health inputs still while the outcome is computed;
@@ -297,21 +346,12 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
             also=values,
         ):
             return False
-        events.append(
-            event(
-                kind="refreshed",
-                account_id=account.id,
-                site_id=account.site_id,
-                platform=account.platform,
-                reason=reason,
-                data={"expires_at": fresh.expires_at.isoformat() if fresh.expires_at else None},
-                now=now,
-            )
-        )
-        record_events(conn, events)
+        record_events(conn, [*events, refreshed_event])
         return True
 
-    saved = _write_patiently(rt, account.id, save)
+    saved = _patiently(account.id, save_unchanged)
+    if not saved:  # the row moved since the read: lock it, recompute the outcome, or lose the race
+        saved = _write_patiently(rt, account.id, save)
     if not saved:  # fenced: another writer got there first; theirs stands
         log.info("refresh lost the race", extra={"account_id": account.id, "platform": account.platform})
         REFRESHES.labels(account.platform, "lost_race").inc()
