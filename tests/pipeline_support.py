@@ -27,11 +27,27 @@ from models.crypto import KeyRing
 from models.tables import SocialOAuthState
 from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
+from platforms.transport import KeepAliveTransport
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
 
 #: quick retries so failure paths finish in seconds (budgets as in production)
 FAST_POLICY_KW = {"min_backoff_ms": 100, "max_backoff_ms": 1000}
+
+
+class Recording(httpx.BaseTransport):
+    """A transport that tells ``record`` about every request, then hands it to ``inner``."""
+
+    def __init__(self, inner: httpx.BaseTransport, record: Callable[[httpx.Request], None]) -> None:
+        self.inner = inner
+        self.record = record
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.record(request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @dataclass
@@ -158,7 +174,9 @@ def pipeline_factory(
         def record(request: httpx.Request) -> None:
             pipe_sent.append((time.monotonic(), request.method, request.url.path))
 
-        http = httpx.Client(transport=httpx.HTTPTransport(retries=2), event_hooks={"request": [record]})
+        # the production client and transport, watched (an event hook would take the client off
+        # platforms.http's direct path, and the tests would no longer see what production runs)
+        http = runtime.platform_client(settings, Recording(KeepAliveTransport(retries=2), record))
         rt = runtime.configure(settings, engine=engine, http=http, retry_policy=RetryPolicy(**FAST_POLICY_KW))
         broker = broker_mod.setup(settings)
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)

@@ -18,6 +18,7 @@ import httpx
 
 from platforms.base import Clock, utcnow
 from platforms.http import default_timeout
+from platforms.transport import KeepAliveTransport
 from social_accounts.settings import Settings, get_settings
 from workers.retrying import CONNECT_POLICY, RetryPolicy
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from models.crypto import KeyRing
 
-__all__ = ["Runtime", "configure", "current", "reset"]
+__all__ = ["Runtime", "configure", "current", "platform_client", "reset"]
 
 #: a pooled database connection unused this long is pinged before use; busier ones are not (a
 #: connection that died under load fails one statement and the step is retried)
@@ -70,15 +71,10 @@ class Runtime:
 
     @property
     def http(self) -> httpx.Client:
-        """One shared client (thread-safe). ``retries=2`` repeats only connect errors, which
-        never reached the platform, so it is safe even for single-use code exchanges."""
+        """One shared client (thread-safe): :func:`platform_client`."""
         with self._lock:
             if self._http is None:
-                self._http = httpx.Client(
-                    timeout=default_timeout(self.settings.http_timeout_seconds),
-                    transport=httpx.HTTPTransport(retries=2),
-                    follow_redirects=False,
-                )
+                self._http = platform_client(self.settings)
             return self._http
 
     @property
@@ -112,6 +108,18 @@ class Runtime:
                 self._engine.dispose(close=False)
             self._engine = self._http = self._redis = None
             self._pid = os.getpid()
+
+
+def platform_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """The HTTP client platform calls go through: the settings' timeouts, no redirects followed,
+    and ``platforms.transport.KeepAliveTransport`` (``retries=2`` repeats only failures to
+    connect, which never reached the platform, so it is safe even for single-use code
+    exchanges). Tests pass a transport that wraps it."""
+    return httpx.Client(
+        timeout=default_timeout(settings.http_timeout_seconds),
+        transport=transport or KeepAliveTransport(retries=2),
+        follow_redirects=False,
+    )
 
 
 _current: Runtime | None = None
