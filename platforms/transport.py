@@ -1,10 +1,13 @@
-"""An HTTP/1.1 keep-alive transport for httpx on the standard library's ``http.client``.
+"""An HTTP/1.1 keep-alive transport for httpx, on plain sockets.
 
 Why: workers are CPU-bound on small machines, and a platform call through httpx's default
-transport (httpcore + h11, pure Python state machines) costs a token refresh about a third of
-its CPU. ``http.client`` sends the same bytes for about a third of that (``bench/refresh_cpu.py``).
-Only the transport changes: requests are still built, and responses read, by httpx, and the
-injected ``httpx.Client`` stays the test seam.
+transport (httpcore + h11, pure Python state machines) cost a token refresh about a third of
+its CPU. Platform calls are small request/answer exchanges over HTTP/1.1: written in one
+``sendall``, and the answer read with a buffered reader (status line, headers, a body by length,
+by chunks or until close), this costs about half (``bench/refresh_cpu.py``; ``http.client``
+was in between: its header parsing goes through the ``email`` package). Only the transport
+changes: requests are still built, and responses read, by httpx, and the injected
+``httpx.Client`` stays the test seam.
 
 What it keeps from httpcore, because callers depend on it:
 
@@ -15,7 +18,9 @@ What it keeps from httpcore, because callers depend on it:
 * separate connect, write and read timeouts from the request's ``timeout`` extension;
 * keep-alive with an idle expiry, and a connection the server closed while idle is never
   reused: before reuse the socket must not be readable (EOF or stray bytes), as httpcore checks;
-* TLS verification against certifi's bundle (what httpx uses), SNI and hostname checks.
+* TLS verification against certifi's bundle (what httpx uses), SNI and hostname checks;
+* refusing a header value with CR or LF (a token a platform sent must never inject a header),
+  and bounds on an answer's line length and header count.
 
 What it does not do itself: proxies (``HTTP(S)_PROXY`` gives the client a proxy mount of
 httpx's own transport), HTTP/2, and request bodies that are not plain bytes (multipart,
@@ -24,13 +29,13 @@ streams), which go through an ``httpx.HTTPTransport`` kept for them.
 
 from __future__ import annotations
 
-import http.client
 import select
+import socket
 import ssl
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import certifi
 import httpx
@@ -39,17 +44,28 @@ __all__ = ["KeepAliveTransport"]
 
 Origin = tuple[str, str, int]
 
+#: limits on what an answer may send before its body (http.client's own limits)
+MAX_LINE = 65536
+MAX_HEADERS = 100
+
 
 def _default_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-class _Idle:
-    __slots__ = ("conn", "since")
+class _Connection:
+    """One socket and the buffered reader over it (a connection is used by one thread at a time)."""
 
-    def __init__(self, conn: http.client.HTTPConnection, since: float) -> None:
-        self.conn = conn
-        self.since = since
+    __slots__ = ("reader", "since", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
+        self.since = 0.0
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
 
 
 class KeepAliveTransport(httpx.BaseTransport):
@@ -74,7 +90,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         self.keepalive_expiry = keepalive_expiry
         self.max_idle_per_origin = max_idle_per_origin
         self._ssl_context = ssl_context
-        self._idle: defaultdict[Origin, list[_Idle]] = defaultdict(list)
+        self._idle: defaultdict[Origin, list[_Connection]] = defaultdict(list)
         self._lock = threading.Lock()
         self._closed = False
         self._fallback: httpx.HTTPTransport | None = None
@@ -86,7 +102,7 @@ class KeepAliveTransport(httpx.BaseTransport):
             self._ssl_context = _default_ssl_context()
         return self._ssl_context
 
-    def _checkout(self, origin: Origin) -> http.client.HTTPConnection | None:
+    def _checkout(self, origin: Origin) -> _Connection | None:
         """A live idle connection to ``origin``, most recently used first; None when there is none."""
         now = time.monotonic()
         while True:
@@ -94,36 +110,37 @@ class KeepAliveTransport(httpx.BaseTransport):
                 idle = self._idle.get(origin)
                 if not idle:
                     return None
-                entry = idle.pop()
-            if now - entry.since < self.keepalive_expiry and _still_open(entry.conn):
-                return entry.conn
-            entry.conn.close()
+                conn = idle.pop()
+            if now - conn.since < self.keepalive_expiry and _still_open(conn.sock):
+                return conn
+            conn.close()
 
-    def _checkin(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, origin: Origin, conn: _Connection) -> None:
+        conn.since = time.monotonic()
         with self._lock:
             idle = self._idle[origin]
             if not self._closed and len(idle) < self.max_idle_per_origin:
-                idle.append(_Idle(conn, time.monotonic()))
+                idle.append(conn)
                 return
         conn.close()
 
-    def _connect(self, origin: Origin, timeout: float | None) -> http.client.HTTPConnection:
+    def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         scheme, host, port = origin
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._ssl())
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
         attempt = 0
         while True:
             try:
-                conn.connect()
-                return conn
+                sock = socket.create_connection((host, port), timeout=timeout)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if scheme == "https":
+                        sock = self._ssl().wrap_socket(sock, server_hostname=host)
+                except BaseException:
+                    sock.close()
+                    raise
+                return _Connection(sock)
             except TimeoutError as exc:
-                conn.close()
                 failure: httpx.TransportError = httpx.ConnectTimeout(str(exc) or "connect timed out")
             except OSError as exc:  # refused, unreachable, DNS, TLS handshake or certificate
-                conn.close()
                 failure = httpx.ConnectError(str(exc) or type(exc).__name__)
             if attempt >= self.retries:
                 raise failure
@@ -139,17 +156,13 @@ class KeepAliveTransport(httpx.BaseTransport):
         scheme = url.scheme
         if not isinstance(request.stream, httpx.ByteStream) or scheme not in ("http", "https"):
             return self._other(request)
+        head = _request_head(request)  # before connecting: a refused header must not cost a connection
         origin: Origin = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         conn = self._checkout(origin) or self._connect(origin, timeouts.get("connect"))
-        body = request.read()
-        sock = conn.sock
         try:
-            sock.settimeout(timeouts.get("write"))
-            conn.putrequest(request.method, url.raw_path.decode("ascii"), skip_host=True, skip_accept_encoding=True)
-            for name, value in request.headers.raw:
-                conn.putheader(name, value)
-            conn.endheaders(body or None)
+            conn.sock.settimeout(timeouts.get("write"))
+            conn.sock.sendall(head + request.read())
         except TimeoutError as exc:
             conn.close()
             raise httpx.WriteTimeout(str(exc) or "write timed out", request=request) from None
@@ -157,15 +170,14 @@ class KeepAliveTransport(httpx.BaseTransport):
             conn.close()
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from None
         try:
-            sock.settimeout(timeouts.get("read"))
-            answer = conn.getresponse()
-            content = answer.read()
+            conn.sock.settimeout(timeouts.get("read"))
+            answer = _read_response(conn.reader, request.method)
         except TimeoutError as exc:
             conn.close()
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from None
-        except http.client.HTTPException as exc:  # no or a broken answer: it may have been sent
+        except httpx.RemoteProtocolError as exc:  # no or a broken answer: the request may have been sent
             conn.close()
-            raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from None
+            raise httpx.RemoteProtocolError(str(exc), request=request) from None
         except OSError as exc:
             conn.close()
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from None
@@ -173,13 +185,12 @@ class KeepAliveTransport(httpx.BaseTransport):
             conn.close()
         else:
             self._checkin(origin, conn)
-        version = b"HTTP/1.0" if answer.version == 10 else b"HTTP/1.1"
         return httpx.Response(
             answer.status,
-            headers=answer.getheaders(),
-            content=content,
+            headers=answer.headers,
+            content=answer.body,
             request=request,
-            extensions={"http_version": version, "reason_phrase": answer.reason.encode("ascii", "replace")},
+            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
         )
 
     def _other(self, request: httpx.Request) -> httpx.Response:
@@ -193,11 +204,11 @@ class KeepAliveTransport(httpx.BaseTransport):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            entries = [entry for idle in self._idle.values() for entry in idle]
+            entries = [conn for idle in self._idle.values() for conn in idle]
             self._idle.clear()
             fallback, self._fallback = self._fallback, None
-        for entry in entries:
-            entry.conn.close()
+        for conn in entries:
+            conn.close()
         if fallback is not None:
             fallback.close()
 
@@ -208,12 +219,9 @@ class KeepAliveTransport(httpx.BaseTransport):
         self.close()
 
 
-def _still_open(conn: http.client.HTTPConnection) -> bool:
+def _still_open(sock: socket.socket) -> bool:
     """An idle HTTP/1.1 connection must have nothing to read: readable means the server closed it
     (EOF) or sent something unasked for; either way it cannot carry another request."""
-    sock = conn.sock
-    if sock is None:
-        return False
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return False
     poller = select.poll()  # not select(): a busy process may hold descriptors above 1024
@@ -222,3 +230,99 @@ def _still_open(conn: http.client.HTTPConnection) -> bool:
         return not poller.poll(0)
     except (OSError, ValueError):
         return False
+
+
+def _request_head(request: httpx.Request) -> bytes:
+    """The request line and headers, as httpx's own transport writes them (``Host`` first, as
+    httpx puts it). A CR or LF in a header would split it into two: refused, as http.client and
+    h11 refuse it (a token a platform sent us must never become a header of its own)."""
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise httpx.LocalProtocolError("illegal header", request=request)
+        lines.append(name + b": " + value)
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+class _Answer(NamedTuple):
+    status: int
+    reason: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    will_close: bool
+
+
+def _line(reader: BinaryIO) -> bytes:
+    line = reader.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise httpx.RemoteProtocolError("answer line too long")
+    return line
+
+
+def _read_response(reader: BinaryIO, method: str) -> _Answer:
+    """One HTTP/1.1 answer: status line, headers, and the body (length, chunked, or until close)."""
+    while True:
+        line = _line(reader)
+        if not line:
+            raise httpx.RemoteProtocolError("server disconnected without sending a response")
+        version, _, rest = line.rstrip(b"\r\n").partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not code.isdigit() or len(code) != 3:
+            raise httpx.RemoteProtocolError("malformed status line")
+        status = int(code)
+        headers = _read_headers(reader)
+        if not 100 <= status < 200 or status == 101:
+            break  # 1xx interim answers (100 Continue, 103 Early Hints) are followed by the real one
+    fields = {name.lower(): value for name, value in headers}
+    tokens = {t.strip() for t in fields.get(b"connection", b"").lower().split(b",")}
+    will_close = b"close" in tokens or (version == b"HTTP/1.0" and b"keep-alive" not in tokens)
+    if method == "HEAD" or status in (204, 304) or status < 200:
+        body = b""
+    elif b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        body = _read_chunked(reader)
+    elif b"content-length" in fields:
+        try:
+            length = int(fields[b"content-length"])
+        except ValueError:
+            raise httpx.RemoteProtocolError("malformed Content-Length") from None
+        body = reader.read(length)
+        if len(body) != length:
+            raise httpx.RemoteProtocolError("server disconnected before the whole body arrived")
+    else:  # delimited by the server closing the connection
+        body, will_close = reader.read(), True
+    return _Answer(status, reason, version, headers, body, will_close)
+
+
+def _read_headers(reader: BinaryIO) -> list[tuple[bytes, bytes]]:
+    headers: list[tuple[bytes, bytes]] = []
+    while True:
+        line = _line(reader)
+        if line in (b"\r\n", b"\n"):
+            return headers
+        if not line:
+            raise httpx.RemoteProtocolError("server disconnected in the middle of the headers")
+        if len(headers) >= MAX_HEADERS:
+            raise httpx.RemoteProtocolError("too many headers")
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise httpx.RemoteProtocolError("malformed header line")
+        headers.append((name.strip(), value.strip()))
+
+
+def _read_chunked(reader: BinaryIO) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_line = _line(reader)
+        try:
+            size = int(size_line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise httpx.RemoteProtocolError("malformed chunk size") from None
+        if size == 0:
+            _read_headers(reader)  # trailers, if any, up to the blank line
+            return b"".join(parts)
+        chunk = reader.read(size)
+        if len(chunk) != size or _line(reader) not in (b"\r\n", b"\n"):
+            raise httpx.RemoteProtocolError("server disconnected in the middle of a chunk")
+        parts.append(chunk)

@@ -7,8 +7,10 @@ sent: retried and ``Transient``; maybe sent: ``RequestMaybeSent``, never retried
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,8 +29,9 @@ Handler = Callable[[socket.socket, bytes], bool]  # answer one request; False cl
 class RawServer:
     """A loopback HTTP/1.1 server whose answers the test writes byte by byte."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
@@ -38,7 +41,7 @@ class RawServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://localhost:{self.port}"
 
     def _accept(self) -> None:
         while not self._stop:
@@ -51,6 +54,12 @@ class RawServer:
 
     def _serve(self, conn: socket.socket) -> None:
         buffer = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refused our certificate
+                conn.close()
+                return
         with conn:
             while True:
                 while b"\r\n\r\n" not in buffer:
@@ -77,8 +86,8 @@ class RawServer:
 
 
 @contextmanager
-def server(handler: Handler) -> Iterator[RawServer]:
-    srv = RawServer(handler)
+def server(handler: Handler, tls: ssl.SSLContext | None = None) -> Iterator[RawServer]:
+    srv = RawServer(handler, tls)
     try:
         yield srv
     finally:
@@ -194,3 +203,104 @@ def test_a_closed_transport_refuses() -> None:
     transport.close()
     with pytest.raises(RuntimeError):
         transport.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -> None:
+    with server(ok()) as srv, client() as c, pytest.raises(httpx.LocalProtocolError):
+        c.get(srv.url + "/me", headers={"Authorization": "Bearer abc\r\nX-Injected: 1"})
+    assert srv.connections == 0 and srv.requests == []
+
+
+def raw_answer(payload: bytes, *, keep: bool = True) -> Handler:
+    def answer(conn: socket.socket, _request: bytes) -> bool:
+        conn.sendall(payload)
+        return keep
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("payload", "body", "connections_for_two"),
+    [
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"", 1),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", 1),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", 2),  # 1.0 closes unless keep-alive
+        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", b"ok", 1),
+    ],
+)
+def test_bodies_and_connection_reuse_follow_http_1_1(payload: bytes, body: bytes, connections_for_two: int) -> None:
+    with server(raw_answer(payload)) as srv, client() as c:
+        for _ in range(2):
+            assert c.get(srv.url + "/x").content == body
+    assert srv.connections == connections_for_two
+
+
+def test_an_answer_delimited_by_close_is_read_to_the_end() -> None:
+    with server(raw_answer(b'HTTP/1.1 200 OK\r\n\r\n{"a": 1}', keep=False)) as srv, client() as c:
+        assert send(c, "GET", srv.url + "/x", platform="t").json() == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # the body stops early
+        b"SMTP ready\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Long: " + b"a" * 70000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_a_broken_answer_is_request_maybe_sent(payload: bytes) -> None:
+    with server(raw_answer(payload, keep=False)) as srv, client() as c, pytest.raises(RequestMaybeSent):
+        send(c, "POST", srv.url + "/token", platform="t", data={"code": "c"})
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for ``localhost``: (cert file, key file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+def _tls_server_context(certificate: tuple[str, str]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    return context
+
+
+def test_https_with_a_trusted_certificate(certificate: tuple[str, str]) -> None:
+    trusting = ssl.create_default_context(cafile=certificate[0])
+    with server(ok(), tls=_tls_server_context(certificate)) as srv, client(ssl_context=trusting) as c:
+        for _ in range(2):
+            assert send(c, "GET", srv.url + "/me", platform="t").json() == {"ok": True}
+    assert srv.connections == 1
+
+
+def test_https_with_an_untrusted_certificate_is_refused_before_sending(certificate: tuple[str, str]) -> None:
+    with server(ok(), tls=_tls_server_context(certificate)) as srv, client() as c, pytest.raises(Transient):
+        send(c, "POST", srv.url + "/token", platform="t", data={"code": "single-use"})
+    assert srv.requests == []
