@@ -3,7 +3,7 @@
 Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's pure-Python
 HTTP parser) than about our handler. The bare route answers ``200`` from the same uvicorn
 process, so the ratio isolates what the callback adds: query parsing, the state's HMAC, the
-code's AES-GCM encryption, the thread hop and the Redis enqueue.
+code's AES-GCM encryption, the batched Redis enqueue and the wait for it.
 
 Setup: one uvicorn process (``--factory callback:create_bench_app``, access log off) running the
 product app plus one bench-only route (added here, never in the product), a real Redis broker on
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     REDIS_URL,
+    VENV_BIN,
     BenchError,
     Row,
     WrkResult,
@@ -98,14 +99,14 @@ def check_once(base: str, path: str, expected: int) -> None:
         raise BenchError(f"{path.split('?')[0]} answered {response.status_code}, expected {expected}")
 
 
-def profile(pid: int, base: str, paths: Path, out: str, seconds: int, wrk: dict[str, Any]) -> None:
+def profile(pid: int, base: str, paths: Path, out: str, seconds: int, wrk: dict[str, Any], rate: int = 100) -> None:
     """Record collapsed stacks (py-spy ``--format raw``) of the server during one callback run."""
     import shutil
     import subprocess
 
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(VENV_BIN))
     if spy is None:
-        raise BenchError("py-spy is not on PATH")
+        raise BenchError("py-spy is not installed (.venv/bin/pip install py-spy)")
     recorder = subprocess.Popen(
         [
             spy,
@@ -119,6 +120,8 @@ def profile(pid: int, base: str, paths: Path, out: str, seconds: int, wrk: dict[
             "--duration",
             str(seconds),
             "--nonblocking",
+            "--rate",
+            str(rate),
         ]
     )
     run_wrk(base, paths, seconds=seconds, **wrk)
@@ -136,6 +139,7 @@ def run() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--py-spy", metavar="OUT", help="profile the server with py-spy during one callback run")
+    parser.add_argument("--py-spy-rate", type=int, default=100, help="samples per second for --py-spy")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp, redis_namespace() as namespace:
@@ -180,7 +184,7 @@ def run() -> None:
                 for paths in (bare_paths, callback_paths):  # warm up both paths (imports, pools)
                     run_wrk(base, paths, seconds=2, **wrk)
                 if args.py_spy:
-                    profile(server.pid, base, callback_paths, args.py_spy, args.seconds, wrk)
+                    profile(server.pid, base, callback_paths, args.py_spy, args.seconds, wrk, args.py_spy_rate)
                 before = int(redis_client().llen(f"{namespace}:connect"))
                 bare: list[WrkResult] = []
                 callback: list[WrkResult] = []

@@ -21,6 +21,7 @@ from platforms.http import scrub
 from workers import messages
 
 __all__ = [
+    "code_received_kwargs",
     "code_received_message",
     "enqueue_bluesky_login",
     "enqueue_code_received",
@@ -57,15 +58,27 @@ def enqueue_code_received(
 def code_received_message(
     *, attempt_id: str, code_enc: str | None = None, error: str | None = None, error_description: str | None = None
 ) -> dramatiq.Message[Any]:
-    """The message ``enqueue_code_received`` sends, built but not sent (the callback endpoint
-    batches many into one Redis round trip: ``web_callback.batching``)."""
+    """The message ``enqueue_code_received`` sends, built but not sent."""
     return messages.build_message(
         messages.CODE_RECEIVED,
-        attempt_id=attempt_id,
-        code_enc=code_enc,
-        error=scrub(error, 64) if error else None,
-        error_description=scrub(error_description) if error_description else None,
+        **code_received_kwargs(
+            attempt_id=attempt_id, code_enc=code_enc, error=error, error_description=error_description
+        ),
     )
+
+
+def code_received_kwargs(
+    *, attempt_id: str, code_enc: str | None = None, error: str | None = None, error_description: str | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of a ``code_received`` message (the platform's words scrubbed and
+    capped), the one place that shapes them. The callback endpoint hands them to its batcher,
+    which writes the payload without building a ``Message`` (``web_callback.batching``)."""
+    return {
+        "attempt_id": attempt_id,
+        "code_enc": code_enc,
+        "error": scrub(error, 64) if error else None,
+        "error_description": scrub(error_description) if error_description else None,
+    }
 
 
 def enqueue_bluesky_login(attempt_id: str, *, broker: dramatiq.Broker | None = None) -> str:
