@@ -4,28 +4,49 @@ The PKCE verifier, a Bluesky app password and the exchanged token bundle are sec
 are stored encrypted and bound to the attempt row. The token bundle exists so that a retried
 connect step continues from the tokens it already has instead of exchanging the single-use
 code a second time. ``history`` is a JSON list that shows every retry of the attempt.
+
+The connect worker's hot path reads and writes attempts with Core statements built once per
+backend (:func:`read_attempt`, :func:`claim_state`, :func:`store_tokens`, :func:`finish_connected`,
+:func:`append_event`): an ORM load-modify-flush per stage change was most of a connect's CPU
+(``bench/connect_cpu.py``). Those statements append to ``history`` inside the database (JSONB
+``||`` on PostgreSQL, ``json_insert`` on SQLite), so no read is needed before a write and two
+writers never lose each other's entries.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 
 from models.crypto import KeyRing
+from models.direct import for_engine
 from models.ids import new_id
 from models.tables import SocialOAuthState
 from platforms.base import TokenSet
 
 __all__ = [
     "SECRET_COLUMNS",
+    "AttemptSnapshot",
+    "append_event",
     "append_history",
     "attempt_secret",
+    "claim_state",
     "create_attempt",
+    "fail_pending",
+    "finish_connected",
     "load_attempt",
+    "read_attempt",
     "read_token_bundle",
+    "set_stage",
+    "store_tokens",
     "store_token_bundle",
     "tokens_from_json",
     "tokens_to_json",
@@ -79,7 +100,7 @@ def load_attempt(session: Session, attempt_id: str, *, for_update: bool = False)
     return session.get(SocialOAuthState, attempt_id, populate_existing=True, with_for_update=for_update or None)
 
 
-def attempt_secret(ring: KeyRing, row: SocialOAuthState, column: str) -> str | None:
+def attempt_secret(ring: KeyRing, row: SocialOAuthState | AttemptSnapshot, column: str) -> str | None:
     """Decrypt ``code_verifier`` or ``app_password`` of an attempt (``None`` when not set)."""
     if column not in ("code_verifier", "app_password"):
         raise ValueError(f"{column!r} is not a secret column of an attempt")
@@ -130,10 +151,232 @@ def tokens_from_json(text: str) -> TokenSet:
 
 def store_token_bundle(ring: KeyRing, row: SocialOAuthState, tokens: TokenSet) -> None:
     """Put the exchanged tokens on the attempt, encrypted (the caller commits at once)."""
-    row.token_bundle = ring.encrypt(tokens_to_json(tokens), table=_T, column="token_bundle", row_id=row.id)
+    row.token_bundle = encrypt_token_bundle(ring, row.id, tokens)
 
 
-def read_token_bundle(ring: KeyRing, row: SocialOAuthState) -> TokenSet | None:
+def encrypt_token_bundle(ring: KeyRing, attempt_id: str, tokens: TokenSet) -> str:
+    """The ``token_bundle`` column value for ``tokens`` (encrypted, bound to the attempt row)."""
+    return ring.encrypt(tokens_to_json(tokens), table=_T, column="token_bundle", row_id=attempt_id)
+
+
+def read_token_bundle(ring: KeyRing, row: SocialOAuthState | AttemptSnapshot) -> TokenSet | None:
     """The tokens stored by ``store_token_bundle``, or ``None`` when the code was not exchanged yet."""
     text = ring.decrypt_optional(row.token_bundle, table=_T, column="token_bundle", row_id=row.id)
     return tokens_from_json(text) if text is not None else None
+
+
+# ---- Core reads and writes (the connect worker's hot path) ---------------------------------------
+
+_S = SocialOAuthState.__table__  # type: ignore[attr-defined]
+_c = _S.c
+
+
+@dataclass(frozen=True)
+class AttemptSnapshot:
+    """What a connect step needs of an attempt, read with one Core ``SELECT`` (secrets still encrypted)."""
+
+    id: str
+    platform: str
+    site_id: str
+    user_id: str
+    instance: str | None
+    status: str
+    stage: str
+    consumed_by: str | None
+    code_verifier: str | None
+    app_password: str | None
+    token_bundle: str | None
+
+
+_READ = sa.select(
+    _c.id,
+    _c.platform,
+    _c.site_id,
+    _c.user_id,
+    _c.instance,
+    _c.status,
+    _c.stage,
+    _c.consumed_by,
+    _c.code_verifier,
+    _c.app_password,
+    _c.token_bundle,
+).where(_c.id == sa.bindparam("attempt_id"))
+_READ_LOCKED = _READ.with_for_update()
+
+
+def read_attempt(db: Database, attempt_id: str, *, for_update: bool = False) -> AttemptSnapshot | None:
+    """The attempt, or ``None``.
+
+    In a transaction (``Connection``), ``for_update`` locks the row on PostgreSQL until it ends.
+    Given an ``Engine``, one read in autocommit (straight on psycopg on PostgreSQL, see ``_run``):
+    no ``BEGIN``/``ROLLBACK`` round trips around a read that decides nothing alone.
+    """
+    params = {"attempt_id": attempt_id}
+    if isinstance(db, Engine):
+        if for_update:
+            raise ValueError("a locking read needs the transaction it locks for")
+        direct = for_engine(db)
+        if direct is not None:
+            found = direct.fetch_one(direct.statement(("attempts", "read"), lambda: _READ), params)
+        else:
+            with db.connect() as conn:
+                found = conn.execution_options(isolation_level="AUTOCOMMIT").execute(_READ, params).first()
+    else:
+        found = db.execute(_READ_LOCKED if for_update else _READ, params).first()
+    return AttemptSnapshot(*found) if found is not None else None
+
+
+def history_entry(event: str, detail: str, now: datetime) -> str:
+    """One ``history`` element as JSON text, exactly what :func:`append_history` appends."""
+    return json.dumps({"at": now.isoformat(), "event": event, "detail": detail})
+
+
+def _history_plus_entry(dialect: str) -> Any:
+    """``history`` with the JSON object bound as ``:h_entry`` appended, computed by the database."""
+    entry = sa.bindparam("h_entry", type_=sa.Text())
+    if dialect == "postgresql":
+        return _c.history.op("||")(sa.func.jsonb_build_array(sa.cast(entry, JSONB)))
+    if dialect == "sqlite":
+        return sa.func.json_insert(_c.history, sa.literal_column("'$[#]'"), sa.func.json(entry))
+    raise RuntimeError(f"unsupported database backend {dialect!r}")
+
+
+def _param(name: str, column: str) -> Any:
+    return sa.bindparam(name, type_=_c[column].type)
+
+
+@functools.lru_cache(maxsize=32)
+def _statement(dialect: str, kind: str) -> Any:
+    """The attempt ``UPDATE`` of ``kind``, built once per backend (values come as parameters).
+
+    Building ``update().values()`` per call, and SQLAlchemy's cache-key walk of a new statement
+    object, cost more than running it.
+    """
+    by_id = _c.id == sa.bindparam("w_id")
+    touch = {"history": _history_plus_entry(dialect), "updated_at": _param("now", "updated_at")}
+    if kind == "claim":
+        return (
+            sa.update(_S)
+            .where(by_id, _c.stage == "created")
+            .values(
+                stage=_param("stage", "stage"),
+                consumed_at=_param("now", "consumed_at"),
+                consumed_by=_param("message_id", "consumed_by"),
+                **touch,
+            )
+        )
+    if kind == "stage":
+        return (
+            sa.update(_S)
+            .where(by_id, _c.stage == sa.bindparam("expected"), _c.status == "pending")
+            .values(stage=_param("stage", "stage"), updated_at=_param("now", "updated_at"))
+        )
+    if kind == "tokens":
+        return (
+            sa.update(_S)
+            .where(by_id)
+            .values(token_bundle=_param("bundle", "token_bundle"), app_password=sa.null(), stage="exchanged", **touch)
+        )
+    if kind == "connected":
+        return (
+            sa.update(_S)
+            .where(by_id, _c.status == "pending")
+            .values(
+                status="connected",
+                stage="connected",
+                account_ids=_param("account_ids", "account_ids"),
+                token_bundle=sa.null(),
+                code_verifier=sa.null(),
+                app_password=sa.null(),
+                **touch,
+            )
+        )
+    if kind == "failed":
+        return (
+            sa.update(_S)
+            .where(by_id, _c.status == "pending")
+            .values(
+                status="failed",
+                stage="failed",
+                error_code=_param("error_code", "error_code"),
+                error_message=_param("error_message", "error_message"),
+                token_bundle=sa.null(),
+                code_verifier=sa.null(),
+                app_password=sa.null(),
+                **touch,
+            )
+        )
+    if kind == "append":
+        return sa.update(_S).where(by_id).values(**touch)
+    raise ValueError(f"no attempt statement {kind!r}")
+
+
+#: parameters bound to JSON columns (psycopg needs them wrapped when SQLAlchemy is bypassed)
+_JSON_PARAMS = frozenset({"account_ids"})
+
+#: where an attempt statement runs: an open transaction (``Connection``), or an ``Engine`` for a
+#: statement that is a transaction of its own
+Database = Engine | Connection
+
+
+def _run(db: Database, kind: str, params: dict[str, Any]) -> int:
+    """Run the ``kind`` statement; its row count.
+
+    Given an ``Engine``, the statement is a transaction of its own: on PostgreSQL it runs straight
+    on psycopg in autocommit (``models.direct``; one statement is atomic by itself, and
+    SQLAlchemy's pool-and-transaction machinery around it cost more CPU than the statement), on
+    SQLite in an ordinary ``engine.begin()``.
+    """
+    if isinstance(db, Engine):
+        direct = for_engine(db)
+        if direct is not None:
+            statement = direct.statement(
+                ("attempts", kind), lambda: _statement("postgresql", kind), json_params=_JSON_PARAMS
+            )
+            return direct.execute(statement, params)
+        with db.begin() as conn:
+            return _run(conn, kind, params)
+    result = cast(CursorResult[Any], db.execute(_statement(db.dialect.name, kind), params))
+    return result.rowcount
+
+
+def claim_state(db: Database, attempt_id: str, message_id: str, *, stage: str, now: datetime) -> bool:
+    """Consume the state for ``message_id`` if nobody did (``stage = 'created'``); True when this call won.
+
+    ``stage`` is the stage the attempt moves to: ``consumed``, or ``exchanging`` when the code
+    exchange follows at once (one commit instead of two). ``consumed`` goes to the history.
+    """
+    params = {"w_id": attempt_id, "stage": stage, "now": now, "message_id": message_id}
+    params["h_entry"] = history_entry("consumed", f"message {message_id}", now)
+    return _run(db, "claim", params) == 1
+
+
+def set_stage(db: Database, attempt_id: str, stage: str, *, expected: str, now: datetime) -> bool:
+    """Move a pending attempt from ``expected`` to ``stage``; False when it was not there."""
+    return _run(db, "stage", {"w_id": attempt_id, "stage": stage, "expected": expected, "now": now}) == 1
+
+
+def store_tokens(db: Database, ring: KeyRing, attempt_id: str, tokens: TokenSet, event: str, now: datetime) -> None:
+    """The encrypted token bundle in, an app password cleared, stage ``exchanged``, ``event`` in the history."""
+    params = {"w_id": attempt_id, "bundle": encrypt_token_bundle(ring, attempt_id, tokens), "now": now}
+    params["h_entry"] = history_entry(event, "tokens stored", now)
+    _run(db, "tokens", params)
+
+
+def finish_connected(db: Database, attempt_id: str, account_ids: list[str], now: datetime) -> bool:
+    """Mark a pending attempt connected with its accounts, every secret cleared; False when not pending."""
+    params = {"w_id": attempt_id, "account_ids": account_ids, "now": now}
+    params["h_entry"] = history_entry("connected", ", ".join(account_ids), now)
+    return _run(db, "connected", params) == 1
+
+
+def fail_pending(db: Database, attempt_id: str, code: str, message: str, now: datetime) -> bool:
+    """End a pending attempt as failed with ``code``, every secret cleared; False when not pending."""
+    params = {"w_id": attempt_id, "error_code": code, "error_message": message, "now": now}
+    params["h_entry"] = history_entry("failed", f"{code}: {message}", now)
+    return _run(db, "failed", params) == 1
+
+
+def append_event(db: Database, attempt_id: str, event: str, detail: str, now: datetime) -> None:
+    """Add ``{at, event, detail}`` to the attempt's history (a retry, a deferral, a replay)."""
+    _run(db, "append", {"w_id": attempt_id, "now": now, "h_entry": history_entry(event, detail, now)})

@@ -12,6 +12,11 @@ same message resumes where the previous run stopped:
   without an answer ends as ``exchange_uncertain`` (codes are single-use);
 * accounts are upserted by their unique key in one transaction with the attempt's final state.
 
+Cost (``bench/connect_cpu.py``): a fresh callback is one read and three commits: claim and
+``exchanging`` together (the pause check and the decryption run before it, so a deferral leaves
+nothing claimed), the token bundle, then accounts + events + the attempt's final state. Each is
+a Core statement built once; no ORM object is loaded or flushed (that was most of the CPU).
+
 Functions here never raise platform errors to Dramatiq: :mod:`workers.retrying` decides whether
 to retry (a ``dramatiq.Retry`` propagates) or to fail the attempt with the failing step's code.
 """
@@ -24,15 +29,14 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import dramatiq
 import sqlalchemy as sa
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
 
 from models import attempts, repository
-from models.tables import SocialAccount, SocialOAuthState
+from models.attempts import AttemptSnapshot
 from platforms.base import AccountProfile, PlatformAdapter, TokenSet
 from platforms.http import scrub
 from social_accounts.errors import CryptoError, PlatformError, UnsafeAddress
@@ -54,21 +58,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_states = SocialOAuthState.__table__  # type: ignore[attr-defined]
-_accounts = SocialAccount.__table__  # type: ignore[attr-defined]
 
 #: what the connect actors answer (for logs and tests): the attempt's fate after this run
 Outcome = str
 
 
 # ---- attempt rows -------------------------------------------------------------------------
+#
+# Every write below is one Core statement from ``models.attempts`` (built once per backend). A
+# statement that is a transaction of its own is given the engine: on PostgreSQL it then runs
+# straight on psycopg in autocommit (``models.direct``), which is atomic all the same; reads that
+# decide nothing alone run in autocommit too (no BEGIN/ROLLBACK round trips around one SELECT).
+
+
+def _read(rt: Runtime, attempt_id: str) -> AttemptSnapshot | None:
+    """The attempt as it is now, in autocommit (the write that acts on it re-checks its stage)."""
+    return attempts.read_attempt(rt.engine, attempt_id)
 
 
 def _append(rt: Runtime, attempt_id: str, event: str, detail: str) -> None:
-    with Session(rt.engine) as session, session.begin():
-        row = attempts.load_attempt(session, attempt_id, for_update=True)
-        if row is not None:
-            attempts.append_history(row, event, detail, now=rt.clock())
+    attempts.append_event(rt.engine, attempt_id, event, detail, rt.clock())
 
 
 def note_retry(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay_ms: int | None, retry: int) -> None:
@@ -84,9 +93,8 @@ def note_deferral(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay
 
 def fail_deferred(rt: Runtime, attempt_id: str, *, step: str, reason: str) -> None:
     """A pause would outlast the message (an authorization code lives minutes): fail now, clearly."""
-    with Session(rt.engine) as session:
-        row = session.get(SocialOAuthState, attempt_id)
-        stage = row.stage if row is not None else "created"
+    row = _read(rt, attempt_id)
+    stage = row.stage if row is not None else "created"
     code = "profile_fetch_failed" if stage == "exchanged" else "token_exchange_failed"
     if step == "bluesky_login" and stage != "exchanged":
         code = "login_failed"
@@ -94,53 +102,47 @@ def fail_deferred(rt: Runtime, attempt_id: str, *, step: str, reason: str) -> No
 
 
 def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str) -> None:
-    """End a pending attempt as failed with ``code``; a finished attempt is never changed."""
+    """End a pending attempt as failed with ``code``; a finished attempt is never changed.
+
+    Every secret column is cleared in the same ``UPDATE``: no secret outlives the attempt.
+    """
     now = rt.clock()
-    with Session(rt.engine) as session, session.begin():
-        row = attempts.load_attempt(session, attempt_id, for_update=True)
+    message = scrub(reason)
+    with rt.engine.begin() as conn:
+        row = attempts.read_attempt(conn, attempt_id, for_update=True)
         if row is None or row.status != "pending":
             return
-        row.status, row.stage, row.error_code = "failed", "failed", code
-        row.error_message = scrub(reason)
-        row.token_bundle = row.app_password = row.code_verifier = None  # no secret outlives the attempt
-        attempts.append_history(row, "failed", f"{code}: {scrub(reason)}", now=now)
-        platform = row.platform
-    ATTEMPTS.labels(platform, "failed").inc()
+        attempts.fail_pending(conn, attempt_id, code, message, now)
+    ATTEMPTS.labels(row.platform, "failed").inc()
     log.info(
         "attempt %s failed: %s (%s)",
         attempt_id,
         code,
-        scrub(reason),
-        extra={"attempt_id": attempt_id, "platform": platform, "outcome": "failed", "error_code": code},
+        message,
+        extra={"attempt_id": attempt_id, "platform": row.platform, "outcome": "failed", "error_code": code},
     )
 
 
-def claim(rt: Runtime, attempt_id: str, message_id: str) -> SocialOAuthState | None:
+def claim(rt: Runtime, attempt_id: str, message_id: str) -> AttemptSnapshot | None:
     """Consume the attempt's state for ``message_id``; None when this message must stop here.
 
     The first message wins atomically. The same message again (a retry, or a redelivery after a
     worker died) gets the row back and resumes; another message is a replay: ``state_reused``.
     """
     now = rt.clock()
-    with Session(rt.engine, expire_on_commit=False) as session, session.begin():
-        result = session.execute(
-            sa.update(_states)
-            .where(_states.c.id == attempt_id, _states.c.stage == "created")
-            .values(stage="consumed", consumed_at=now, consumed_by=message_id, updated_at=now)
-        )
-        won = cast(CursorResult[Any], result).rowcount == 1
-        row = attempts.load_attempt(session, attempt_id, for_update=True)
+    with rt.engine.begin() as conn:
+        won = attempts.claim_state(conn, attempt_id, message_id, stage="consumed", now=now)
+        row = attempts.read_attempt(conn, attempt_id, for_update=True)
         if row is None:
             log.warning("message for unknown attempt %s dropped", attempt_id)
             return None
         if won:
-            attempts.append_history(row, "consumed", f"message {message_id}", now=now)
             return row
         if row.consumed_by == message_id:
             return row if row.status == "pending" else None  # finished already: nothing to resume
-        attempts.append_history(row, "state_reused", f"message {message_id} ignored", now=now)
-        log.warning("attempt %s: state reused by another message, ignored", attempt_id)
-        return None
+        attempts.append_event(conn, attempt_id, "state_reused", f"message {message_id} ignored", now)
+    log.warning("attempt %s: state reused by another message, ignored", attempt_id)
+    return None
 
 
 #: the stage while a code exchange is in flight (a redelivery that finds it knows a worker died)
@@ -149,12 +151,7 @@ EXCHANGING = "exchanging"
 
 def _set_stage(rt: Runtime, attempt_id: str, stage: str, *, expected: str) -> None:
     """Move a pending attempt from ``expected`` to ``stage`` (committed before the next step)."""
-    with Session(rt.engine) as session, session.begin():
-        session.execute(
-            sa.update(_states)
-            .where(_states.c.id == attempt_id, _states.c.stage == expected, _states.c.status == "pending")
-            .values(stage=stage, updated_at=rt.clock())
-        )
+    attempts.set_stage(rt.engine, attempt_id, stage, expected=expected, now=rt.clock())
 
 
 #: how long a fresh token set waits for the database to come back before it is given up
@@ -166,13 +163,15 @@ def _store_tokens(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) ->
 
     The tokens exist only in this process's memory and the code that bought them is spent: a
     Dramatiq retry could not get them again (the next run ends ``exchange_uncertain``). So a
-    lost connection is retried here, with backoff, for :data:`STORE_PATIENCE_SECONDS`.
+    lost connection is retried here, with backoff, for :data:`STORE_PATIENCE_SECONDS`. This is
+    its own commit, with ``synchronous_commit`` left on: it must be durable before the profile
+    call, or a crash after it would leave a spent code and no tokens.
     """
     deadline = time.monotonic() + STORE_PATIENCE_SECONDS
     pause = 0.25
     while True:
         try:
-            _store_tokens_once(rt, attempt_id, tokens, event)
+            attempts.store_tokens(rt.engine, rt.ring, attempt_id, tokens, event, rt.clock())
             return
         except sa.exc.OperationalError:
             if time.monotonic() + pause > deadline:
@@ -180,19 +179,6 @@ def _store_tokens(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) ->
             log.warning("attempt %s: database unavailable while storing tokens; trying again", attempt_id)
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
-
-
-def _store_tokens_once(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) -> None:
-    """One transaction: the encrypted token bundle in; an app password cleared in the same commit."""
-    now = rt.clock()
-    with Session(rt.engine) as session, session.begin():
-        row = attempts.load_attempt(session, attempt_id, for_update=True)
-        if row is None:
-            return
-        attempts.store_token_bundle(rt.ring, row, tokens)
-        row.app_password = None
-        row.stage = "exchanged"
-        attempts.append_history(row, event, "tokens stored", now=now)
 
 
 # ---- the steps ----------------------------------------------------------------------------
@@ -237,16 +223,25 @@ def _pause_check(rt: Runtime, platform: str) -> None:
         raise retrying.Deferred(wait, f"{platform} is cooling down")
 
 
-def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery: retrying.Delivery) -> TokenSet | None:
-    """The token set of this attempt: from ``token_bundle`` when stored, else by exchanging once."""
+def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> tuple[str, str | None]:
+    """The authorization code and the PKCE verifier (``CryptoError`` when either is unreadable)."""
+    code = rt.ring.decrypt(code_enc, table="message", column="code", row_id=row.id)
+    return code, attempts.attempt_secret(rt.ring, row, "code_verifier")
+
+
+def _exchange(rt: Runtime, row: AttemptSnapshot, code_enc: str | None, delivery: retrying.Delivery) -> TokenSet | None:
+    """The token set of a claimed attempt: from ``token_bundle`` when stored, else by exchanging once.
+
+    This is the general path (a retry or a redelivery resumes here); a fresh callback takes
+    :func:`_claim_and_exchange`, which folds the ``exchanging`` mark into the claim.
+    """
     if row.token_bundle:
         return attempts.read_token_bundle(rt.ring, row)
     if not code_enc:
         fail_attempt(rt, row.id, "token_exchange_failed", "the callback carried no code")
         return None
     try:
-        code = rt.ring.decrypt(code_enc, table="message", column="code", row_id=row.id)
-        verifier = attempts.attempt_secret(rt.ring, row, "code_verifier")
+        secrets = _decrypt_code(rt, row, code_enc)
     except CryptoError as exc:
         fail_attempt(rt, row.id, "token_exchange_failed", f"unreadable code or verifier ({type(exc).__name__})")
         return None
@@ -258,6 +253,20 @@ def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery
     _pause_check(rt, row.platform)
     adapter = adapter_for(rt, row.platform)
     _set_stage(rt, row.id, EXCHANGING, expected=row.stage)
+    return _exchange_marked(rt, row, adapter, secrets, delivery, before=row.stage)
+
+
+def _exchange_marked(
+    rt: Runtime,
+    row: AttemptSnapshot,
+    adapter: PlatformAdapter,
+    secrets: tuple[str, str | None],
+    delivery: retrying.Delivery,
+    *,
+    before: str,
+) -> TokenSet | None:
+    """Spend the code (the attempt is committed as ``exchanging``) and store what it bought at once."""
+    code, verifier = secrets
     try:
         tokens = _call(
             rt,
@@ -271,11 +280,39 @@ def _exchange(rt: Runtime, row: SocialOAuthState, code_enc: str | None, delivery
             ),
         )
     except dramatiq.Retry:
-        _set_stage(rt, row.id, row.stage, expected=EXCHANGING)  # the platform refused: the code was not spent
+        _set_stage(rt, row.id, before, expected=EXCHANGING)  # the platform refused: the code was not spent
         raise
     if tokens is not None:
         _store_tokens(rt, row.id, tokens, "exchanged")
     return tokens
+
+
+class _NotClaimed(Exception):
+    """The fresh-callback path stepped aside, having changed nothing: the general path decides."""
+
+
+def _claim_and_exchange(
+    rt: Runtime, row: AttemptSnapshot, code_enc: str, delivery: retrying.Delivery
+) -> TokenSet | None:
+    """A fresh callback's claim and exchange with one commit before the call instead of two.
+
+    Everything that could stop the step before the call (an unreadable code or verifier, an
+    app-wide cooldown) is settled first, so the claim can commit the attempt straight to
+    ``exchanging``: a deferral never leaves a claimed attempt marked ``exchanging`` (which a
+    redelivery would take for a worker that died mid-exchange). Raises ``_NotClaimed``, with
+    nothing changed, when the general path must decide (unreadable secrets: it claims, then
+    fails the attempt; another message won the state meanwhile: a replay). Returns the tokens,
+    or None when the attempt failed.
+    """
+    try:
+        secrets = _decrypt_code(rt, row, code_enc)
+    except CryptoError:
+        raise _NotClaimed from None
+    _pause_check(rt, row.platform)  # raises Deferred: nothing is claimed yet
+    adapter = adapter_for(rt, row.platform)
+    if not attempts.claim_state(rt.engine, row.id, delivery.message_id, stage=EXCHANGING, now=rt.clock()):
+        raise _NotClaimed
+    return _exchange_marked(rt, row, adapter, secrets, delivery, before="consumed")
 
 
 def next_refresh_at(
@@ -296,45 +333,20 @@ def next_refresh_at(
     return tokens.expires_at - lead - timedelta(seconds=jitter)
 
 
-def _save_accounts(
-    rt: Runtime, row: SocialOAuthState, adapter: PlatformAdapter, profiles: list[AccountProfile]
-) -> None:
-    """Upsert every account and mark the attempt connected, all in one transaction."""
-    now = rt.clock()
-    ids: list[str] = []
-    with Session(rt.engine) as session, session.begin():
-        for profile in profiles:
-            # issued_at lets a refresh cap its lead at half the token's lifetime (CONTRACT.md)
-            stamped = profile.tokens.replace(metadata={**profile.tokens.metadata, "issued_at": now.isoformat()})
-            profile = dataclasses.replace(profile, tokens=stamped)
-            account_id, inserted = repository.upsert_account(
-                session,
-                rt.ring,
-                site_id=row.site_id,
-                platform=row.platform,
-                user_id=row.user_id,
-                profile=profile,
-                next_refresh_at=next_refresh_at(profile.tokens, adapter.refresh_margin, now),
-                now=now,
-            )
-            _first_sync_turn(session, rt, account_id, now)
-            repository.record_event(
-                session,
-                kind="connected",
-                account_id=account_id,
-                site_id=row.site_id,
-                platform=row.platform,
-                reason="connected" if inserted else "reconnected",
-                data={"attempt_id": row.id},
-                now=now,
-            )
-            ids.append(account_id)
-        locked = attempts.load_attempt(session, row.id, for_update=True)
-        if locked is None or locked.status != "pending":
-            return
-        locked.status, locked.stage, locked.account_ids = "connected", "connected", ids
-        locked.token_bundle = locked.code_verifier = locked.app_password = None
-        attempts.append_history(locked, "connected", ", ".join(ids), now=now)
+def _save_accounts(rt: Runtime, row: AttemptSnapshot, adapter: PlatformAdapter, profiles: list[AccountProfile]) -> None:
+    """Upsert every account, record the events and mark the attempt connected, all in one transaction.
+
+    The upserts take no savepoint: when two connects of the same account race on the insert
+    (see ``repository.upsert_account``), the whole transaction is run once more, and by then the
+    other row is committed, so the upsert takes its ``DO UPDATE`` branch. ``synchronous_commit``
+    stays on: this commit holds tokens the platform will not hand out again.
+    """
+    try:
+        ids, finished = _save_accounts_once(rt, row, adapter, profiles)
+    except IntegrityError:
+        ids, finished = _save_accounts_once(rt, row, adapter, profiles)
+    if not finished:
+        return  # the attempt ended meanwhile (timed out): the accounts are saved, nothing to report
     ATTEMPTS.labels(row.platform, "connected").inc()
     for account_id in ids:
         log.info(
@@ -343,21 +355,57 @@ def _save_accounts(
         )
 
 
-def _first_sync_turn(session: Session, rt: Runtime, account_id: str, now: datetime) -> None:
+def _save_accounts_once(
+    rt: Runtime, row: AttemptSnapshot, adapter: PlatformAdapter, profiles: list[AccountProfile]
+) -> tuple[list[str], bool]:
+    now = rt.clock()
+    ids: list[str] = []
+    events: list[dict[str, Any]] = []
+    with rt.engine.begin() as conn:
+        for profile in profiles:
+            # issued_at lets a refresh cap its lead at half the token's lifetime (CONTRACT.md)
+            stamped = profile.tokens.replace(metadata={**profile.tokens.metadata, "issued_at": now.isoformat()})
+            profile = dataclasses.replace(profile, tokens=stamped)
+            account_id, inserted = repository.upsert_account(
+                conn,
+                rt.ring,
+                site_id=row.site_id,
+                platform=row.platform,
+                user_id=row.user_id,
+                profile=profile,
+                next_refresh_at=next_refresh_at(profile.tokens, adapter.refresh_margin, now),
+                now=now,
+                next_sync_at=_first_sync_turn(rt, now),
+                savepoint=False,
+            )
+            events.append(
+                repository.event_values(
+                    kind="connected",
+                    account_id=account_id,
+                    site_id=row.site_id,
+                    platform=row.platform,
+                    reason="connected" if inserted else "reconnected",
+                    data={"attempt_id": row.id},
+                    now=now,
+                )
+            )
+            ids.append(account_id)
+        repository.record_events(conn, events)
+        finished = attempts.finish_connected(conn, row.id, ids, now)
+    return ids, finished
+
+
+def _first_sync_turn(rt: Runtime, now: datetime) -> datetime:
     """A new account's first stats sync: a random moment within one sync period.
 
     Accounts connected together (a person with twenty Pages) then never sync in one burst; the
-    scheduler's claim sets every later turn. An account that already has a turn keeps it.
+    scheduler's claim sets every later turn. An account that already has a turn keeps it (the
+    upsert only fills an empty ``next_sync_at``).
     """
-    first = now + timedelta(seconds=random.uniform(0, rt.settings.sync_every_seconds))
-    session.execute(
-        sa.update(_accounts)
-        .where(_accounts.c.id == account_id, _accounts.c.next_sync_at.is_(None))
-        .values(next_sync_at=first)
-    )
+    return now + timedelta(seconds=random.uniform(0, rt.settings.sync_every_seconds))
 
 
-def _finish(rt: Runtime, row: SocialOAuthState, tokens: TokenSet, delivery: retrying.Delivery) -> Outcome:
+def _finish(rt: Runtime, row: AttemptSnapshot, tokens: TokenSet, delivery: retrying.Delivery) -> Outcome:
     """Fetch the accounts the token reaches and save them."""
     _pause_check(rt, row.platform)
     adapter = adapter_for(rt, row.platform)
@@ -390,7 +438,21 @@ def handle_code_received(
     error_description: str | None,
     delivery: retrying.Delivery,
 ) -> Outcome:
-    """The whole OAuth connect for one callback; returns the attempt's fate after this run."""
+    """The whole OAuth connect for one callback; returns the attempt's fate after this run.
+
+    A fresh callback (the attempt still ``created``, a code, no error) takes the short path:
+    one read, then claim and ``exchanging`` in one commit. Everything else (a retry or a
+    redelivery of the claiming message, a replay, an error callback) takes the general one.
+    """
+    if code_enc and not error:
+        fresh = _read(rt, attempt_id)
+        if fresh is not None and fresh.stage == "created":
+            try:
+                tokens: TokenSet | None = _claim_and_exchange(rt, fresh, code_enc, delivery)
+            except _NotClaimed:
+                pass
+            else:
+                return "failed" if tokens is None else _finish(rt, fresh, tokens, delivery)
     row = claim(rt, attempt_id, delivery.message_id)
     if row is None:
         return "ignored"
@@ -418,7 +480,7 @@ def handle_bluesky_login(rt: Runtime, *, attempt_id: str, delivery: retrying.Del
     return _finish(rt, row, tokens, delivery)
 
 
-def _login(rt: Runtime, row: SocialOAuthState, delivery: retrying.Delivery) -> TokenSet | None:
+def _login(rt: Runtime, row: AttemptSnapshot, delivery: retrying.Delivery) -> TokenSet | None:
     try:
         password = attempts.attempt_secret(rt.ring, row, "app_password")
     except CryptoError as exc:
@@ -447,9 +509,8 @@ def _login(rt: Runtime, row: SocialOAuthState, delivery: retrying.Delivery) -> T
 
 def fail_exhausted(rt: Runtime, attempt_id: str, actor_name: str, reason: str) -> None:
     """Retries ran out on an unforeseen error: fail with the code of the step it stopped in."""
-    with Session(rt.engine) as session:
-        row = session.get(SocialOAuthState, attempt_id)
-        stage = row.stage if row is not None else "created"
+    row = _read(rt, attempt_id)
+    stage = row.stage if row is not None else "created"
     if stage == "exchanged":
         code = "save_failed"
     elif stage == EXCHANGING:
