@@ -311,6 +311,12 @@ def _statement(dialect: str, kind: str) -> Any:
     raise ValueError(f"no attempt statement {kind!r}")
 
 
+def connected_update(dialect: str) -> Any:
+    """The ``UPDATE`` that marks a pending attempt connected (params ``w_id``, ``account_ids``,
+    ``now``, ``h_entry``), for statements that embed it (``repository.save_connected_accounts``)."""
+    return _statement(dialect, "connected")
+
+
 #: parameters bound to JSON columns (psycopg needs them wrapped when SQLAlchemy is bypassed)
 _JSON_PARAMS = frozenset({"account_ids"})
 

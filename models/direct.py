@@ -40,7 +40,9 @@ class DirectStatement:
         #: binds with a value of their own (``token_version + 1``'s 1), sent unless overridden
         defaults = cast(Any, compiled).construct_params(_check=False) or {}
         self.defaults = {k: v for k, v in defaults.items() if v is not None}
-        self.json_params = json_params
+        #: JSON-typed binds (SQLAlchemy would serialize them; psycopg needs them wrapped)
+        typed = {bind.key for bind in cast(Any, compiled).binds.values() if isinstance(bind.type, sa.JSON)}
+        self.json_params = frozenset(json_params | typed)
 
     def params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         params = {**self.defaults, **given}
@@ -89,6 +91,8 @@ class DirectSession:
             if lost:
                 fairy.invalidate(exc)
             raise sa.exc.OperationalError("direct statement", None, exc, connection_invalidated=lost) from None
+        except psycopg.IntegrityError as exc:  # what callers catch to retry a racing insert
+            raise sa.exc.IntegrityError("direct statement", None, exc) from None
         finally:
             if not (conn.closed or conn.broken):
                 conn.autocommit = False

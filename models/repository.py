@@ -30,7 +30,10 @@ from sqlalchemy.orm import Session
 from models.attempts import (
     append_history,
     attempt_secret,
+    connected_update,
     create_attempt,
+    finish_connected,
+    history_entry,
     load_attempt,
     read_token_bundle,
     store_token_bundle,
@@ -48,6 +51,7 @@ from platforms.base import AccountProfile, TokenSet
 
 __all__ = [
     "AccountSnapshot",
+    "ConnectedAccount",
     "LoadedAccount",
     "MastodonAppRecord",
     "account_public_dict",
@@ -67,6 +71,7 @@ __all__ = [
     "record_event",
     "record_events",
     "save_mastodon_app",
+    "save_connected_accounts",
     "save_refresh_if_unchanged",
     "save_refreshed_tokens",
     "store_token_bundle",
@@ -250,10 +255,54 @@ def upsert_account(
     ``IntegrityError``, like the connect worker) saves the SAVEPOINT/RELEASE round trips; the
     race described below then surfaces to that caller instead of being retried here.
     """
+    values = upsert_values(
+        ring,
+        site_id=site_id,
+        platform=platform,
+        user_id=user_id,
+        profile=profile,
+        next_refresh_at=next_refresh_at,
+        now=now,
+        next_sync_at=next_sync_at,
+    )
+    acc_id = values["id"]
+    dialect = session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
+    stmt = _upsert_statement(dialect, bool(profile.tokens.scopes))
+    if not savepoint:
+        version = session.execute(stmt, values).scalar_one()
+        _forget(session, acc_id)
+        return acc_id, version == 0
+    try:
+        # A savepoint, so the retry below does not abort the caller's transaction.
+        with session.begin_nested():
+            version = session.execute(stmt, values).scalar_one()
+    except IntegrityError:
+        # Two connects of the same account at the same instant: the account has two equivalent
+        # unique keys (the deterministic id and the contract's triple), and PostgreSQL's ON CONFLICT
+        # arbitrates only one; the other one raises when the concurrent insert commits first. By
+        # now that row is committed, so the second try takes the DO UPDATE branch.
+        with session.begin_nested():
+            version = session.execute(stmt, values).scalar_one()
+    _forget(session, acc_id)
+    return acc_id, version == 0
+
+
+def upsert_values(
+    ring: KeyRing,
+    *,
+    site_id: str,
+    platform: str,
+    user_id: str | None,
+    profile: AccountProfile,
+    next_refresh_at: datetime | None,
+    now: datetime,
+    next_sync_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The column values ``upsert_account`` inserts for ``profile`` (tokens encrypted)."""
     acc_id = make_account_id(site_id, platform, profile.platform_account_id)
     tokens, stats = profile.tokens, profile.stats
     has_stats = any(v is not None for v in (stats.followers, stats.following, stats.posts, stats.engagement_rate))
-    values: dict[str, Any] = {
+    return {
         "id": acc_id,
         "site_id": site_id,
         "platform": platform,
@@ -283,25 +332,6 @@ def upsert_account(
         "refresh_model": profile.refresh_model,
         "next_sync_at": next_sync_at,
     }
-    dialect = session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
-    stmt = _upsert_statement(dialect, bool(tokens.scopes))
-    if not savepoint:
-        version = session.execute(stmt, values).scalar_one()
-        _forget(session, acc_id)
-        return acc_id, version == 0
-    try:
-        # A savepoint, so the retry below does not abort the caller's transaction.
-        with session.begin_nested():
-            version = session.execute(stmt, values).scalar_one()
-    except IntegrityError:
-        # Two connects of the same account at the same instant: the account has two equivalent
-        # unique keys (the deterministic id and the contract's triple), and PostgreSQL's ON CONFLICT
-        # arbitrates only one; the other one raises when the concurrent insert commits first. By
-        # now that row is committed, so the second try takes the DO UPDATE branch.
-        with session.begin_nested():
-            version = session.execute(stmt, values).scalar_one()
-    _forget(session, acc_id)
-    return acc_id, version == 0
 
 
 #: ``INSERT … ON CONFLICT`` per backend (as ``models.dialect.upsert_insert``, keyed by name so the
@@ -318,7 +348,12 @@ def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
     """
     if dialect not in _INSERTS:
         raise RuntimeError(f"unsupported database backend {dialect!r}")
-    stmt = _INSERTS[dialect](ACCOUNTS)
+    return _on_conflict_update(_INSERTS[dialect](ACCOUNTS), with_scopes)
+
+
+def _on_conflict_update(stmt: Any, with_scopes: bool) -> Any:
+    """``stmt`` (an ``INSERT`` into social_accounts) made the account upsert: ``DO UPDATE`` that
+    never overwrites a value with an empty one, ``RETURNING token_version`` (0: inserted)."""
     new, cur = stmt.excluded, ACCOUNTS.c
 
     def keep(name: str) -> Any:  # the new value, unless it is NULL
@@ -354,6 +389,155 @@ def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
     return stmt.on_conflict_do_update(
         index_elements=[cur.site_id, cur.platform, cur.platform_account_id], set_=set_
     ).returning(cur.token_version)
+
+
+@dataclass(frozen=True)
+class ConnectedAccount:
+    """One account a connect saves: its profile and its first refresh and sync turns."""
+
+    profile: AccountProfile
+    next_refresh_at: datetime | None
+    next_sync_at: datetime | None
+
+
+def save_connected_accounts(
+    engine: Engine,
+    ring: KeyRing,
+    *,
+    attempt_id: str,
+    site_id: str,
+    platform: str,
+    user_id: str | None,
+    accounts: list[ConnectedAccount],
+    now: datetime,
+) -> tuple[list[tuple[str, bool]], bool]:
+    """Upsert every account, record a ``connected`` event for each (reason ``connected`` or
+    ``reconnected``) and mark the attempt connected, as one transaction.
+
+    Returns ``([(account_id, inserted)...], finished)``; ``finished`` is False when the attempt was
+    no longer pending (the accounts are saved all the same). On PostgreSQL it is ONE statement,
+    run on psycopg directly (``models.direct``): the upserts, the events and the attempt's
+    ``UPDATE`` as data-modifying CTEs, one round trip instead of five. Elsewhere it is the same
+    work statement by statement in one transaction. A racing insert of the same account raises
+    ``IntegrityError`` with nothing written (see ``upsert_account``): the caller runs it again.
+    """
+    rows = [
+        upsert_values(
+            ring,
+            site_id=site_id,
+            platform=platform,
+            user_id=user_id,
+            profile=account.profile,
+            next_refresh_at=account.next_refresh_at,
+            now=now,
+            next_sync_at=account.next_sync_at,
+        )
+        for account in accounts
+    ]
+    events = [
+        event_values(
+            kind="connected",
+            account_id=row["id"],
+            site_id=site_id,
+            platform=platform,
+            data={"attempt_id": attempt_id},
+            now=now,
+        )
+        for row in rows
+    ]
+    ids = [str(row["id"]) for row in rows]
+    direct = for_engine(engine)
+    if direct is None or not rows:
+        with engine.begin() as conn:
+            saved = []
+            for row, event, account in zip(rows, events, accounts, strict=True):
+                stmt = _upsert_statement(conn.dialect.name, bool(account.profile.tokens.scopes))
+                inserted = conn.execute(stmt, row).scalar_one() == 0
+                event["reason"] = "connected" if inserted else "reconnected"
+                saved.append((str(row["id"]), inserted))
+            record_events(conn, events)
+            finished = finish_connected(conn, attempt_id, ids, now)
+        return saved, finished
+    shape = tuple(bool(account.profile.tokens.scopes) for account in accounts)
+    params: dict[str, Any] = {"w_id": attempt_id, "account_ids": ids, "now": now}
+    params["h_entry"] = history_entry("connected", ", ".join(ids), now)
+    for i, (row, event) in enumerate(zip(rows, events, strict=True)):
+        params.update({f"p{i}_{name}": value for name, value in row.items()})
+        params.update({f"e{i}_{name}": event[name] for name in ("id", "data", "created_at")})
+    found = direct.fetch_one(direct.statement(("connect_save", shape), lambda: _connect_save(shape)), params)
+    assert found is not None
+    *versions, finished, _logged = found
+    return [(account_id, version == 0) for account_id, version in zip(ids, versions, strict=True)], bool(finished)
+
+
+def _connect_save(shape: tuple[bool, ...]) -> sa.Select[Any]:
+    """``WITH a0 AS (<upsert> RETURNING id, token_version), …, ev AS (INSERT INTO events …),
+    fin AS (<attempt connected> RETURNING id) SELECT <each token_version>, <fin's count>``.
+
+    One upsert per account with its own parameters (``p<i>_<column>``); the event's reason is
+    read from the upsert (``token_version`` 0: inserted). PostgreSQL runs every data-modifying
+    CTE to completion whether or not the final ``SELECT`` reads it.
+    """
+    upserts = []
+    for i, with_scopes in enumerate(shape):
+        values = {name: sa.bindparam(f"p{i}_{name}", type_=ACCOUNTS.c[name].type) for name in _UPSERT_COLUMNS}
+        insert = _on_conflict_update(postgresql.insert(ACCOUNTS).values(values), with_scopes)
+        upserts.append(insert.returning(ACCOUNTS.c.id, ACCOUNTS.c.site_id, ACCOUNTS.c.platform).cte(f"a{i}"))
+    rows = [
+        sa.select(
+            sa.bindparam(f"e{i}_id", type_=EVENTS.c.id.type),
+            up.c.id,
+            up.c.site_id,
+            up.c.platform,
+            sa.literal("connected", EVENTS.c.kind.type),
+            sa.case((up.c.token_version == 0, "connected"), else_="reconnected"),
+            sa.bindparam(f"e{i}_data", type_=EVENTS.c.data.type),
+            sa.bindparam(f"e{i}_created_at", type_=EVENTS.c.created_at.type),
+        ).select_from(up)
+        for i, up in enumerate(upserts)
+    ]
+    source = rows[0] if len(rows) == 1 else sa.union_all(*rows)
+    columns = ["id", "account_id", "site_id", "platform", "kind", "reason", "data", "created_at"]
+    logged = sa.insert(EVENTS).from_select(columns, source, include_defaults=False).returning(EVENTS.c.id).cte("ev")
+    finished = connected_update("postgresql").returning(sa.literal_column("1")).cte("fin")
+    return sa.select(
+        *(sa.select(up.c.token_version).scalar_subquery() for up in upserts),
+        sa.select(sa.func.count()).select_from(finished).scalar_subquery(),
+        sa.select(sa.func.count()).select_from(logged).scalar_subquery(),
+    )
+
+
+#: the columns ``upsert_values`` fills
+_UPSERT_COLUMNS = (
+    "id",
+    "site_id",
+    "platform",
+    "platform_account_id",
+    "account_name",
+    "account_handle",
+    "account_avatar",
+    "access_token",
+    "refresh_token",
+    "token_expires_at",
+    "refresh_token_expires_at",
+    "scopes",
+    "followers_count",
+    "following_count",
+    "posts_count",
+    "engagement_rate",
+    "last_synced_at",
+    "status",
+    "health_score",
+    "token_metadata",
+    "created_at",
+    "updated_at",
+    "token_version",
+    "next_refresh_at",
+    "consecutive_failures",
+    "user_id",
+    "refresh_model",
+    "next_sync_at",
+)
 
 
 def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAccount | None:

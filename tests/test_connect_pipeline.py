@@ -175,16 +175,16 @@ def test_duplicate_arriving_first_wins_only_once(pipeline: Pipeline) -> None:
 def test_worker_dying_after_the_exchange_resumes_from_stored_tokens(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_upsert = connect.repository.upsert_account
+    real_save = connect.repository.save_connected_accounts
     calls = {"n": 0}
 
     def dies_once(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("worker died here")
-        return real_upsert(*args, **kwargs)
+        return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(connect.repository, "upsert_account", dies_once)
+    monkeypatch.setattr(connect.repository, "save_connected_accounts", dies_once)
     attempt_id, _ = pipeline.connect(MAIN)
 
     row = pipeline.wait_for(attempt_id)
@@ -211,7 +211,7 @@ def test_redelivery_of_the_same_message_continues_but_another_message_does_not(
     def crash(*args: Any, **kw: Any) -> Any:
         raise KeyboardInterrupt  # not an Exception: nothing in the pipeline may swallow it
 
-    monkeypatch.setattr(connect.repository, "upsert_account", crash)
+    monkeypatch.setattr(connect.repository, "save_connected_accounts", crash)
     with pytest.raises(KeyboardInterrupt):
         connect.handle_code_received(runtime.current(), delivery=delivery, **kwargs)
     monkeypatch.undo()

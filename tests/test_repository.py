@@ -24,6 +24,7 @@ from models.engine import make_engine
 from models.public import PUBLIC_COLUMNS
 from models.repository import (
     AccountSnapshot,
+    ConnectedAccount,
     account_public_dict,
     append_history,
     attempt_secret,
@@ -37,6 +38,7 @@ from models.repository import (
     load_attempt,
     read_token_bundle,
     record_event,
+    save_connected_accounts,
     save_mastodon_app,
     save_refresh_if_unchanged,
     save_refreshed_tokens,
@@ -391,3 +393,79 @@ def test_public_dict_never_carries_tokens(engine: Engine, ring: KeyRing) -> None
 def test_health_reason_in_words(fields: dict[str, object], expected: str) -> None:
     row = SocialAccount(id="a", site_id="s", platform="x", platform_account_id="p", **fields)  # type: ignore[arg-type]
     assert expected in health_reason(row)
+
+
+# ---- a connect's save: accounts, events and the attempt in one transaction ---------------------
+
+
+def _new_attempt(engine: Engine, ring: KeyRing) -> str:
+    with Session(engine) as s, s.begin():
+        return create_attempt(
+            s,
+            ring,
+            platform="facebook",
+            site_id="site-1",
+            user_id="u1",
+            expires_at=NOW + timedelta(minutes=10),
+            now=NOW,
+        )
+
+
+def _check_connect_save(engine: Engine, ring: KeyRing) -> None:
+    pages = [
+        ConnectedAccount(profile(f"AT-{n}", f"RT-{n}", pid=f"page-{n}"), NOW + timedelta(hours=1), NOW)
+        for n in range(3)
+    ]
+    first = _new_attempt(engine, ring)
+    saved, finished = save_connected_accounts(
+        engine, ring, attempt_id=first, site_id="site-1", platform="facebook", user_id="u1", accounts=pages, now=NOW
+    )
+    assert finished and [inserted for _, inserted in saved] == [True, True, True]
+    ids = [account_id for account_id, _ in saved]
+    with Session(engine) as s:
+        attempt = load_attempt(s, first)
+        assert attempt is not None and attempt.status == "connected" and list(attempt.account_ids) == ids
+        assert attempt.history[-1]["event"] == "connected"
+        reasons = (
+            s.execute(
+                sa.select(SocialAccountEvent.reason)
+                .where(SocialAccountEvent.kind == "connected")
+                .order_by(SocialAccountEvent.account_id)
+            )
+            .scalars()
+            .all()
+        )
+        assert sorted(reasons) == ["connected"] * 3
+        loaded = load_account(s, ring, ids[1])
+        assert loaded is not None and loaded.tokens.access_token == "AT-1" and loaded.token_version == 0
+
+    # the same pages again, on an attempt that already ended: updated in place, reason
+    # "reconnected", and the attempt is left as it is
+    again, finished_again = save_connected_accounts(
+        engine, ring, attempt_id=first, site_id="site-1", platform="facebook", user_id="u1", accounts=pages, now=NOW
+    )
+    assert not finished_again and again == [(account_id, False) for account_id in ids]
+    with Session(engine) as s:
+        assert count_accounts(engine) == 3
+        reasons = (
+            s.execute(sa.select(SocialAccountEvent.reason).where(SocialAccountEvent.kind == "connected"))
+            .scalars()
+            .all()
+        )
+        assert sorted(reasons) == ["connected"] * 3 + ["reconnected"] * 3
+        loaded = load_account(s, ring, ids[1])
+        assert loaded is not None and loaded.token_version == 1
+
+
+def test_connect_save_is_one_statement_on_postgres(engine: Engine, ring: KeyRing) -> None:
+    _check_connect_save(engine, ring)
+
+
+def test_connect_save_on_sqlite(tmp_path: Path, ring: KeyRing) -> None:
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    migrate.upgrade(url)
+    eng = make_engine(url)
+    try:
+        _check_connect_save(eng, ring)
+    finally:
+        eng.dispose()

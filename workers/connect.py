@@ -359,40 +359,28 @@ def _save_accounts_once(
     rt: Runtime, row: AttemptSnapshot, adapter: PlatformAdapter, profiles: list[AccountProfile]
 ) -> tuple[list[str], bool]:
     now = rt.clock()
-    ids: list[str] = []
-    events: list[dict[str, Any]] = []
-    with rt.engine.begin() as conn:
-        for profile in profiles:
-            # issued_at lets a refresh cap its lead at half the token's lifetime (CONTRACT.md)
-            stamped = profile.tokens.replace(metadata={**profile.tokens.metadata, "issued_at": now.isoformat()})
-            profile = dataclasses.replace(profile, tokens=stamped)
-            account_id, inserted = repository.upsert_account(
-                conn,
-                rt.ring,
-                site_id=row.site_id,
-                platform=row.platform,
-                user_id=row.user_id,
-                profile=profile,
-                next_refresh_at=next_refresh_at(profile.tokens, adapter.refresh_margin, now),
-                now=now,
+    accounts = []
+    for profile in profiles:
+        # issued_at lets a refresh cap its lead at half the token's lifetime (CONTRACT.md)
+        stamped = profile.tokens.replace(metadata={**profile.tokens.metadata, "issued_at": now.isoformat()})
+        accounts.append(
+            repository.ConnectedAccount(
+                profile=dataclasses.replace(profile, tokens=stamped),
+                next_refresh_at=next_refresh_at(stamped, adapter.refresh_margin, now),
                 next_sync_at=_first_sync_turn(rt, now),
-                savepoint=False,
             )
-            events.append(
-                repository.event_values(
-                    kind="connected",
-                    account_id=account_id,
-                    site_id=row.site_id,
-                    platform=row.platform,
-                    reason="connected" if inserted else "reconnected",
-                    data={"attempt_id": row.id},
-                    now=now,
-                )
-            )
-            ids.append(account_id)
-        repository.record_events(conn, events)
-        finished = attempts.finish_connected(conn, row.id, ids, now)
-    return ids, finished
+        )
+    saved, finished = repository.save_connected_accounts(
+        rt.engine,
+        rt.ring,
+        attempt_id=row.id,
+        site_id=row.site_id,
+        platform=row.platform,
+        user_id=row.user_id,
+        accounts=accounts,
+        now=now,
+    )
+    return [account_id for account_id, _inserted in saved], finished
 
 
 def _first_sync_turn(rt: Runtime, now: datetime) -> datetime:
