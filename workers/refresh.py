@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -293,20 +293,24 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
         now=now,
     )
 
-    def save_unchanged() -> bool:
-        # the common case: nobody touched the row since it was read under the refresh lock, so
-        # the outcome computed from that read is exact; one fenced statement, no row lock
-        values, events = success_changes(
+    def outcome(row: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Status, health and events of this success, from ``row``'s status and health inputs."""
+        return success_changes(
             account_id=account.id,
-            site_id=account.site_id,
-            platform=account.platform,
-            status=account.status,
+            site_id=row.site_id,
+            platform=row.platform,
+            status=row.status,
             token_expires_at=fresh.expires_at,
-            last_synced_at=account.last_synced_at,
-            last_error_at=account.last_error_at,
+            last_synced_at=row.last_synced_at,
+            last_error_at=row.last_error_at,
             reason="token refreshed",
             now=now,
         )
+
+    def save_unchanged() -> bool:
+        # the common case: nobody touched the row since it was read under the refresh lock, so
+        # the outcome computed from that read is exact; one fenced statement, no row lock
+        values, events = outcome(account)
         return save_refresh_if_unchanged(
             rt.engine,
             rt.ring,
@@ -324,17 +328,7 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
         current = lock_account_version(conn, account.id, account.token_version)
         if current is None or current.status == "disconnected":
             return False
-        values, events = success_changes(
-            account_id=account.id,
-            site_id=current.site_id,
-            platform=current.platform,
-            status=current.status,
-            token_expires_at=fresh.expires_at,
-            last_synced_at=current.last_synced_at,
-            last_error_at=current.last_error_at,
-            reason="token refreshed",
-            now=now,
-        )
+        values, events = outcome(current)
         if not save_refreshed_tokens(
             conn,
             rt.ring,

@@ -97,8 +97,10 @@ class FakePlatformServer:
 
     ``route(method, pattern)`` registers a handler; ``{name}`` in the pattern matches a path
     segment. ``fail(prefix, response, times)`` makes the next ``times`` requests whose path starts
-    with ``prefix`` answer ``response`` instead (429s, 5xx, Meta 190...). ``delay`` slows every
-    answer (benchmarks). ``requests`` records everything seen, for counting calls.
+    with ``prefix`` answer ``response`` instead (429s, 5xx, Meta 190...). ``delay`` makes every
+    answer leave that long after its request line arrived, the fake's own work included
+    (benchmarks: a platform that answers after 20 ms). ``requests`` records everything seen,
+    for counting calls.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -179,8 +181,6 @@ class FakePlatformServer:
                 fault.times -= 1
                 if fault.times <= 0:
                     self._faults.remove(fault)
-        if self.delay:
-            time.sleep(self.delay)
         if fault is not None:
             if fault.delay:
                 time.sleep(fault.delay)
@@ -214,6 +214,10 @@ class FakePlatformServer:
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
+            def parse_request(self) -> bool:
+                self.received = time.monotonic()  # the request line is in; headers come next
+                return super().parse_request()
+
             def _serve(self) -> None:
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("content-length") or 0)
@@ -230,6 +234,11 @@ class FakePlatformServer:
                 except Exception as exc:  # a bug in the fake must show, not hang the test
                     response = FakeResponse(500, {"error": "fake_crashed", "detail": repr(exc)})
                 payload, ctype = response.encode()
+                # ``delay`` is when the answer leaves, counted from the request's arrival: the
+                # fake's own work (and its threads queueing for one GIL) is part of it, not added
+                wait = server.delay - (time.monotonic() - self.received)
+                if wait > 0:
+                    time.sleep(wait)
                 self.send_response(response.status)
                 headers = {"content-type": ctype, **{k.lower(): v for k, v in response.headers.items()}}
                 for name, value in headers.items():
