@@ -464,13 +464,14 @@ def save_connected_accounts(
     for i, (row, event) in enumerate(zip(rows, events, strict=True)):
         params.update({f"p{i}_{name}": value for name, value in row.items()})
         params.update({f"e{i}_{name}": event[name] for name in ("id", "data", "created_at")})
-    found = direct.fetch_one(direct.statement(("connect_save", shape), lambda: _connect_save(shape)), params)
+    columns = tuple(rows[0])  # what ``upsert_values`` fills, the same for every account
+    found = direct.fetch_one(direct.statement(("connect_save", shape), lambda: _connect_save(shape, columns)), params)
     assert found is not None
     *versions, finished, _logged = found
     return [(account_id, version == 0) for account_id, version in zip(ids, versions, strict=True)], bool(finished)
 
 
-def _connect_save(shape: tuple[bool, ...]) -> sa.Select[Any]:
+def _connect_save(shape: tuple[bool, ...], columns: tuple[str, ...]) -> sa.Select[Any]:
     """``WITH a0 AS (<upsert> RETURNING id, token_version), …, ev AS (INSERT INTO events …),
     fin AS (<attempt connected> RETURNING id) SELECT <each token_version>, <fin's count>``.
 
@@ -480,7 +481,7 @@ def _connect_save(shape: tuple[bool, ...]) -> sa.Select[Any]:
     """
     upserts = []
     for i, with_scopes in enumerate(shape):
-        values = {name: sa.bindparam(f"p{i}_{name}", type_=ACCOUNTS.c[name].type) for name in _UPSERT_COLUMNS}
+        values = {name: sa.bindparam(f"p{i}_{name}", type_=ACCOUNTS.c[name].type) for name in columns}
         insert = _on_conflict_update(postgresql.insert(ACCOUNTS).values(values), with_scopes)
         upserts.append(insert.returning(ACCOUNTS.c.id, ACCOUNTS.c.site_id, ACCOUNTS.c.platform).cte(f"a{i}"))
     rows = [
@@ -497,47 +498,18 @@ def _connect_save(shape: tuple[bool, ...]) -> sa.Select[Any]:
         for i, up in enumerate(upserts)
     ]
     source = rows[0] if len(rows) == 1 else sa.union_all(*rows)
-    columns = ["id", "account_id", "site_id", "platform", "kind", "reason", "data", "created_at"]
-    logged = sa.insert(EVENTS).from_select(columns, source, include_defaults=False).returning(EVENTS.c.id).cte("ev")
+    logged = (
+        sa.insert(EVENTS)
+        .from_select(list(_EVENT_COLUMNS), source, include_defaults=False)
+        .returning(EVENTS.c.id)
+        .cte("ev")
+    )
     finished = connected_update("postgresql").returning(sa.literal_column("1")).cte("fin")
     return sa.select(
         *(sa.select(up.c.token_version).scalar_subquery() for up in upserts),
         sa.select(sa.func.count()).select_from(finished).scalar_subquery(),
         sa.select(sa.func.count()).select_from(logged).scalar_subquery(),
     )
-
-
-#: the columns ``upsert_values`` fills
-_UPSERT_COLUMNS = (
-    "id",
-    "site_id",
-    "platform",
-    "platform_account_id",
-    "account_name",
-    "account_handle",
-    "account_avatar",
-    "access_token",
-    "refresh_token",
-    "token_expires_at",
-    "refresh_token_expires_at",
-    "scopes",
-    "followers_count",
-    "following_count",
-    "posts_count",
-    "engagement_rate",
-    "last_synced_at",
-    "status",
-    "health_score",
-    "token_metadata",
-    "created_at",
-    "updated_at",
-    "token_version",
-    "next_refresh_at",
-    "consecutive_failures",
-    "user_id",
-    "refresh_model",
-    "next_sync_at",
-)
 
 
 def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAccount | None:
