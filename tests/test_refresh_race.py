@@ -55,6 +55,9 @@ def worker_env(settings: Settings, fake: FakePlatformServer) -> dict[str, str]:
         WORKER_METRICS_PORT="0",
         # one refresh message in hand per process at a time, so both processes share the burst
         dramatiq_queue_prefetch="1",
+        # an idle consumer backs off up to this long (ms) between polls; at Dramatiq's default
+        # (1 s) one process could drain all 30 quick messages before the other looked again
+        dramatiq_worker_timeout="100",
     )
     return env
 
