@@ -317,9 +317,6 @@ def connected_update(dialect: str) -> Any:
     return _statement(dialect, "connected")
 
 
-#: parameters bound to JSON columns (psycopg needs them wrapped when SQLAlchemy is bypassed)
-_JSON_PARAMS = frozenset({"account_ids"})
-
 #: where an attempt statement runs: an open transaction (``Connection``), or an ``Engine`` for a
 #: statement that is a transaction of its own
 Database = Engine | Connection
@@ -336,9 +333,7 @@ def _run(db: Database, kind: str, params: dict[str, Any]) -> int:
     if isinstance(db, Engine):
         direct = for_engine(db)
         if direct is not None:
-            statement = direct.statement(
-                ("attempts", kind), lambda: _statement("postgresql", kind), json_params=_JSON_PARAMS
-            )
+            statement = direct.statement(("attempts", kind), lambda: _statement("postgresql", kind))
             return direct.execute(statement, params)
         with db.begin() as conn:
             return _run(conn, kind, params)

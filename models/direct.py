@@ -34,15 +34,16 @@ __all__ = ["DirectStatement", "DirectSession", "for_engine"]
 class DirectStatement:
     """A Core statement compiled once for psycopg: its SQL, bind defaults and JSON parameters."""
 
-    def __init__(self, statement: ClauseElement, engine: Engine, *, json_params: frozenset[str] = frozenset()) -> None:
+    def __init__(self, statement: ClauseElement, engine: Engine) -> None:
         compiled = statement.compile(dialect=engine.dialect)
         self.sql: str = str(compiled)
         #: binds with a value of their own (``token_version + 1``'s 1), sent unless overridden
         defaults = cast(Any, compiled).construct_params(_check=False) or {}
         self.defaults = {k: v for k, v in defaults.items() if v is not None}
         #: JSON-typed binds (SQLAlchemy would serialize them; psycopg needs them wrapped)
-        typed = {bind.key for bind in cast(Any, compiled).binds.values() if isinstance(bind.type, sa.JSON)}
-        self.json_params = frozenset(json_params | typed)
+        self.json_params = frozenset(
+            bind.key for bind in cast(Any, compiled).binds.values() if isinstance(bind.type, sa.JSON)
+        )
 
     def params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         params = {**self.defaults, **given}
@@ -59,14 +60,14 @@ class DirectSession:
         self._statements: dict[object, DirectStatement] = {}
         self._lock = threading.Lock()
 
-    def statement(self, key: object, build: Any, *, json_params: frozenset[str] = frozenset()) -> DirectStatement:
+    def statement(self, key: object, build: Any) -> DirectStatement:
         """The compiled form of ``build()`` under ``key``, compiled on first use."""
         found = self._statements.get(key)
         if found is None:
             with self._lock:
                 found = self._statements.get(key)
                 if found is None:
-                    found = self._statements[key] = DirectStatement(build(), self.engine, json_params=json_params)
+                    found = self._statements[key] = DirectStatement(build(), self.engine)
         return found
 
     @property

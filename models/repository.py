@@ -612,11 +612,7 @@ def save_refresh_if_unchanged(
     for i, event in enumerate(events):
         params.update({f"e{i}_{name}": event.get(name) for name in _EVENT_COLUMNS})
     n = len(events)
-    statement = direct.statement(
-        ("refresh_write", columns, n),
-        lambda: _update_and_log(columns, n),
-        json_params=frozenset({"v_scopes", "v_token_metadata", *(f"e{i}_data" for i in range(n))}),
-    )
+    statement = direct.statement(("refresh_write", columns, n), lambda: _update_and_log(columns, n))
     return direct.execute(statement, params) == n
 
 
