@@ -191,13 +191,15 @@ def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
         last_synced_at,
         last_error_at,
     ) = row
-    tokens = TokenSet(
-        access_token=ring.decrypt_optional(access_token, table=_T, column="access_token", row_id=account_id) or "",
-        refresh_token=ring.decrypt_optional(refresh_token, table=_T, column="refresh_token", row_id=account_id),
+    tokens = _tokens(
+        ring,
+        account_id,
+        access_token=access_token,
+        refresh_token=refresh_token,
         expires_at=token_expires_at,
         refresh_expires_at=refresh_token_expires_at,
-        scopes=tuple(scopes or ()),
-        metadata=dict(token_metadata or {}),
+        scopes=scopes,
+        metadata=token_metadata,
     )
     return AccountSnapshot(
         id=account_id,
@@ -210,6 +212,28 @@ def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
         tokens=tokens,
         last_synced_at=last_synced_at,
         last_error_at=last_error_at,
+    )
+
+
+def _tokens(
+    ring: KeyRing,
+    account_id: str,
+    *,
+    access_token: str | None,
+    refresh_token: str | None,
+    expires_at: datetime | None,
+    refresh_expires_at: datetime | None,
+    scopes: Any,
+    metadata: Any,
+) -> TokenSet:
+    """The account's stored token columns as a ``TokenSet``, both tokens decrypted."""
+    return TokenSet(
+        access_token=ring.decrypt_optional(access_token, table=_T, column="access_token", row_id=account_id) or "",
+        refresh_token=ring.decrypt_optional(refresh_token, table=_T, column="refresh_token", row_id=account_id),
+        expires_at=expires_at,
+        refresh_expires_at=refresh_expires_at,
+        scopes=tuple(scopes or ()),
+        metadata=dict(metadata or {}),
     )
 
 
@@ -517,15 +541,15 @@ def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAcco
     row = session.get(SocialAccount, account_id, populate_existing=True)
     if row is None:
         return None
-    access = ring.decrypt_optional(row.access_token, table=_T, column="access_token", row_id=row.id)
-    refresh = ring.decrypt_optional(row.refresh_token, table=_T, column="refresh_token", row_id=row.id)
-    tokens = TokenSet(
-        access_token=access or "",
-        refresh_token=refresh,
+    tokens = _tokens(
+        ring,
+        row.id,
+        access_token=row.access_token,
+        refresh_token=row.refresh_token,
         expires_at=row.token_expires_at,
         refresh_expires_at=row.refresh_token_expires_at,
-        scopes=tuple(row.scopes or ()),
-        metadata=dict(row.token_metadata or {}),
+        scopes=row.scopes,
+        metadata=row.token_metadata,
     )
     return LoadedAccount(
         id=row.id,
