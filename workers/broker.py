@@ -20,15 +20,21 @@ from __future__ import annotations
 import threading
 
 import dramatiq
+import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer, _scripts
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import runtime
 from workers.metrics_middleware import MessageLatency
+from workers.redis_channel import channel_for
+from workers.redis_scripts import LuaScript
 
 __all__ = [
     "HEARTBEAT_TIMEOUT_MS",
@@ -52,6 +58,51 @@ MAX_RETRIES = 5
 
 _lock = threading.Lock()
 _installed: dramatiq.Broker | None = None
+
+
+#: Dramatiq's own dispatch script (the one its ``RedisBroker`` registers)
+_DISPATCH = LuaScript(_scripts["dispatch"].decode())
+
+
+class _PostedAckConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, whose ack does not wait for Redis's answer (``workers.redis_channel``).
+
+    The ack runs Dramatiq's own ``dispatch`` script with Dramatiq's own arguments; only reading
+    the reply is left to the worker thread's next Redis call. Dramatiq does nothing with that
+    reply except raise on a lost connection, and a lost ack is already survivable: the message is
+    redelivered once this process's heartbeat is stale, and every actor here is idempotent.
+    """
+
+    def ack(self, message: MessageProxy) -> None:
+        broker = self.broker
+        try:
+            _DISPATCH.post(
+                channel_for(broker.client),
+                [broker.namespace],
+                [
+                    "ack",
+                    current_millis(),
+                    self.queue_name,
+                    broker.broker_id,
+                    broker.heartbeat_timeout,
+                    broker.dead_message_ttl,
+                    0,  # Dramatiq never runs maintenance on an ack
+                    broker._max_unpack_size(),
+                    message.options["redis_message_id"],
+                ],
+            )
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
+
+class PostedAckRedisBroker(RedisBroker):
+    """``RedisBroker`` whose consumers post their acks (``_PostedAckConsumer``)."""
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _PostedAckConsumer
 
 
 def _middleware() -> list[dramatiq.Middleware]:
@@ -81,7 +132,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.effective_broker_url
     scheme = url.split(":", 1)[0].lower()
     if scheme in {"redis", "rediss", "unix"}:
-        return RedisBroker(
+        return PostedAckRedisBroker(
             url=url,
             namespace=settings.redis_namespace,
             heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,

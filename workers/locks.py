@@ -10,7 +10,9 @@ The TTL must outlive every request made under the lock: it is set well above the
 so a lock cannot expire while its holder is still talking to the platform.
 
 Two commands per holder (acquire, release), written directly rather than with redis-py's
-``Lock``, whose per-call setup cost a refresh more CPU than the commands themselves.
+``Lock``, whose per-call setup cost a refresh more CPU than the commands themselves. The release
+is posted (``workers.redis_channel``): Redis runs it at once, and its reply is read with the
+thread's next Redis command instead of being waited for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 
 import redis
 
+from workers.redis_channel import channel_for
 from workers.redis_scripts import LuaScript
 
 __all__ = ["LOCK_TTL_SECONDS", "Hold", "account_lock", "lock_key"]
@@ -91,8 +94,9 @@ def account_lock(
     owner = os.urandom(16).hex()
     ttl_ms = max(1, int(ttl_seconds * 1000))
     deadline = time.monotonic() + wait_seconds
+    channel = channel_for(client)
     while True:
-        acquired, *ttls = _ACQUIRE(client, [key, *keys], [owner, ttl_ms])
+        acquired, *ttls = _ACQUIRE.call(channel, [key, *keys], [owner, ttl_ms])
         if acquired or time.monotonic() + _POLL_SECONDS > deadline:
             break
         time.sleep(_POLL_SECONDS)
@@ -104,4 +108,4 @@ def account_lock(
     finally:
         if hold.acquired:
             # 0 when it expired and another owner took it: theirs now, left alone
-            _RELEASE(client, [key], [owner])
+            _RELEASE.post(channel, [key], [owner])
