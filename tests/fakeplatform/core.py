@@ -7,7 +7,9 @@ like our code, so it shares nothing with the service but HTTP.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
+import io
 import json
 import re
 import secrets
@@ -83,6 +85,25 @@ class FakeResponse:
 
 Handler = Callable[[FakeRequest], FakeResponse]
 
+#: a route's first path segment taken literally when it is made of these (no ``{name}``, no regex
+#: metacharacter: a ``.`` in a pattern matches any character, so ``/.well-known/...`` is no literal)
+_LITERAL_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    regex: re.Pattern[str]
+    handler: Handler
+    first: str | None  # the pattern's literal first path segment; None: it may match any
+
+
+def _first_segment(path: str) -> str | None:
+    """``"twitter"`` for ``/twitter/2/...``; None for a path that does not start with ``/``."""
+    if not path.startswith("/"):
+        return None
+    return path.split("/", 2)[1]
+
 
 @dataclass
 class Fault:
@@ -104,7 +125,11 @@ class FakePlatformServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[_Route] = []
+        # (method, first path segment) -> the routes that may match such a request, in registration
+        # order: a request tries a handful of regexes instead of all ~40 (see ``_candidates``)
+        self._route_index: dict[tuple[str, str | None], list[_Route]] = {}
+        self._literals: set[str] = set()  # the literal first segments of the routes
         self._faults: list[Fault] = []
         self._extra_headers: list[tuple[str, dict[str, str]]] = []
         self._lock = threading.Lock()
@@ -120,6 +145,7 @@ class FakePlatformServer:
     @property
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address (typeshed also allows bytes)
         return f"http://{host}:{port}"
 
     def start(self) -> FakePlatformServer:
@@ -136,8 +162,14 @@ class FakePlatformServer:
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
+        first = _first_segment(pattern)
+        literal = first if first is not None and _LITERAL_SEGMENT.fullmatch(first) else None
+
         def register(handler: Handler) -> Handler:
-            self._routes.append((method.upper(), regex, handler))
+            self._routes.append(_Route(method.upper(), regex, handler, literal))
+            if literal is not None:
+                self._literals.add(literal)
+            self._route_index = {}  # rebuilt lazily
             return handler
 
         return register
@@ -185,12 +217,26 @@ class FakePlatformServer:
             if fault.delay:
                 time.sleep(fault.delay)
             return fault.response
-        for method, regex, handler in self._routes:
-            m = regex.match(request.path)
-            if m and method == request.method:
+        for route in self._candidates(request.method, request.path):
+            m = route.regex.match(request.path)
+            if m:
                 request.match = m.groupdict()
-                return self._with_extra_headers(request.path, handler(request))
+                return self._with_extra_headers(request.path, route.handler(request))
         return FakeResponse(404, {"error": "not_found", "path": request.path})
+
+    def _candidates(self, method: str, path: str) -> list[_Route]:
+        """The routes of ``method`` that can match ``path``, first registered first: those whose
+        literal first segment is the path's, and those without one. The first of them whose regex
+        matches wins, exactly as when every route was tried in turn."""
+        index = self._route_index
+        first = _first_segment(path)
+        if first not in self._literals:
+            first = None  # only the routes without a literal first segment can match it
+        candidates = index.get((method, first))
+        if candidates is None:  # the lists are rebuilt as requests come; racing threads agree
+            candidates = [r for r in self._routes if r.method == method and r.first in (None, first)]
+            index[(method, first)] = candidates
+        return candidates
 
     def _with_extra_headers(self, path: str, response: FakeResponse) -> FakeResponse:
         with self._lock:
@@ -205,28 +251,16 @@ class FakePlatformServer:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # headers and body go out as two writes; with Nagle on, each answer waits ~40 ms
-            # for the client's delayed ACK
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            def parse_request(self) -> bool:
-                self.received = time.monotonic()  # the request line is in; headers come next
-                return super().parse_request()
-
+        class Handler(_QuickHandler):
             def _serve(self) -> None:
                 parts = urlsplit(self.path)
-                length = int(self.headers.get("content-length") or 0)
+                length = int(self.content_length or 0)
                 body = self.rfile.read(length) if length else b""
                 request = FakeRequest(
                     method=self.command,
                     path=parts.path,
-                    query={k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()},
-                    headers={k.lower(): v for k, v in self.headers.items()},
+                    query=_last_values(parts.query),
+                    headers=self.fields,
                     body=body,
                 )
                 try:
@@ -239,20 +273,170 @@ class FakePlatformServer:
                 wait = server.delay - (time.monotonic() - self.received)
                 if wait > 0:
                     time.sleep(wait)
-                self.send_response(response.status)
                 headers = {"content-type": ctype, **{k.lower(): v for k, v in response.headers.items()}}
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(payload)))
+                head = self._head(response.status, headers, len(payload))
                 try:
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self.wfile.write(head + payload)  # one write, one segment
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out first (timeout tests)
                     self.close_connection = True
 
             do_GET = do_POST = do_DELETE = do_PUT = _serve
 
         return Handler
+
+
+# ---- the HTTP side --------------------------------------------------------------------------
+#
+# ``BaseHTTPRequestHandler`` does the socket plumbing, but its per-request path is costly for a
+# server the benchmarks call ~500 times a second next to the system under test on 2 cores: it
+# parses headers with the ``email`` package (the larger part of the fake's CPU per request),
+# formats a Date for every answer and sends headers and body in two writes. ``_QuickHandler``
+# reads the ordinary request -- ``METHOD target HTTP/1.x`` and plain ``Name: value`` header lines,
+# all already received -- with one regex instead, and writes each answer at once, with the very
+# bytes and keep-alive decisions the stdlib's code would produce. Any other request (HTTP/0.9, a
+# malformed line, folded or repeated headers, headers still arriving...) goes the stdlib's way.
+
+#: http.client's limits on request header lines (its private ``_MAXLINE`` and ``_MAXHEADERS``)
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+#: one plain header line, ``Name: value``, as the ``email`` parser behind
+#: ``http.client.parse_headers`` reads it: a name of printable ASCII but ":" (its header-line
+#: pattern), and a value kept from its first character past the spaces and tabs after the colon
+#: (its compat32 policy) -- a value of printable characters only: ``str.splitlines``, which that
+#: parser uses, also breaks lines at ``\r``, ``\x0b``, ``\x1c``, ``\x85``...
+_FIELD = r"([!-9;-~]+):[ \t]*([ -~\xa1-\xac\xae-\xff]*)\r?\n"
+_FIELD_LINE = re.compile(_FIELD)
+#: a header block of such lines only, up to the blank line that ends it. Each line is one
+#: ``readline()`` (no ``\n`` but at its end) and none is blank, so the match stops exactly where
+#: http.client's line reading would, and fails if any line before that is not a plain one.
+#: (On bytes: the read buffer may hold a body too, only the headers are worth decoding.)
+_SIMPLE_HEADERS = re.compile(rf"(?:{_FIELD})*\r?\n".encode("latin-1"))
+
+
+def _last_values(query: str) -> dict[str, str]:
+    """``a=1&a=2&b=`` -> ``{"a": "2", "b": ""}``."""
+    if not query:  # most requests: skip parse_qs's own overhead
+        return {}
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+_date_cache: tuple[int, bytes] = (-1, b"")
+
+
+def _date_line() -> bytes:
+    """The ``Date`` line ``send_response`` writes, formatted once a second rather than per answer."""
+    global _date_cache
+    cached = _date_cache  # one read: another thread may replace it meanwhile
+    second = int(time.time())
+    if cached[0] != second:
+        cached = (second, f"Date: {email.utils.formatdate(second, usegmt=True)}\r\n".encode("latin-1"))
+        _date_cache = cached
+    return cached[1]
+
+
+class _QuickHandler(BaseHTTPRequestHandler):
+    """``BaseHTTPRequestHandler`` with a cheap path for ordinary requests (see above).
+
+    After ``parse_request``, ``fields`` holds the headers (lower-cased names), ``content_length``
+    the first Content-Length and ``received`` when the request line arrived.
+    """
+
+    protocol_version = "HTTP/1.1"
+    # answers leave in one write; the stdlib's error pages and "100 Continue" still take two,
+    # and with Nagle on the second would wait ~40 ms for the client's delayed ACK
+    disable_nagle_algorithm = True
+
+    raw_requestline: bytes  # set by handle_one_request (not in typeshed)
+    fields: dict[str, str]
+    content_length: str | None
+    received: float
+    #: status code -> status line and Server line, as send_response writes them
+    _status_lines: dict[int, bytes] = {}
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def parse_request(self) -> bool:
+        """``BaseHTTPRequestHandler.parse_request``, done the short way for ``METHOD target
+        HTTP/1.1`` (or 1.0) with plain header lines, to the same result."""
+        self.received = time.monotonic()  # the request line is in; headers come next
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if len(words) != 3 or words[2] not in ("HTTP/1.1", "HTTP/1.0"):
+            return self._parse_request_stdlib()
+        fields = self._buffered_simple_headers()
+        if fields is None:  # unusual, or not all in yet: the stdlib's code reads them
+            return self._parse_request_stdlib()
+        self.requestline = requestline
+        self.command, path, self.request_version = words
+        self.close_connection = self.request_version == "HTTP/1.0"  # 1.1: keep-alive unless told
+        self.path = "/" + path.lstrip("/") if path.startswith("//") else path  # as the stdlib (gh-87389)
+        self.fields = fields
+        self.content_length = fields.get("content-length")
+        return self._connection_and_expect(fields.get("connection", ""), fields.get("expect", ""))
+
+    def _buffered_simple_headers(self) -> dict[str, str] | None:
+        """The request's headers as ``{lower-cased name: value}`` -- exactly what
+        ``http.client.parse_headers`` would make of them -- if they are all in the read buffer
+        already and plain (see ``_SIMPLE_HEADERS``); then they are consumed. Otherwise None,
+        and nothing is: a folded, malformed or non-printable line, a repeated name (``.get()``
+        then returns the first), too many lines for http.client's limits...
+        """
+        if not isinstance(self.rfile, io.BufferedReader):
+            return None
+        buffered = self.rfile.peek()
+        block = _SIMPLE_HEADERS.match(buffered)
+        if block is None or block.end() > _MAX_LINE:
+            return None
+        pairs = _FIELD_LINE.findall(block[0].decode("iso-8859-1"))  # http.client's decoding
+        fields = {name.lower(): value for name, value in pairs}
+        if len(fields) != len(pairs) or len(pairs) >= _MAX_HEADERS:
+            return None
+        self.rfile.read(block.end())
+        return fields
+
+    def _parse_request_stdlib(self) -> bool:
+        if not super().parse_request():
+            return False
+        self._take_headers(self.headers)
+        return True
+
+    def _take_headers(self, message: Any) -> None:
+        self.headers = message
+        self.fields = {k.lower(): v for k, v in message.items()}  # a repeated name: the last one
+        self.content_length = message.get("content-length")  # ... but here the first, as .get()
+
+    def _connection_and_expect(self, connection: str, expect: str) -> bool:
+        """The end of the stdlib's ``parse_request`` (our protocol_version is HTTP/1.1)."""
+        if connection.lower() == "close":
+            self.close_connection = True
+        elif connection.lower() == "keep-alive":
+            self.close_connection = False
+        if expect.lower() == "100-continue" and self.request_version >= "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def _head(self, status: int, headers: dict[str, str], length: int) -> bytes:
+        """What ``send_response(status)``, ``send_header`` for each of ``headers`` and
+        ``content-length``, then ``end_headers`` would write -- and do to keep-alive."""
+        for name, value in headers.items():
+            if name.lower() == "connection":  # send_header's side effect
+                if value.lower() == "close":
+                    self.close_connection = True
+                elif value.lower() == "keep-alive":
+                    self.close_connection = False
+        if self.request_version == "HTTP/0.9":  # no status line, no headers
+            return b""
+        status_line = self._status_lines.get(status)
+        if status_line is None:
+            message = self.responses[status][0] if status in self.responses else ""
+            status_line = self._status_lines[status] = (
+                f"{self.protocol_version} {int(status)} {message}\r\nServer: {self.version_string()}\r\n"
+            ).encode("latin-1", "strict")
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        return b"".join(
+            (status_line, _date_line(), lines.encode("latin-1", "strict"), b"content-length: %d\r\n\r\n" % length)
+        )
 
 
 # ---- OAuth grants ---------------------------------------------------------------------------
