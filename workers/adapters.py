@@ -16,8 +16,14 @@ __all__ = ["adapter_for"]
 
 
 def adapter_for(rt: Runtime, platform: str) -> PlatformAdapter:
+    """The runtime's adapter for ``platform``, built once per HTTP client (adapters keep no state
+    of their own between calls; building one per call was a few percent of a refresh's CPU)."""
     from workers.ratelimits import sink_for
 
+    http = rt.http
+    built = rt.adapters.get(platform)
+    if built is not None and built.http is http and built.clock is rt.clock and built.settings is rt.settings:
+        return built
     if platform == "mastodon":
         from workers.mastodon_store import mastodon_adapter
 
@@ -25,4 +31,6 @@ def adapter_for(rt: Runtime, platform: str) -> PlatformAdapter:
     else:
         adapter = get_adapter(platform, rt.settings, rt.http, rt.clock)
     adapter.rate_signals = sink_for(rt)
+    if platform != "mastodon":  # its app store holds the runtime's engine, which may be replaced
+        rt.adapters[platform] = adapter
     return adapter

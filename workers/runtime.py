@@ -49,6 +49,8 @@ class Runtime:
     _redis: redis.Redis | None = None
     _pid: int = field(default_factory=os.getpid)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: adapters built on this runtime's client, by platform (``workers.adapters.adapter_for``)
+    adapters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def engine(self) -> Engine:
