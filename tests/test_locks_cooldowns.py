@@ -132,3 +132,22 @@ def test_redis_coordination_peeks_at_every_platform_for_the_account(redis_url: s
         assert set(hold.waits) == set(PLATFORMS)
         assert 11 < hold.waits["linkedin"] <= 12
         assert all(wait == 0 for platform, wait in hold.waits.items() if platform != "linkedin")
+
+
+def test_cooldowns_asked_now_and_read_later(redis_url: str) -> None:
+    """``cooldowns_later``: the same answers as ``cooldown_remaining``, from one posted question."""
+    from workers.coordination import LocalCoordination
+
+    client = redis.Redis.from_url(redis_url)
+    set_cooldown(client, NS, "twitter", 20)
+    set_cooldown(client, NS, "youtube", 40, account_id="acc-9")
+    redis_side = RedisCoordination(client, NS)
+    later = redis_side.cooldowns_later(["twitter", "youtube", "tiktok"], None)
+    for_account = redis_side.cooldowns_later(["twitter", "youtube"], "acc-9")
+    waits, account_waits = later(), for_account()
+    assert 19 < waits["twitter"] <= 20 and waits["youtube"] == 0 and waits["tiktok"] == 0
+    assert 19 < account_waits["twitter"] <= 20 and 39 < account_waits["youtube"] <= 40
+    local = LocalCoordination()
+    local.set_cooldown("pinterest", 15, account_id=None, reason="rate_limited")
+    assert 14 < local.cooldowns_later(["pinterest", "x"], None)()["pinterest"] <= 15
+    client.close()

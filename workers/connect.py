@@ -16,6 +16,8 @@ Cost (``bench/connect_cpu.py``): a fresh callback is one read and three commits:
 ``exchanging`` together (the pause check and the decryption run before it, so a deferral leaves
 nothing claimed), the token bundle, then accounts + events + the attempt's final state. Each is
 a Core statement built once; no ORM object is loaded or flushed (that was most of the CPU).
+The app-wide pause check before each platform call is asked of Redis before the statement that
+precedes the call and read after it (``_Pauses``), so it adds no wait of its own.
 
 Functions here never raise platform errors to Dramatiq: :mod:`workers.retrying` decides whether
 to retry (a ``dramatiq.Retry`` propagates) or to fail the attempt with the failing step's code.
@@ -27,7 +29,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -41,8 +43,10 @@ from platforms.base import AccountProfile, PlatformAdapter, TokenSet
 from platforms.http import scrub
 from social_accounts.errors import CryptoError, PlatformError, UnsafeAddress
 from social_accounts.metrics import ATTEMPTS, PLATFORM_ERRORS
+from social_accounts.settings import PLATFORMS
 from workers import retrying
 from workers.adapters import adapter_for
+from workers.coordination import for_runtime
 from workers.ratelimits import login_budget_wait, wait_before_call
 from workers.runtime import Runtime
 
@@ -216,11 +220,30 @@ def _call(
     return None
 
 
-def _pause_check(rt: Runtime, platform: str) -> None:
-    """Raise ``Deferred`` while the platform is paused app-wide (no account is known yet)."""
-    wait = wait_before_call(rt, platform, None)
-    if wait > 0:
-        raise retrying.Deferred(wait, f"{platform} is cooling down")
+class _Pauses:
+    """The app-wide pause checks of one connect run (no account is known yet).
+
+    Each platform call is preceded by a check, and each check was a Redis round trip of its own.
+    ``ask`` posts the question before the database statement that precedes the call anyway
+    (``Coordination.cooldowns_later``), and ``check`` reads the answer after it: no wait of its
+    own. A check nobody asked for ahead asks and waits, as before.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._asked: Callable[[], dict[str, float]] | None = None
+
+    def ask(self, platforms: Sequence[str]) -> None:
+        self._asked = for_runtime(self.rt).cooldowns_later(platforms, None)
+
+    def check(self, platform: str) -> None:
+        """Raise ``Deferred`` while ``platform`` is paused app-wide."""
+        asked, self._asked = self._asked, None
+        wait = asked().get(platform) if asked is not None else None
+        if wait is None:
+            wait = wait_before_call(self.rt, platform, None)
+        if wait > 0:
+            raise retrying.Deferred(wait, f"{platform} is cooling down")
 
 
 def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> tuple[str, str | None]:
@@ -229,7 +252,9 @@ def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> tuple[str
     return code, attempts.attempt_secret(rt.ring, row, "code_verifier")
 
 
-def _exchange(rt: Runtime, row: AttemptSnapshot, code_enc: str | None, delivery: retrying.Delivery) -> TokenSet | None:
+def _exchange(
+    rt: Runtime, row: AttemptSnapshot, code_enc: str | None, delivery: retrying.Delivery, pauses: _Pauses
+) -> TokenSet | None:
     """The token set of a claimed attempt: from ``token_bundle`` when stored, else by exchanging once.
 
     This is the general path (a retry or a redelivery resumes here); a fresh callback takes
@@ -250,10 +275,10 @@ def _exchange(rt: Runtime, row: AttemptSnapshot, code_enc: str | None, delivery:
         # replayed code can make it revoke the grant, so this is never tried again
         fail_attempt(rt, row.id, "exchange_uncertain", "exchange: the worker stopped before the answer came")
         return None
-    _pause_check(rt, row.platform)
+    pauses.check(row.platform)
     adapter = adapter_for(rt, row.platform)
     _set_stage(rt, row.id, EXCHANGING, expected=row.stage)
-    return _exchange_marked(rt, row, adapter, secrets, delivery, before=row.stage)
+    return _exchange_marked(rt, row, adapter, secrets, delivery, pauses, before=row.stage)
 
 
 def _exchange_marked(
@@ -262,6 +287,7 @@ def _exchange_marked(
     adapter: PlatformAdapter,
     secrets: tuple[str, str | None],
     delivery: retrying.Delivery,
+    pauses: _Pauses,
     *,
     before: str,
 ) -> TokenSet | None:
@@ -283,6 +309,7 @@ def _exchange_marked(
         _set_stage(rt, row.id, before, expected=EXCHANGING)  # the platform refused: the code was not spent
         raise
     if tokens is not None:
+        pauses.ask([row.platform])  # for the profile fetch that follows this write
         _store_tokens(rt, row.id, tokens, "exchanged")
     return tokens
 
@@ -292,7 +319,7 @@ class _NotClaimed(Exception):
 
 
 def _claim_and_exchange(
-    rt: Runtime, row: AttemptSnapshot, code_enc: str, delivery: retrying.Delivery
+    rt: Runtime, row: AttemptSnapshot, code_enc: str, delivery: retrying.Delivery, pauses: _Pauses
 ) -> TokenSet | None:
     """A fresh callback's claim and exchange with one commit before the call instead of two.
 
@@ -308,11 +335,11 @@ def _claim_and_exchange(
         secrets = _decrypt_code(rt, row, code_enc)
     except CryptoError:
         raise _NotClaimed from None
-    _pause_check(rt, row.platform)  # raises Deferred: nothing is claimed yet
+    pauses.check(row.platform)  # raises Deferred: nothing is claimed yet
     adapter = adapter_for(rt, row.platform)
     if not attempts.claim_state(rt.engine, row.id, delivery.message_id, stage=EXCHANGING, now=rt.clock()):
         raise _NotClaimed
-    return _exchange_marked(rt, row, adapter, secrets, delivery, before="consumed")
+    return _exchange_marked(rt, row, adapter, secrets, delivery, pauses, before="consumed")
 
 
 def next_refresh_at(
@@ -393,9 +420,11 @@ def _first_sync_turn(rt: Runtime, now: datetime) -> datetime:
     return now + timedelta(seconds=random.uniform(0, rt.settings.sync_every_seconds))
 
 
-def _finish(rt: Runtime, row: AttemptSnapshot, tokens: TokenSet, delivery: retrying.Delivery) -> Outcome:
+def _finish(
+    rt: Runtime, row: AttemptSnapshot, tokens: TokenSet, delivery: retrying.Delivery, pauses: _Pauses
+) -> Outcome:
     """Fetch the accounts the token reaches and save them."""
-    _pause_check(rt, row.platform)
+    pauses.check(row.platform)
     adapter = adapter_for(rt, row.platform)
     profiles = _call(
         rt,
@@ -432,15 +461,17 @@ def handle_code_received(
     one read, then claim and ``exchanging`` in one commit. Everything else (a retry or a
     redelivery of the claiming message, a replay, an error callback) takes the general one.
     """
+    pauses = _Pauses(rt)
     if code_enc and not error:
+        pauses.ask(PLATFORMS)  # the platform is in the row about to be read
         fresh = _read(rt, attempt_id)
         if fresh is not None and fresh.stage == "created":
             try:
-                tokens: TokenSet | None = _claim_and_exchange(rt, fresh, code_enc, delivery)
+                tokens: TokenSet | None = _claim_and_exchange(rt, fresh, code_enc, delivery, pauses)
             except _NotClaimed:
                 pass
             else:
-                return "failed" if tokens is None else _finish(rt, fresh, tokens, delivery)
+                return "failed" if tokens is None else _finish(rt, fresh, tokens, delivery, pauses)
     row = claim(rt, attempt_id, delivery.message_id)
     if row is None:
         return "ignored"
@@ -448,10 +479,10 @@ def handle_code_received(
         code = "access_denied" if error == "access_denied" else "token_exchange_failed"
         fail_attempt(rt, attempt_id, code, f"{error}: {error_description or ''}".strip(": "))
         return "failed"
-    tokens = _exchange(rt, row, code_enc, delivery)
+    tokens = _exchange(rt, row, code_enc, delivery, pauses)
     if tokens is None:
         return "failed"
-    return _finish(rt, row, tokens, delivery)
+    return _finish(rt, row, tokens, delivery, pauses)
 
 
 def handle_bluesky_login(rt: Runtime, *, attempt_id: str, delivery: retrying.Delivery) -> Outcome:
@@ -465,7 +496,7 @@ def handle_bluesky_login(rt: Runtime, *, attempt_id: str, delivery: retrying.Del
         tokens = _login(rt, row, delivery)
     if tokens is None:
         return "failed"
-    return _finish(rt, row, tokens, delivery)
+    return _finish(rt, row, tokens, delivery, _Pauses(rt))
 
 
 def _login(rt: Runtime, row: AttemptSnapshot, delivery: retrying.Delivery) -> TokenSet | None:

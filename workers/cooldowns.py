@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
 
+from workers.redis_channel import channel_for
 from workers.redis_scripts import LuaScript
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "cooldown_key",
     "publish_gauge",
     "remaining",
+    "remaining_later",
     "set_cooldown",
     "take_budget",
 ]
@@ -56,6 +59,15 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + window - now
 """
 
+
+# Each key's remaining TTL (ms; negative when it has none).
+_PTTLS = LuaScript("""
+local result = {}
+for i, key in ipairs(KEYS) do
+  result[i] = redis.call('PTTL', key)
+end
+return result
+""")
 
 # The longest remaining wait (ms) among the keys: one command for the app and the account scope.
 _LONGEST_PTTL = LuaScript("""
@@ -102,6 +114,29 @@ def remaining(client: redis.Redis, namespace: str, platform: str, account_id: st
     if account_id:
         keys.append(cooldown_key(namespace, platform, account_id))
     return max(0, int(_LONGEST_PTTL(client, keys, []))) / 1000.0
+
+
+def remaining_later(
+    client: redis.Redis, namespace: str, platforms: Sequence[str], account_id: str | None = None
+) -> Callable[[], dict[str, float]]:
+    """``remaining`` for several platforms, asked now and read later: the question is posted
+    (``workers.redis_channel``) and the returned callable reads the answer, seconds by platform.
+
+    Why: a connect checks for an app-wide pause before each platform call, and each check was a
+    round trip of its own; posted before the database statement that comes first anyway, its
+    answer is in by the time that statement returns.
+    """
+    scopes: tuple[str | None, ...] = (None, account_id) if account_id else (None,)
+    keys = [cooldown_key(namespace, platform, scope) for platform in platforms for scope in scopes]
+    channel = channel_for(client)
+    posted = _PTTLS.post(channel, keys, [])
+    width = len(scopes)
+
+    def read() -> dict[str, float]:
+        ttls = [int(ms) for ms in channel.wait(posted)]
+        return {platform: max(0, *ttls[i * width : (i + 1) * width]) / 1000.0 for i, platform in enumerate(platforms)}
+
+    return read
 
 
 def active_cooldowns(client: redis.Redis, namespace: str) -> list[Cooldown]:

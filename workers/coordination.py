@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -27,6 +27,7 @@ __all__ = ["Coordination", "LocalCoordination", "RedisCoordination", "for_runtim
 class Coordination(Protocol):
     def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[locks.Hold]: ...
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float: ...
+    def cooldowns_later(self, platforms: Sequence[str], account_id: str | None) -> Callable[[], dict[str, float]]: ...
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None: ...
     def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float: ...
 
@@ -58,6 +59,10 @@ class RedisCoordination:
 
     def cooldown_remaining(self, platform: str, account_id: str | None) -> float:
         return cooldowns.remaining(self.client, self.namespace, platform, account_id)
+
+    def cooldowns_later(self, platforms: Sequence[str], account_id: str | None) -> Callable[[], dict[str, float]]:
+        """``cooldown_remaining`` of each platform, asked now (posted) and read by the callable."""
+        return cooldowns.remaining_later(self.client, self.namespace, platforms, account_id)
 
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None:
         cooldowns.set_cooldown(self.client, self.namespace, platform, seconds, account_id=account_id, reason=reason)
@@ -94,6 +99,10 @@ class LocalCoordination:
         with self._mutex:
             until = max(self._cooldowns.get((platform, None), 0.0), self._cooldowns.get((platform, account_id), 0.0))
         return max(0.0, until - now)
+
+    def cooldowns_later(self, platforms: Sequence[str], account_id: str | None) -> Callable[[], dict[str, float]]:
+        waits = {platform: self.cooldown_remaining(platform, account_id) for platform in platforms}
+        return lambda: waits
 
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None:
         until = time.monotonic() + seconds
