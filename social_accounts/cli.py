@@ -177,6 +177,7 @@ def worker(
     if importlib.util.find_spec("workers.actors") is None:
         _not_yet("worker", "workers.actors")
     configure_logging(settings)
+    set_idle_poll()
     import dramatiq.cli
 
     args = ["--skip-logging"]  # each worker process configures redacting logs in boot_worker_process
@@ -188,6 +189,22 @@ def worker(
     with _worker_metrics(settings):
         code = dramatiq.cli.main(dramatiq.cli.make_argument_parser().parse_args(args))
     raise typer.Exit(code or 0)
+
+
+#: ms an idle worker may wait before it looks at its queues again (``worker``; env
+#: ``dramatiq_worker_timeout`` overrides it)
+IDLE_POLL_MS = 200
+
+
+def set_idle_poll() -> None:
+    """Let an idle consumer sleep at most ``IDLE_POLL_MS`` between polls of its queue.
+
+    Dramatiq's default (1 s) is how long a user's connect could wait unnoticed in Redis after a
+    quiet spell. Dramatiq reads ``dramatiq_worker_timeout`` once, when it is first imported (its
+    forked processes inherit the value), so this must run before that import; an operator's own
+    value wins.
+    """
+    os.environ.setdefault("dramatiq_worker_timeout", str(IDLE_POLL_MS))
 
 
 #: set by ``worker`` for its processes: add Dramatiq's Prometheus middleware at boot

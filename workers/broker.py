@@ -8,11 +8,14 @@ imports it first (``workers.actors`` does). Settings come from ``workers.runtime
 Redis redelivery timing (why the numbers): a worker killed mid-message leaves the message in its
 ack set until a live worker runs queue maintenance for that queue *and* sees the dead worker's
 heartbeat older than ``heartbeat_timeout``. Dramatiq's defaults (60 s, 1 command in 1000) make
-that minutes. An idle consumer polls its queue about once a second (``worker_timeout``), every
-poll refreshes its process's heartbeat, and each poll runs maintenance with probability
-``MAINTENANCE_CHANCE / 1e6``: 10 % and a 10 s heartbeat timeout give redelivery about 10-20 s
-after the kill. Maintenance is one small Lua script, so ten percent of idle polls is cheap, and
-10 s stays far above the gap between two heartbeats of a live, even busy, process.
+that minutes. An idle consumer polls its queue at least every ``worker_timeout`` (200 ms under
+``social-accounts worker``: ``cli.IDLE_POLL_MS``; Dramatiq's default is 1 s), every poll
+refreshes its process's heartbeat, and each poll runs maintenance with probability
+``MAINTENANCE_CHANCE / 1e6``: 10 % and a 10 s heartbeat timeout give redelivery a little over
+10 s after the kill. Maintenance is one small Lua script, so ten percent of idle polls is cheap,
+and 10 s stays far above the gap between two heartbeats of a live, even busy, process.
+
+Acks are posted (``PostedAckRedisBroker``): the worker thread does not wait for Redis's answer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from workers import runtime
 from workers.metrics_middleware import MessageLatency
 from workers.redis_channel import channel_for
 from workers.redis_scripts import LuaScript
+from workers.warmup import WarmUp
 
 __all__ = [
     "HEARTBEAT_TIMEOUT_MS",
@@ -120,6 +124,7 @@ def _middleware() -> list[dramatiq.Middleware]:
             middleware.append(cls())
     middleware.append(CurrentMessage())
     middleware.append(MessageLatency())
+    middleware.append(WarmUp())
     return middleware
 
 
