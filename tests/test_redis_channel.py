@@ -179,6 +179,7 @@ def test_dramatiq_still_has_what_the_posted_ack_relies_on() -> None:
 
     assert "dispatch" in dr._scripts
     assert "ack" in dr.MAINTENANCE_COMMAND_BLACKLIST  # the posted ack passes 0 for maintenance
-    for name in ("broker_id", "namespace", "heartbeat_timeout", "dead_message_ttl", "_max_unpack_size", "client"):
+    names = ("broker_id", "namespace", "heartbeat_timeout", "dead_message_ttl", "_max_unpack_size", "client")
+    for name in (*names, "_should_do_maintenance", "_dispatch"):
         assert hasattr(RedisBroker(url="redis://127.0.0.1:6379/15"), name)
     assert isinstance(RedisBroker.consumer_class, property)
