@@ -69,16 +69,6 @@ end
 return result
 """)
 
-# The longest remaining wait (ms) among the keys: one command for the app and the account scope.
-_LONGEST_PTTL = LuaScript("""
-local longest = 0
-for _, key in ipairs(KEYS) do
-  local ms = redis.call('PTTL', key)
-  if ms > longest then longest = ms end
-end
-return longest
-""")
-
 
 @dataclass(frozen=True)
 class Cooldown:
@@ -110,10 +100,7 @@ def set_cooldown(
 
 def remaining(client: redis.Redis, namespace: str, platform: str, account_id: str | None = None) -> float:
     """Seconds until this platform may be called for this account (0: go ahead)."""
-    keys = [cooldown_key(namespace, platform, None)]
-    if account_id:
-        keys.append(cooldown_key(namespace, platform, account_id))
-    return max(0, int(_LONGEST_PTTL(client, keys, []))) / 1000.0
+    return remaining_later(client, namespace, [platform], account_id)()[platform]
 
 
 def remaining_later(

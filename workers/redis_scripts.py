@@ -1,4 +1,4 @@
-"""Running a Lua script on Redis in one round trip.
+"""Running a Lua script on Redis in one round trip, on a thread's channel (``workers.redis_channel``).
 
 Why not redis-py's ``Script`` or ``Lock``: both are fine, but on the refresh path every Redis
 command is a noticeable share of a worker's CPU (``bench/refresh_cpu.py``), and their
@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from workers.redis_channel import Posted, ReplyLater
@@ -31,12 +30,6 @@ class LuaScript:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
-    def __call__(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return client.execute_command("EVAL", self.source, len(keys), *keys, *args)
 
     def call(self, channel: ReplyLater, keys: list[str], args: list[Any]) -> Any:
         """Run the script on ``channel`` and return its reply."""
