@@ -254,6 +254,8 @@ def _statement(dialect: str, kind: str) -> Any:
     """
     by_id = _c.id == sa.bindparam("w_id")
     touch = {"history": _history_plus_entry(dialect), "updated_at": _param("now", "updated_at")}
+    # how an attempt ends, connected or failed: no secret outlives it
+    ended = {"token_bundle": sa.null(), "code_verifier": sa.null(), "app_password": sa.null(), **touch}
     if kind == "claim":
         return (
             sa.update(_S)
@@ -285,10 +287,7 @@ def _statement(dialect: str, kind: str) -> Any:
                 status="connected",
                 stage="connected",
                 account_ids=_param("account_ids", "account_ids"),
-                token_bundle=sa.null(),
-                code_verifier=sa.null(),
-                app_password=sa.null(),
-                **touch,
+                **ended,
             )
         )
     if kind == "failed":
@@ -300,10 +299,7 @@ def _statement(dialect: str, kind: str) -> Any:
                 stage="failed",
                 error_code=_param("error_code", "error_code"),
                 error_message=_param("error_message", "error_message"),
-                token_bundle=sa.null(),
-                code_verifier=sa.null(),
-                app_password=sa.null(),
-                **touch,
+                **ended,
             )
         )
     if kind == "append":
