@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,6 +55,16 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def ring() -> KeyRing:
     return KeyRing([("k1", os.urandom(32))])
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """The embedded default's database (a file, migrated to head) and an engine on it."""
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    migrate.upgrade(url)
+    eng = make_engine(url)
+    yield eng
+    eng.dispose()
 
 
 def profile(
@@ -161,21 +172,15 @@ def test_concurrent_connects_of_one_account_make_one_row(engine: Engine, ring: K
     assert sorted(inserted for _, inserted in results) == [False] * 5 + [True]
 
 
-def test_upsert_on_sqlite_embedded_default(tmp_path: Path, ring: KeyRing) -> None:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url)
-    eng = make_engine(url)
-    try:
-        acc, inserted = upsert(eng, ring, profile())
-        again, inserted_again = upsert(eng, ring, profile("AT-2", None))
-        assert (inserted, inserted_again) == (True, False) and acc == again
-        with Session(eng) as s:
-            loaded = load_account(s, ring, acc)
-            assert loaded is not None
-            assert (loaded.tokens.access_token, loaded.tokens.refresh_token) == ("AT-2", "RT-1")
-            assert loaded.tokens.expires_at == NOW + timedelta(hours=2)
-    finally:
-        eng.dispose()
+def test_upsert_on_sqlite_embedded_default(sqlite_engine: Engine, ring: KeyRing) -> None:
+    acc, inserted = upsert(sqlite_engine, ring, profile())
+    again, inserted_again = upsert(sqlite_engine, ring, profile("AT-2", None))
+    assert (inserted, inserted_again) == (True, False) and acc == again
+    with Session(sqlite_engine) as s:
+        loaded = load_account(s, ring, acc)
+        assert loaded is not None
+        assert (loaded.tokens.access_token, loaded.tokens.refresh_token) == ("AT-2", "RT-1")
+        assert loaded.tokens.expires_at == NOW + timedelta(hours=2)
 
 
 # ---- refresh compare-and-set -----------------------------------------------------------------
@@ -248,14 +253,8 @@ def test_refresh_write_is_fenced_on_what_the_outcome_was_computed_from(engine: E
     _check_refresh_fence(engine, ring)
 
 
-def test_refresh_write_fence_on_sqlite(tmp_path: Path, ring: KeyRing) -> None:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url)
-    eng = make_engine(url)
-    try:
-        _check_refresh_fence(eng, ring)
-    finally:
-        eng.dispose()
+def test_refresh_write_fence_on_sqlite(sqlite_engine: Engine, ring: KeyRing) -> None:
+    _check_refresh_fence(sqlite_engine, ring)
 
 
 def test_refresh_without_refresh_token_keeps_it(engine: Engine, ring: KeyRing) -> None:
@@ -461,11 +460,5 @@ def test_connect_save_is_one_statement_on_postgres(engine: Engine, ring: KeyRing
     _check_connect_save(engine, ring)
 
 
-def test_connect_save_on_sqlite(tmp_path: Path, ring: KeyRing) -> None:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url)
-    eng = make_engine(url)
-    try:
-        _check_connect_save(eng, ring)
-    finally:
-        eng.dispose()
+def test_connect_save_on_sqlite(sqlite_engine: Engine, ring: KeyRing) -> None:
+    _check_connect_save(sqlite_engine, ring)
