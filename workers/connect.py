@@ -28,16 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import dramatiq
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from models import attempts, repository
+from models import attempts, patience, repository
 from models.attempts import AttemptSnapshot
 from platforms.base import AccountProfile, PlatformAdapter, TokenSet
 from platforms.http import scrub
@@ -171,18 +169,13 @@ def _store_tokens(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) ->
     its own commit, with ``synchronous_commit`` left on: it must be durable before the profile
     call, or a crash after it would leave a spent code and no tokens.
     """
-    deadline = time.monotonic() + STORE_PATIENCE_SECONDS
-    pause = 0.25
-    while True:
-        try:
-            attempts.store_tokens(rt.engine, rt.ring, attempt_id, tokens, event, rt.clock())
-            return
-        except sa.exc.OperationalError:
-            if time.monotonic() + pause > deadline:
-                raise
-            log.warning("attempt %s: database unavailable while storing tokens; trying again", attempt_id)
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
+    patience.retry_while_unreachable(
+        lambda: attempts.store_tokens(rt.engine, rt.ring, attempt_id, tokens, event, rt.clock()),
+        patience=STORE_PATIENCE_SECONDS,
+        max_pause=5.0,
+        warning="database unavailable while storing an attempt's tokens; trying again",
+        extra={"attempt_id": attempt_id},
+    )
 
 
 # ---- the steps ----------------------------------------------------------------------------

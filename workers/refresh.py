@@ -25,7 +25,6 @@ the events, in one transaction.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from models import patience
 from models.repository import (
     AccountSnapshot,
     fetch_account,
@@ -131,26 +131,18 @@ def _patiently(account_id: str, attempt: Callable[[], T]) -> T:
     """``attempt()`` (a database write), again if the connection was lost or could not be made.
 
     Once the platform has answered, the old refresh token may be spent (rotation): losing the new
-    one to a database restart would disconnect the user. Only a lost connection is retried (never
-    a statement error), within :data:`SAVE_PATIENCE_SECONDS`, well inside the lock's TTL. A
-    commit whose answer was lost is safe to retry: the ``token_version`` fence then refuses the
-    second write and the caller reloads what the first one stored.
+    one to a database restart would disconnect the user. Retried within
+    :data:`SAVE_PATIENCE_SECONDS`, well inside the lock's TTL. A commit whose answer was lost is
+    safe to retry: the ``token_version`` fence then refuses the second write and the caller
+    reloads what the first one stored.
     """
-    deadline = time.monotonic() + SAVE_PATIENCE_SECONDS
-    pause = 0.25
-    while True:
-        try:
-            return attempt()
-        except sa.exc.OperationalError as exc:
-            # connection_invalidated: lost mid-statement, or no connection could be made (the
-            # database is restarting); anything else is a statement error, not retried
-            if not exc.connection_invalidated or time.monotonic() + pause > deadline:
-                raise
-        log.warning(
-            "database connection lost while saving refreshed tokens; trying again", extra={"account_id": account_id}
-        )
-        time.sleep(pause)
-        pause = min(pause * 2, 2.0)
+    return patience.retry_while_unreachable(
+        attempt,
+        patience=SAVE_PATIENCE_SECONDS,
+        max_pause=2.0,
+        warning="database connection lost while saving refreshed tokens; trying again",
+        extra={"account_id": account_id},
+    )
 
 
 def _reschedule(rt: Runtime, account: AccountSnapshot, margin: timedelta) -> None:
