@@ -401,6 +401,27 @@ def settings_from(env: dict[str, str]) -> Any:
     return Settings(_env_file=None, **{k.lower(): v for k, v in env.items()})  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class Service:
+    """What a benchmark needs to act as the service does: the workers' environment, the
+    ``Settings`` they read from it, the key ring and an engine on the bench database."""
+
+    env: dict[str, str]
+    settings: Any
+    ring: Any
+    engine: Any
+
+
+def service_for(fake: Any, db_url: str, namespace: str, **engine_options: Any) -> Service:
+    """The benchmark's view of the service (``engine_options`` go to ``make_engine``)."""
+    from models.crypto import KeyRing
+    from models.engine import make_engine
+
+    env = worker_env(fake, db_url, namespace)
+    settings = settings_from(env)
+    return Service(env, settings, KeyRing.from_settings(settings), make_engine(db_url, **engine_options))
+
+
 #: how often a benchmark looks at its progress; the end time itself comes from the database
 #: (``last_event_at``), so polling this seldom costs no precision and little of the 2 cores
 POLL_SECONDS = 0.25

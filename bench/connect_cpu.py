@@ -27,8 +27,7 @@ from common import (  # noqa: E402
     main_guard,
     pg_database,
     redis_namespace,
-    settings_from,
-    worker_env,
+    service_for,
 )
 from pipeline import prepare  # noqa: E402
 
@@ -46,14 +45,11 @@ def run() -> None:
 
     import sqlalchemy as sa
 
-    from models.crypto import KeyRing
-    from models.engine import make_engine
     from workers import runtime
 
     with fake_platform() as fake, pg_database() as db_url, redis_namespace() as namespace:
-        settings = settings_from(worker_env(fake, db_url, namespace))
-        engine = make_engine(db_url)
-        ring = KeyRing.from_settings(settings)
+        svc = service_for(fake, db_url, namespace)
+        settings, engine, ring = svc.settings, svc.engine, svc.ring
         attempts = prepare(settings, engine, ring, WARM + args.connects)
         messages = [
             (attempt_id, ring.encrypt(code, table="message", column="code", row_id=attempt_id))

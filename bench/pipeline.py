@@ -52,11 +52,10 @@ from common import (  # noqa: E402
     print_table,
     process,
     redis_namespace,
-    settings_from,
+    service_for,
     tail,
     wait_for_workers,
     worker_command,
-    worker_env,
 )
 
 DELAY = 0.020
@@ -127,8 +126,6 @@ def run() -> None:
 
     import sqlalchemy as sa
 
-    from models.crypto import KeyRing
-    from models.engine import make_engine
     from workers.broker import build_broker
     from workers.bulk import enqueue_many
     from workers.publish import code_received_message
@@ -139,10 +136,9 @@ def run() -> None:
         pg_database() as db_url,
         redis_namespace() as namespace,
     ):
-        env = worker_env(fake, db_url, namespace)
-        settings = settings_from(env)
-        ring = KeyRing.from_settings(settings)
-        engine = make_engine(db_url, ping_after_idle=60.0)  # no ping per poll: each would count as a commit
+        # no ping per poll: each would count as a commit
+        svc = service_for(fake, db_url, namespace, ping_after_idle=60.0)
+        env, settings, ring, engine = svc.env, svc.settings, svc.ring, svc.engine
         broker = build_broker(settings)
         try:
             fake.delay = DELAY

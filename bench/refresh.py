@@ -45,11 +45,10 @@ from common import (  # noqa: E402
     print_table,
     process,
     redis_namespace,
-    settings_from,
+    service_for,
     tail,
     wait_for_workers,
     worker_command,
-    worker_env,
 )
 
 DELAY = 0.020
@@ -125,8 +124,6 @@ def run() -> None:
 
     import sqlalchemy as sa
 
-    from models.crypto import KeyRing
-    from models.engine import make_engine
     from scheduler.jobs import JobContext, refresh_ahead
     from workers.broker import build_broker
 
@@ -136,10 +133,8 @@ def run() -> None:
         pg_database() as db_url,
         redis_namespace() as namespace,
     ):
-        env = worker_env(fake, db_url, namespace)
-        settings = settings_from(env)
-        ring = KeyRing.from_settings(settings)
-        engine = make_engine(db_url)
+        svc = service_for(fake, db_url, namespace)
+        env, settings, ring, engine = svc.env, svc.settings, svc.ring, svc.engine
         broker = build_broker(settings)
         try:
             seeding = time.monotonic()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fake_platform, main_guard, pg_database, redis_namespace, settings_from, worker_env  # noqa: E402
+from common import fake_platform, main_guard, pg_database, redis_namespace, service_for  # noqa: E402
 from refresh import seed  # noqa: E402
 
 
@@ -28,18 +28,14 @@ def run() -> None:
     parser.add_argument("--profile", help="write a cProfile of the timed loop here")
     args = parser.parse_args()
 
-    from models.crypto import KeyRing
-    from models.engine import make_engine
     from workers import runtime
     from workers.refresh import refresh_now
 
     with fake_platform() as fake, pg_database() as db_url, redis_namespace() as namespace:
-        settings = settings_from(worker_env(fake, db_url, namespace))
-        engine = make_engine(db_url)
-        ring = KeyRing.from_settings(settings)
-        seed(fake, engine, ring, args.accounts)
-        engine.dispose()
-        rt = runtime.configure(settings)
+        svc = service_for(fake, db_url, namespace)
+        seed(fake, svc.engine, svc.ring, args.accounts)
+        svc.engine.dispose()
+        rt = runtime.configure(svc.settings)
         try:
             from sqlalchemy import text
 
