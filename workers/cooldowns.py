@@ -26,6 +26,7 @@ __all__ = [
     "Cooldown",
     "active_cooldowns",
     "cooldown_key",
+    "cooldown_keys",
     "publish_gauge",
     "remaining",
     "remaining_later",
@@ -83,6 +84,12 @@ def cooldown_key(namespace: str, platform: str, account_id: str | None = None) -
     return f"{namespace}:cooldown:{platform}:{scope}"
 
 
+def cooldown_keys(namespace: str, platform: str, account_id: str | None = None) -> tuple[str, ...]:
+    """Every key that pauses calls to ``platform`` for this account: the app's, then the account's."""
+    app = cooldown_key(namespace, platform)
+    return (app, cooldown_key(namespace, platform, account_id)) if account_id else (app,)
+
+
 def set_cooldown(
     client: redis.Redis,
     namespace: str,
@@ -113,15 +120,17 @@ def remaining_later(
     round trip of its own; posted before the database statement that comes first anyway, its
     answer is in by the time that statement returns.
     """
-    scopes: tuple[str | None, ...] = (None, account_id) if account_id else (None,)
-    keys = [cooldown_key(namespace, platform, scope) for platform in platforms for scope in scopes]
+    groups = [cooldown_keys(namespace, platform, account_id) for platform in platforms]
     channel = channel_for(client)
-    posted = _PTTLS.post(channel, keys, [])
-    width = len(scopes)
+    posted = _PTTLS.post(channel, [key for group in groups for key in group], [])
 
     def read() -> dict[str, float]:
         ttls = [int(ms) for ms in channel.wait(posted)]
-        return {platform: max(0, *ttls[i * width : (i + 1) * width]) / 1000.0 for i, platform in enumerate(platforms)}
+        waits, at = {}, 0
+        for platform, group in zip(platforms, groups, strict=True):
+            waits[platform] = max(0, *ttls[at : at + len(group)]) / 1000.0
+            at += len(group)
+        return waits
 
     return read
 

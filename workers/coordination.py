@@ -43,14 +43,10 @@ class RedisCoordination:
     def account_lock(self, account_id: str, *, wait_seconds: float = 0.0) -> AbstractContextManager[locks.Hold]:
         """The lock, and in the same round trip every platform's cooldowns for this account
         (which platform it is on is only known after the read the lock protects)."""
-        ns = self.namespace
-        peek = {
-            platform: (cooldowns.cooldown_key(ns, platform, None), cooldowns.cooldown_key(ns, platform, account_id))
-            for platform in PLATFORMS
-        }
+        peek = {platform: cooldowns.cooldown_keys(self.namespace, platform, account_id) for platform in PLATFORMS}
         return locks.account_lock(
             self.client,
-            ns,
+            self.namespace,
             account_id,
             wait_seconds=wait_seconds,
             ttl_seconds=self.lock_ttl_seconds,
