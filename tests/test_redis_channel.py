@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 import warnings
+import weakref
 
 import dramatiq
 import pytest
@@ -62,6 +63,20 @@ def test_clients_of_one_server_share_a_channel_and_threads_never_share_a_connect
     channel.flush()
     for c in (a, b, other_db):
         c.close()
+
+
+def test_a_channel_does_not_keep_the_clients_that_asked_for_it(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    channel = channel_for(client)
+    pool = weakref.ref(client.connection_pool)
+    channel.call("PING")  # the channel's connection is made from the pool's settings
+    del client
+    gc.collect()
+    assert pool() is None, "the channel registry kept a pool alive"
+    again = redis.Redis.from_url(redis_url)
+    assert channel_for(again) is channel  # the same server, database and user: the same channel
+    assert channel.call("PING") == b"PONG"
+    again.close()
 
 
 def test_a_thread_that_ends_closes_its_connection(redis_url: str) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -86,7 +87,9 @@ class ReplyLater:
     """A per-thread connection to one Redis server where replies to posted commands are read late."""
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
+        # the pool's settings, not the pool: a channel outlives the clients that asked for it
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = dict(pool.connection_kwargs)
         self._state = _State()
 
     def _connection(self) -> tuple[ConnectionInterface, _State]:
@@ -95,7 +98,7 @@ class ReplyLater:
         if conn is None or state.pid != os.getpid():
             # built from the pool's settings but not counted in it: it never goes back to the
             # pool, and would otherwise use up a client's ``max_connections`` thread by thread
-            conn = state.conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            conn = state.conn = self._connection_class(**self._connection_kwargs)
             state.pid = os.getpid()
             state.pending.clear()
             state.scripts = set()
@@ -206,7 +209,8 @@ _registry: dict[str, ReplyLater] = {}
 _registry_lock = threading.Lock()
 
 
-_by_pool: dict[int, tuple[redis.ConnectionPool, ReplyLater]] = {}
+#: a shortcut past building the identity key, forgotten with the pool
+_by_pool: weakref.WeakKeyDictionary[redis.ConnectionPool, ReplyLater] = weakref.WeakKeyDictionary()
 #: the connection settings that make two clients talk to the same server and database as the same user
 _IDENTITY = ("host", "port", "path", "db", "username", "password")
 
@@ -214,12 +218,12 @@ _IDENTITY = ("host", "port", "path", "db", "username", "password")
 def channel_for(client: redis.Redis) -> ReplyLater:
     """The channel for ``client``'s server and database (one per distinct connection settings)."""
     pool = client.connection_pool
-    known = _by_pool.get(id(pool))
-    if known is not None and known[0] is pool:
-        return known[1]
+    known = _by_pool.get(pool)
+    if known is not None:
+        return known
     kw = pool.connection_kwargs
     key = repr((pool.connection_class, *(kw.get(name) for name in _IDENTITY)))
     with _registry_lock:
         channel = _registry.setdefault(key, ReplyLater(pool))
-        _by_pool[id(pool)] = (pool, channel)
+        _by_pool[pool] = channel
     return channel
