@@ -121,6 +121,18 @@ class Stats:
     engagement_rate: float | None = None
 
 
+def engagement_rate(engagements: int | None, posts: int | None, followers: int | None) -> float | None:
+    """Average engagements per post as a share of followers (0.034 is 3.4 %); None when unknowable.
+
+    Only computed from totals a platform gives in one profile read (TikTok's ``likes_count``
+    over ``video_count``): per-post reads would cost a call per post on every sync. No posts
+    or no followers leaves the rate unknown rather than 0, which would read as "nobody engages".
+    """
+    if engagements is None or not posts or not followers or engagements < 0 or posts < 0 or followers < 0:
+        return None
+    return round(engagements / posts / followers, 6)
+
+
 @dataclass(frozen=True)
 class AccountProfile:
     """One account reachable with a token (a user, a Facebook Page, an Instagram business account).

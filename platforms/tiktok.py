@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
+from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet, engagement_rate
 from platforms.http import json_body, rate_limited, scrub
 from platforms.oauth2 import RECONNECT_ERRORS, OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
@@ -127,10 +127,15 @@ class TikTokAdapter(OAuth2Adapter):
         return user
 
     def _stats(self, user: dict[str, Any]) -> Stats:
+        """Counts from ``user.info.stats``; ``likes_count`` (likes the user's videos received)
+        over ``video_count`` and ``follower_count`` gives the engagement rate."""
+        followers = self.as_int(user.get("follower_count"))
+        posts = self.as_int(user.get("video_count"))
         return Stats(
-            followers=self.as_int(user.get("follower_count")),
+            followers=followers,
             following=self.as_int(user.get("following_count")),
-            posts=self.as_int(user.get("video_count")),
+            posts=posts,
+            engagement_rate=engagement_rate(self.as_int(user.get("likes_count")), posts, followers),
         )
 
     def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:

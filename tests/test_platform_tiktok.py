@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from platforms.base import TokenSet
+from platforms.base import TokenSet, engagement_rate
 from platforms.tiktok import TikTokAdapter
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -83,6 +83,8 @@ def test_profile_and_stats(adapter: TikTokAdapter) -> None:
         ALICE["avatar_url"],
     )
     assert (profile.stats.followers, profile.stats.following, profile.stats.posts) == (34000, 120, 210)
+    # 880,000 likes over 210 videos, per follower of 34,000
+    assert profile.stats.engagement_rate == pytest.approx(880000 / 210 / 34000, abs=1e-6)
     assert profile.tokens.metadata["union_id"] == ALICE["union_id"]
     assert profile.refresh_model == "rotate"
     stats = adapter.fetch_stats(ALICE["open_id"], tokens)
@@ -96,6 +98,7 @@ def test_basic_only_consent_asks_only_for_basic_fields(adapter: TikTokAdapter) -
     assert profile.platform_account_id == ALICE["open_id"]
     assert profile.handle is None
     assert (profile.stats.followers, profile.stats.following, profile.stats.posts) == (None, None, None)
+    assert profile.stats.engagement_rate is None  # no counts granted: unknown, never 0
     with pytest.raises(NeedsReconnect) as info:  # asking beyond the grant: only a new consent helps
         adapter.fetch_accounts(tokens.replace(scopes=()))
     assert info.value.code == "scope_not_authorized"
@@ -191,3 +194,21 @@ def test_errors_never_carry_tokens(adapter: TikTokAdapter, fake: FakePlatformSer
         adapter.refresh(tokens)
     for exc in (expired.value, reconnect.value):
         assert_no_secret(exc, tokens.access_token, tokens.refresh_token, fake_tt.CLIENT_SECRET)
+
+
+@pytest.mark.parametrize(
+    ("likes", "videos", "followers", "rate"),
+    [
+        (880000, 210, 34000, 0.123249),
+        (0, 10, 100, 0.0),  # videos nobody liked: a real 0
+        (500, 0, 100, None),  # no videos: nothing to average
+        (500, 10, 0, None),  # no followers: a share of nothing
+        (None, 10, 100, None),  # likes not granted
+        (500, None, 100, None),
+        (-1, 10, 100, None),  # nonsense from the API is not a rate
+    ],
+)
+def test_engagement_rate_is_unknown_rather_than_guessed(
+    likes: int | None, videos: int | None, followers: int | None, rate: float | None
+) -> None:
+    assert engagement_rate(likes, videos, followers) == rate
