@@ -9,6 +9,8 @@ the database differ. Meant for trying the service and for a single small site; p
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 
 from social_accounts.settings import Settings
@@ -49,6 +51,11 @@ def start_background(settings: Settings) -> tuple[Any, Any, Any]:
     return broker, worker, scheduler
 
 
+def _leave_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends ``run`` like Ctrl-C: through ``run_embedded``'s ``finally``, exit status 0."""
+    raise SystemExit(0)
+
+
 def run_embedded(settings: Settings, *, demo: bool = False) -> None:
     """Serve until interrupted. ``demo=True`` adds the built-in demo platform (``--demo``).
 
@@ -72,6 +79,10 @@ def run_embedded(settings: Settings, *, demo: bool = False) -> None:
     log.info(
         "social-accounts is running on %s (embedded: %s)", settings.public_url, settings.database_url.split(":", 1)[0]
     )
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops serving on SIGTERM, then raises it again under the handler it found; the
+        # default handler would end the process there, before the worker threads and scheduler stop
+        signal.signal(signal.SIGTERM, _leave_on_sigterm)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
