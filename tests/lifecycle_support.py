@@ -75,14 +75,19 @@ def connect_mastodon(pipe: Pipeline) -> str:
 
 def connect_bluesky(pipe: Pipeline, pds: Any) -> tuple[str, Any]:
     """Create an account on the reference PDS and connect it with its app password."""
+    person = pds.create_account()
+    return login_bluesky(pipe, person), person
+
+
+def login_bluesky(pipe: Pipeline, person: Any) -> str:
+    """Connect (again) a PDS account with its app password; returns the account id."""
     from workers.publish import enqueue_bluesky_login
 
-    person = pds.create_account()
     attempt_id, _ = pipe.new_attempt("bluesky", instance=person.handle, app_password=person.app_password)
     enqueue_bluesky_login(attempt_id, broker=pipe.broker)
     row = pipe.wait_for(attempt_id)
     assert row.status == "connected", row.history
-    return str(row.account_ids[0]), person
+    return str(row.account_ids[0])
 
 
 def bluesky_settings(pds: Any) -> dict[str, Any]:
@@ -90,6 +95,16 @@ def bluesky_settings(pds: Any) -> dict[str, Any]:
 
 
 # ---- reading and shaping state ------------------------------------------------------------------
+
+
+class ShiftedClock:
+    """A runtime clock (``Runtime.clock``): the real time plus ``offset``, which a test moves on."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
 
 
 def load(pipe: Pipeline, account_id: str) -> LoadedAccount:

@@ -8,6 +8,7 @@ first, so the tokens the lifecycle works with are ones the fake platform issued 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import (
     FAST_LIFECYCLE,
     LIFECYCLE_SETTINGS,
+    ShiftedClock,
     api,
     bluesky_settings,
     calls,
@@ -35,6 +37,7 @@ from tests.lifecycle_support import (
     events,
     life,
     load,
+    login_bluesky,
     make_due,
     path_of,
     raw_row,
@@ -133,6 +136,47 @@ def test_one_transient_failure_keeps_the_account_active_and_persisting_ones_mark
     assert refresh_calls(life, "twitter") == 3
 
 
+def test_transient_failures_turn_error_only_once_they_span_error_after_seconds(
+    pipeline_factory: Callable[..., Pipeline], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time half of the rule: failures in a row are not enough while they fit in the hour."""
+    from workers import lifecycle_actors
+
+    monkeypatch.setattr(lifecycle_actors, "LIFECYCLE_POLICY", FAST_LIFECYCLE)
+    pipe = pipeline_factory(**{**LIFECYCLE_SETTINGS, "error_after_seconds": 3600})
+    [account_id] = connect(pipe, "twitter")
+    make_due(pipe, account_id)
+    rt = runtime.current()
+    clock = ShiftedClock()
+    monkeypatch.setattr(rt, "clock", clock)
+    token_path = path_of(pipe, "twitter", "token_url")
+    pipe.fake.fail(token_path, FakeResponse(503, {"error": "over capacity"}), times=4)
+
+    started = clock()
+    # three failures in a row (error_after_failures is 2), but all within the hour of the first
+    for failures, minutes in enumerate((0, 20, 59), start=1):
+        clock.offset = timedelta(minutes=minutes)
+        with pytest.raises(Transient):
+            refresh_now(rt, account_id)
+        row = raw_row(pipe, account_id)
+        assert (row.status, row.consecutive_failures) == ("active", failures), minutes
+    assert row.first_failure_at is not None
+    assert started <= row.first_failure_at <= started + timedelta(minutes=1)
+    assert not events(pipe, account_id, "status_changed")
+
+    clock.offset = timedelta(minutes=61)  # the same failure once the hour has passed
+    with pytest.raises(Transient):
+        refresh_now(rt, account_id)
+    row = raw_row(pipe, account_id)
+    assert (row.status, row.consecutive_failures) == ("error", 4)
+    assert row.first_failure_at is not None and row.first_failure_at <= started + timedelta(minutes=1)
+    [changed] = events(pipe, account_id, "status_changed")
+    assert changed.data == {"from": "active", "to": "error"}
+    assert "503" in changed.reason
+    assert changed.created_at >= started + timedelta(minutes=61)  # written at the runtime clock's time
+    assert refresh_calls(pipe, "twitter") == 4
+
+
 def test_invalid_grant_expires_the_account_at_once_and_is_never_retried(life: Pipeline, api: TestClient) -> None:
     [account_id] = connect(life, "youtube")
     account = load(life, account_id)
@@ -149,6 +193,8 @@ def test_invalid_grant_expires_the_account_at_once_and_is_never_retried(life: Pi
     assert row.next_refresh_at is None  # the scheduler will not pick it up again
     [failed] = events(life, account_id, "refresh_failed")
     assert "invalid_grant" in failed.reason and failed.data["error"] == "needs_reconnect"
+    [changed] = events(life, account_id, "status_changed")
+    assert changed.data == {"from": "active", "to": "expired"} and "invalid_grant" in changed.reason
     view = public(api, account_id)
     assert (view["status"], view["health_score"]) == ("expired", 0)
     assert "reconnect" in view["health_reason"]
@@ -189,6 +235,8 @@ def test_429_with_retry_after_cools_the_account_down_without_calling_the_platfor
     assert answer.status_code == 200 and answer.json()["access_token"] == old
     view = public(api, account_id)
     assert view["status"] == "rate_limited" and "rate limiting" in view["health_reason"]
+    [changed] = events(life, account_id, "status_changed")
+    assert changed.data == {"from": "active", "to": "rate_limited"} and "429" in changed.reason
     assert refresh_calls(life, "twitter") == 1
     client.close()
 
@@ -248,8 +296,9 @@ def bsky(pipeline_factory: Any, pds: Any, monkeypatch: pytest.MonkeyPatch) -> Pi
 
 def test_bluesky_against_the_reference_pds(bsky: Pipeline, pds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refresh (also one whose commit was lost: the 2-hour grace recovers it), sync without an
-    AppView, an access token the PDS calls expired, and a session the user deleted."""
-    account_id, _ = connect_bluesky(bsky, pds)
+    AppView, an access token the PDS calls expired, a session the user deleted, and a disconnect
+    through the worker that deletes the session at the PDS."""
+    account_id, person = connect_bluesky(bsky, pds)
     rt = runtime.current()
     before = load(bsky, account_id).tokens
     make_due(bsky, account_id)
@@ -292,6 +341,28 @@ def test_bluesky_against_the_reference_pds(bsky: Pipeline, pds: Any, monkeypatch
     assert (result.outcome, result.status) == ("failed", "expired")
     assert raw_row(bsky, account_id).health_score == 0
     assert events(bsky, account_id, "refresh_failed")
+
+    # connected again, then disconnected through the worker: the PDS session goes with it
+    assert login_bluesky(bsky, person) == account_id
+    live = load(bsky, account_id)
+    assert live.status == "active" and live.tokens.refresh_token
+    request_disconnect(account_id, broker=bsky.broker)
+    wait_until(lambda: events(bsky, account_id, "disconnected"), what="bluesky disconnected")
+    with httpx.Client() as http:
+        again = http.post(
+            f"{pds.service_url}/xrpc/com.atproto.server.refreshSession",
+            headers={"Authorization": f"Bearer {live.tokens.refresh_token}"},
+        )
+    assert again.status_code in (400, 401) and again.json()["error"] == "ExpiredToken", again.text
+    row = raw_row(bsky, account_id)
+    assert (row.status, row.access_token, row.refresh_token, row.token_expires_at) == ("disconnected", None, None, None)
+    assert [e.kind for e in events(bsky, account_id) if e.kind in ("revoked", "disconnected")] == [
+        "revoked",
+        "disconnected",
+    ]
+    [done] = events(bsky, account_id, "disconnected")
+    assert done.data == {"revocation": "revoked"}
+    assert events(bsky, account_id, "status_changed")[-1].data == {"from": "active", "to": "disconnected"}
 
 
 # ---- every platform's refresh, sync and revoke ---------------------------------------------------
@@ -455,6 +526,8 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     assert row.health_score == 0
     assert calls(life.fake, revoke) == 1
     assert [e.kind for e in events(life, alice) if e.kind in ("revoked", "disconnected")] == ["revoked", "disconnected"]
+    [changed] = events(life, alice, "status_changed")
+    assert changed.data == {"from": "active", "to": "disconnected"}
     assert life.fake.grants.check_access(tokens.access_token) == (None, "revoked")
     view = public(api, alice)
     assert (view["status"], view["health_score"]) == ("disconnected", 0)
@@ -472,6 +545,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     row = raw_row(life, bob)
     assert (row.status, row.access_token, row.refresh_token) == ("disconnected", None, None)
     assert not events(life, bob, "revoked")
+    assert [e.data for e in events(life, bob, "status_changed")] == [{"from": "active", "to": "disconnected"}]
     life.fake.clear_faults()
 
     # a Page whose Meta grant still serves the person's other Pages: tokens erased, grant kept

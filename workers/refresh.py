@@ -342,7 +342,7 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
         log.info("refresh lost the race", extra={"account_id": account.id, "platform": account.platform})
         REFRESHES.labels(account.platform, "lost_race").inc()
         reloaded = _load(rt, account.id)
-        return RefreshResult("fresh", reloaded.tokens if reloaded else None)
+        return RefreshResult("fresh", reloaded.tokens if reloaded else None, reloaded.status if reloaded else None)
     REFRESHES.labels(account.platform, "refreshed").inc()
     log.info("token refreshed", extra={"account_id": account.id, "platform": account.platform, "outcome": "ok"})
     return RefreshResult("refreshed", fresh, "active")
