@@ -9,17 +9,18 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import math
 import os
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from social_accounts.errors import ConfigError
 
-__all__ = ["OAUTH_PLATFORMS", "PLATFORMS", "Settings", "get_settings", "parse_key_ring"]
+__all__ = ["MAX_HTTP_TIMEOUT_SECONDS", "OAUTH_PLATFORMS", "PLATFORMS", "Settings", "get_settings", "parse_key_ring"]
 
 #: every platform id, in the order the dashboard shows them
 PLATFORMS = (
@@ -37,6 +38,12 @@ PLATFORMS = (
 #: platforms whose endpoints can be overridden with P_AUTHORIZE_URL / P_TOKEN_URL / P_API_URL / P_REVOKE_URL
 OAUTH_PLATFORMS = PLATFORMS[:8]
 ENDPOINT_KINDS = ("authorize_url", "token_url", "api_url", "revoke_url")
+
+#: the longest HTTP_TIMEOUT_SECONDS accepted: the connect and refresh messages that make platform
+#: calls run for 2 minutes at most, and the refresh lock (4 x the timeout + 20 s, so that it
+#: outlives every call made under it) is also how long a worker that dies holding it blocks the
+#: account's refreshes
+MAX_HTTP_TIMEOUT_SECONDS = 120.0
 
 #: the secrets `run` generates once when they are missing
 GENERATED_SECRETS = ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
@@ -72,6 +79,7 @@ class Settings(BaseSettings):
     meta_graph_version: str = "v21.0"
     #: LinkedIn-Version header of /rest calls (YYYYMM); LinkedIn sunsets each version after about a year
     linkedin_api_version: str = "202610"
+    #: read and write timeout of every platform call (connect: at most 3 s); 0 < value <= 120
     http_timeout_seconds: float = 10.0
     #: a connect attempt still pending after this long (lost message, Redis restart) ends as failed/timeout
     attempt_timeout_seconds: int = Field(1800, ge=10)
@@ -142,6 +150,20 @@ class Settings(BaseSettings):
     threads_token_url: str | None = None
     threads_api_url: str | None = None
     threads_revoke_url: str | None = None
+
+    @field_validator("http_timeout_seconds")
+    @classmethod
+    def _bounded_http_timeout(cls, value: float) -> float:
+        """A timeout the refresh lock's TTL can be derived from (``workers.coordination``): a
+        number of seconds, above 0 (0 turns sockets non-blocking), finite and not absurd (an
+        infinite one makes the lock's TTL impossible to set in Redis)."""
+        if not (math.isfinite(value) and 0 < value <= MAX_HTTP_TIMEOUT_SECONDS):
+            raise ValueError(
+                f"HTTP_TIMEOUT_SECONDS must be more than 0 and at most {MAX_HTTP_TIMEOUT_SECONDS:g} seconds "
+                f"(got {value!r}); the refresh lock is held 4 x this + 20 s so that it outlives every "
+                "platform call made under it"
+            )
+        return value
 
     # ---- derived values -------------------------------------------------------------------
 

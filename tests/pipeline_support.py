@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from models.attempts import create_attempt, load_attempt
 from models.crypto import KeyRing
-from models.tables import SocialOAuthState
+from models.tables import SocialAccount, SocialOAuthState
 from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
 from platforms.transport import KeepAliveTransport
@@ -147,6 +147,27 @@ class Pipeline:
 
 def events(row: SocialOAuthState, name: str) -> list[dict[str, Any]]:
     return [entry for entry in row.history if entry.get("event") == name]
+
+
+def token_path(pipe: Pipeline, platform: str) -> str:
+    """The path of ``platform``'s token endpoint on the fake."""
+    url = pipe.settings.endpoint(platform, "token_url")
+    assert url
+    return urlsplit(url).path
+
+
+def code_exchanges(pipe: Pipeline, platform: str) -> int:
+    """Token-endpoint requests that spend an authorization code (not Meta's follow-up exchange)."""
+    path = token_path(pipe, platform)
+    with pipe.fake._lock:
+        seen = list(pipe.fake.requests)
+    return len([r for r in seen if r.path == path and "code" in r.params])
+
+
+def account_rows(pipe: Pipeline) -> list[SocialAccount]:
+    """Every row of ``social_accounts``."""
+    with Session(pipe.engine) as session:
+        return list(session.query(SocialAccount))
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from social_accounts.settings import OAUTH_PLATFORMS
 from tests import pipeline_support
 from tests.conftest import _platform_modules
 from tests.fakeplatform import FakeResponse
-from tests.pipeline_support import Pipeline, events
+from tests.lifecycle_support import api_client
+from tests.pipeline_support import Pipeline, account_rows, code_exchanges, events, token_path
 from workers import connect, retrying
 
 pipeline = pipeline_support.pipeline
@@ -47,20 +48,6 @@ def _faked_oauth_platforms() -> list[str]:
 OAUTH = _faked_oauth_platforms()
 #: the platform the failure-path tests drive (any standard OAuth fake would do)
 MAIN = "twitter"
-
-
-def token_path(pipe: Pipeline, platform: str) -> str:
-    url = pipe.settings.endpoint(platform, "token_url")
-    assert url
-    return urlsplit(url).path
-
-
-def code_exchanges(pipe: Pipeline, platform: str) -> int:
-    """Token-endpoint requests that spend an authorization code (not Meta's follow-up exchange)."""
-    path = token_path(pipe, platform)
-    with pipe.fake._lock:
-        seen = list(pipe.fake.requests)
-    return len([r for r in seen if r.path == path and "code" in r.params])
 
 
 #: the first API path each adapter reads after the exchange (on the fake)
@@ -136,6 +123,38 @@ def test_facebook_three_pages_become_three_accounts_and_a_reconnect_adds_none(pi
         assert session.query(SocialAccount).count() == 3
     reasons = sorted(e.reason for e in connected_events(pipeline))
     assert reasons == ["connected"] * 3 + ["reconnected"] * 3
+
+
+def test_attempt_api_answers_connected_with_the_accounts_after_a_real_connect(pipeline: Pipeline) -> None:
+    """Through HTTP only: start on the API, consent on the fake, come back through the callback
+    endpoint; once the worker is done, ``GET /v1/attempts/{id}`` tells the dashboard the outcome."""
+    with api_client(pipeline) as client:
+        started = client.post("/v1/connect/twitter", json={"site_id": "site-1", "user_id": "user-1"})
+        assert started.status_code == 201, started.text
+        attempt_id = started.json()["attempt_id"]
+        assert client.get(f"/v1/attempts/{attempt_id}").json()["status"] == "pending"
+        with httpx.Client() as browser:
+            consent = browser.get(started.json()["authorization_url"], follow_redirects=False)
+        assert consent.status_code in (302, 303), consent.text
+        back = urlsplit(consent.headers["location"])
+        assert client.get(f"{back.path}?{back.query}", follow_redirects=False).status_code in (200, 303)
+        pipeline.wait_for(attempt_id)
+
+        view = client.get(f"/v1/attempts/{attempt_id}")
+
+    assert view.status_code == 200, view.text
+    (account,) = account_rows(pipeline)  # the one account this connect saved, read from its table
+    assert (account.site_id, account.platform) == ("site-1", "twitter")
+    assert view.json() == {
+        "attempt_id": attempt_id,
+        "platform": "twitter",
+        "site_id": "site-1",
+        "status": "connected",
+        "error_code": None,
+        "error_message": None,
+        "account_ids": [account.id],
+    }
+    assert code_exchanges(pipeline, "twitter") == 1
 
 
 # ---- replays and redelivery -------------------------------------------------------------------
@@ -253,6 +272,27 @@ def test_transient_failures_beyond_the_budget_fail_with_the_step_code(pipeline: 
     assert (row.status, row.error_code) == ("failed", "profile_fetch_failed")
     assert len(events(row, "retry")) == budget
     assert row.token_bundle is None
+
+
+def test_permanent_refusal_of_the_profile_fetch_fails_at_once_without_retry(pipeline: Pipeline) -> None:
+    """A 403 is a refusal, not a blip: asking again cannot change it (``platforms.http.default_error``).
+
+    X's problem-details shape (platforms.md §3 documents it for 401; a 403 carries the same).
+    The fault answers more than once, so a retry would meet it again and be counted."""
+    path = profile_path(pipeline, MAIN)
+    forbidden = {"title": "Forbidden", "type": "about:blank", "status": 403, "detail": "Forbidden"}
+    pipeline.fake.fail(path, FakeResponse(403, forbidden), times=10)
+    attempt_id, _ = pipeline.connect(MAIN)
+
+    row = pipeline.wait_for(attempt_id)
+
+    assert (row.status, row.stage, row.error_code) == ("failed", "failed", "profile_fetch_failed"), row.history
+    assert "HTTP 403" in (row.error_message or "")
+    assert not events(row, "retry")
+    assert pipeline.fake.count(path) == 1
+    assert code_exchanges(pipeline, MAIN) == 1
+    assert row.token_bundle is None and row.account_ids == []
+    assert account_rows(pipeline) == []
 
 
 @pytest.mark.skipif("linkedin" not in OAUTH, reason="needs an adapter that honours Retry-After")
@@ -459,7 +499,9 @@ def test_bluesky_wrong_app_password_fails_login_without_retry(bluesky_pipeline: 
 
     assert (row.status, row.error_code) == ("failed", "login_failed"), row.history
     assert not events(row, "retry")
-    assert row.app_password is None
+    assert row.app_password is None and row.token_bundle is None  # no secret outlives the attempt
+    assert row.account_ids == []
+    assert account_rows(pipe) == []
 
 
 # ---- Mastodon (per-instance app kept in the database) -------------------------------------------

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
+import pytest
 import redis
+from pydantic import ValidationError
 
+import platforms.transport as transport_module
+from platforms.http import default_timeout
+from platforms.transport import KeepAliveTransport
 from social_accounts.health import compute_health, health_colour
-from social_accounts.settings import PLATFORMS
+from social_accounts.settings import MAX_HTTP_TIMEOUT_SECONDS, PLATFORMS, Settings
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown, take_budget
-from workers.coordination import RedisCoordination
+from workers.coordination import RedisCoordination, for_runtime, lock_ttl_seconds
 from workers.locks import account_lock, lock_key
+from workers.refresh import SAVE_PATIENCE_SECONDS
+from workers.runtime import Runtime
 
 NS = "sa-test"
 
@@ -151,3 +161,104 @@ def test_cooldowns_asked_now_and_read_later(redis_url: str) -> None:
     local.set_cooldown("pinterest", 15, account_id=None, reason="rate_limited")
     assert 14 < local.cooldowns_later(["pinterest", "x"], None)()["pinterest"] <= 15
     client.close()
+
+
+# ---- the refresh lock's TTL against the HTTP timeouts ---------------------------------------------
+
+#: platform requests a refresh makes under the lock: one in every adapter (the OAuth 2.0 refresh
+#: grant, Meta's and Threads' token exchanges, Bluesky's refreshSession); Facebook and Mastodon
+#: make none
+REFRESH_CALLS = 1
+
+
+def _connect_phase_seconds(transport: KeepAliveTransport, connect_timeout: float, monkeypatch: Any) -> float:
+    """How long the transport's connect step can last when every attempt runs into its timeout:
+    measured on the transport's own retry loop, with sockets that time out and sleeps recorded."""
+    spent: list[float] = []
+
+    def times_out(address: Any, timeout: float | None = None, *args: Any, **kwargs: Any) -> Any:
+        spent.append(float(timeout or 0.0))
+        raise TimeoutError("timed out")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transport_module.socket, "create_connection", times_out)
+        patch.setattr(transport_module.time, "sleep", spent.append)
+        with pytest.raises(httpx.ConnectTimeout):
+            transport._connect(("https", "platform.example", 443), connect_timeout)
+    assert len(spent) == 2 * transport.retries + 1  # every attempt and every pause between them
+    return sum(spent)
+
+
+def worst_refresh_call_seconds(rt: Runtime, monkeypatch: Any) -> float:
+    """The longest the platform side of one refresh can take on the runtime's client when every
+    phase of every request runs into its timeout (connect with its retries, write, read)."""
+    client = rt.http
+    timeout = default_timeout(rt.settings.http_timeout_seconds)  # what the adapters pass per request
+    assert client.timeout == timeout
+    transport = client._transport
+    assert isinstance(transport, KeepAliveTransport)  # no connection pool to wait for
+    assert timeout.connect is not None and timeout.write is not None and timeout.read is not None
+    one = _connect_phase_seconds(transport, timeout.connect, monkeypatch) + timeout.write + timeout.read
+    return REFRESH_CALLS * one
+
+
+def _runtime(http_timeout_seconds: float, redis_url: str = "redis://127.0.0.1:1/0") -> Runtime:
+    settings = Settings(
+        _env_file=None, broker_url=redis_url, redis_namespace=NS, http_timeout_seconds=http_timeout_seconds
+    )
+    return Runtime(settings=settings)
+
+
+@pytest.mark.parametrize("seconds", [0.1, 0.3, 1.0, 2.0, 3.0, 3.5, 5.0, 10.0, 30.0, 60.0, MAX_HTTP_TIMEOUT_SECONDS])
+def test_the_refresh_lock_outlives_the_platform_call_and_the_write_after_it(
+    seconds: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _runtime(seconds)
+    try:
+        coordination = for_runtime(rt)
+        assert isinstance(coordination, RedisCoordination)
+        ttl = coordination.lock_ttl_seconds
+        worst = worst_refresh_call_seconds(rt, monkeypatch)
+    finally:
+        rt.close()
+
+    assert ttl > worst, f"HTTP_TIMEOUT_SECONDS={seconds}: lock {ttl} s, platform call up to {worst} s"
+    # the new tokens are then written, waiting out a database restart for up to SAVE_PATIENCE_SECONDS
+    # (refresh.py: "well inside the lock's TTL"): a lock that expired then could let a second
+    # worker spend the rotated refresh token
+    assert ttl >= worst + SAVE_PATIENCE_SECONDS, f"HTTP_TIMEOUT_SECONDS={seconds}: no room left for the write"
+
+
+def test_the_lock_the_runtime_takes_in_redis_carries_that_ttl(redis_url: str) -> None:
+    rt = _runtime(10.0, redis_url)
+    try:
+        coordination = for_runtime(rt)
+        with coordination.account_lock("acc-ttl") as hold:
+            assert hold
+            pttl = rt.redis.pttl(lock_key(NS, "acc-ttl"))
+    finally:
+        rt.close()
+    assert lock_ttl_seconds(10.0) * 1000 - 1000 < pttl <= lock_ttl_seconds(10.0) * 1000
+    assert lock_ttl_seconds(10.0) == 60.0  # the README's "60 s refresh lock" at the default
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "-inf", "nan", "1e300", str(MAX_HTTP_TIMEOUT_SECONDS + 0.5)])
+def test_http_timeouts_the_lock_cannot_cover_are_refused_with_a_clear_error(value: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, http_timeout_seconds=value)
+    message = str(refused.value)
+    assert "HTTP_TIMEOUT_SECONDS must be" in message and f"at most {MAX_HTTP_TIMEOUT_SECONDS:g}" in message
+
+
+def test_the_largest_http_timeout_still_takes_a_working_lock(redis_url: str) -> None:
+    """At the bound the TTL still fits Redis's PX and a socket still takes the timeout."""
+    assert Settings(_env_file=None, http_timeout_seconds=MAX_HTTP_TIMEOUT_SECONDS)
+    rt = _runtime(MAX_HTTP_TIMEOUT_SECONDS, redis_url)
+    try:
+        with for_runtime(rt).account_lock("acc-max") as hold:
+            assert hold
+            assert rt.redis.pttl(lock_key(NS, "acc-max")) > MAX_HTTP_TIMEOUT_SECONDS * 1000
+        with socket.socket() as sock:
+            sock.settimeout(MAX_HTTP_TIMEOUT_SECONDS)
+    finally:
+        rt.close()

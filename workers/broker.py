@@ -20,6 +20,7 @@ Acks are posted (``PostedAckRedisBroker``): the worker thread does not wait for 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -36,13 +37,14 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
-from workers import runtime
+from workers import messages, runtime
 from workers.metrics_middleware import MessageLatency
 from workers.redis_channel import channel_for
 from workers.redis_scripts import LuaScript
 from workers.warmup import WarmUp
 
 __all__ = [
+    "ExpiredConnectMessages",
     "HEARTBEAT_TIMEOUT_MS",
     "MAINTENANCE_CHANCE",
     "build_broker",
@@ -61,6 +63,8 @@ TIME_LIMIT_MS = 5 * 60 * 1000
 MIN_BACKOFF_MS = 2_000
 MAX_BACKOFF_MS = 5 * 60 * 1000
 MAX_RETRIES = 5
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _installed: dramatiq.Broker | None = None
@@ -123,9 +127,35 @@ class PostedAckRedisBroker(RedisBroker):
         return do_dispatch
 
 
+class ExpiredConnectMessages(dramatiq.Middleware):
+    """A connect message skipped unrun (``AgeLimit``: a ``code_received`` older than
+    ``messages.CODE_MAX_AGE_MS``) fails its attempt at once with ``timeout``.
+
+    The actor never runs for such a message, so without this the attempt would stay pending
+    until the reconciler times it out (``attempt_timeout_seconds``, 30 minutes by default).
+    """
+
+    ACTORS = frozenset({messages.CODE_RECEIVED, messages.BLUESKY_LOGIN})
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if message.actor_name not in self.ACTORS:
+            return
+        attempt_id = (message.kwargs or {}).get("attempt_id")
+        if not isinstance(attempt_id, str):
+            return
+        try:
+            from workers import connect  # late: the web app and the scheduler import this module too
+
+            connect.fail_expired(
+                runtime.current(), attempt_id, actor_name=message.actor_name, message_id=message.message_id
+            )
+        except Exception as exc:  # the reconciler's timeout still ends the attempt
+            log.warning("could not end attempt %s after its message expired: %s", attempt_id, type(exc).__name__)
+
+
 def _middleware() -> list[dramatiq.Middleware]:
-    """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id)
-    and MessageLatency (``social_accounts_message_latency_seconds``)."""
+    """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id),
+    MessageLatency (``social_accounts_message_latency_seconds``) and ExpiredConnectMessages."""
     middleware: list[dramatiq.Middleware] = []
     for cls in dramatiq.middleware.default_middleware:
         if cls is TimeLimit:
@@ -139,6 +169,7 @@ def _middleware() -> list[dramatiq.Middleware]:
     middleware.append(CurrentMessage())
     middleware.append(MessageLatency())
     middleware.append(WarmUp())
+    middleware.append(ExpiredConnectMessages())
     return middleware
 
 

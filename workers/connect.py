@@ -49,8 +49,10 @@ from workers.ratelimits import login_budget_wait, wait_before_call
 from workers.runtime import Runtime
 
 __all__ = [
+    "fail_attempt",
     "fail_deferred",
     "fail_exhausted",
+    "fail_expired",
     "handle_bluesky_login",
     "handle_code_received",
     "next_refresh_at",
@@ -103,16 +105,19 @@ def fail_deferred(rt: Runtime, attempt_id: str, *, step: str, reason: str) -> No
     fail_attempt(rt, attempt_id, code, f"{step}: {reason}, longer than the request may wait")
 
 
-def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str) -> None:
+def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str, *, message_id: str | None = None) -> None:
     """End a pending attempt as failed with ``code``; a finished attempt is never changed.
 
     Every secret column is cleared in the same ``UPDATE``: no secret outlives the attempt.
+    With ``message_id``, an attempt another message has claimed is left to that message.
     """
     now = rt.clock()
     message = scrub(reason)
     with rt.engine.begin() as conn:
         row = attempts.read_attempt(conn, attempt_id, for_update=True)
         if row is None or row.status != "pending":
+            return
+        if message_id is not None and row.consumed_by not in (None, message_id):
             return
         attempts.fail_pending(conn, attempt_id, code, message, now)
     ATTEMPTS.labels(row.platform, "failed").inc()
@@ -123,6 +128,31 @@ def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str) -> None:
         message,
         extra={"attempt_id": attempt_id, "platform": row.platform, "outcome": "failed", "error_code": code},
     )
+
+
+#: why an attempt ends when its message was too old to be run (Dramatiq's age limit skipped it)
+EXPIRED_CODE_REASON = "the authorization code expired before it could be used; please connect again"
+EXPIRED_RETRY_REASON = "the connection waited too long between two tries and was stopped; please connect again"
+EXPIRED_LOGIN_REASON = "the login waited too long before it could be tried; please connect again"
+
+
+def fail_expired(rt: Runtime, attempt_id: str, *, actor_name: str, message_id: str) -> None:
+    """A connect message was dropped unrun for its age: end its attempt now as ``timeout``.
+
+    Nothing else would: the attempt would stay pending until the reconciler's
+    ``attempt_timeout_seconds`` while the person waits. An attempt that another message claimed
+    is that message's to finish (a stale replay of the callback must not end it).
+    """
+    row = _read(rt, attempt_id)
+    if row is None or row.status != "pending":
+        return
+    if actor_name == "bluesky_login":
+        reason = EXPIRED_LOGIN_REASON
+    elif row.stage in ("created", "consumed"):
+        reason = EXPIRED_CODE_REASON
+    else:  # a retry of this message, after the code was spent
+        reason = EXPIRED_RETRY_REASON
+    fail_attempt(rt, attempt_id, "timeout", reason, message_id=message_id)
 
 
 def claim(rt: Runtime, attempt_id: str, message_id: str) -> AttemptSnapshot | None:
