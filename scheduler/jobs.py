@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models.attempts import append_history
+from models.attempts import SECRET_COLUMNS, append_history
 from models.tables import SocialAccount, SocialOAuthState
 from platforms.base import Clock, utcnow
 from scheduler.claims import claim_due
@@ -147,7 +147,8 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
             attempt.stage = "failed"
             attempt.error_code = "timeout"
             attempt.error_message = "The connection did not finish in time. Please try connecting again."
-            attempt.app_password = None
+            for column in SECRET_COLUMNS:  # no secret outlives the attempt: verifier, password, tokens
+                setattr(attempt, column, None)
             append_history(attempt, "timeout", "reconciler", now=now)
             timed_out += 1
         session.commit()

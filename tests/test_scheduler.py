@@ -115,7 +115,14 @@ def column_of(engine: Engine, account_id: str, name: str) -> Any:
         return conn.execute(sa.select(ACCOUNTS.c[name]).where(ACCOUNTS.c.id == account_id)).scalar_one()
 
 
-def add_attempt(engine: Engine, *, status: str, created_at: datetime, updated_at: datetime | None = None) -> str:
+def add_attempt(
+    engine: Engine,
+    *,
+    status: str,
+    created_at: datetime,
+    updated_at: datetime | None = None,
+    secrets: dict[str, str] | None = None,
+) -> str:
     row_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(
@@ -131,6 +138,7 @@ def add_attempt(engine: Engine, *, status: str, created_at: datetime, updated_at
                 expires_at=created_at + timedelta(minutes=10),
                 created_at=created_at,
                 updated_at=updated_at or created_at,
+                **(secrets or {}),
             )
         )
     return row_id
@@ -432,8 +440,10 @@ def test_recompute_health_pages_through_the_table(
 
 def test_reconcile_times_out_stuck_attempts_only(ctx: jobs.JobContext, engine: Engine) -> None:
     timeout = timedelta(seconds=ctx.settings.attempt_timeout_seconds)
-    stuck = add_attempt(engine, status="pending", created_at=NOW - timeout - timedelta(seconds=1))
-    recent = add_attempt(engine, status="pending", created_at=NOW - timeout + timedelta(minutes=1))
+    # stuck mid-connect: the verifier, an app password and the exchanged tokens all still stored
+    secrets = {"code_verifier": "enc-verifier", "app_password": "enc-password", "token_bundle": "enc-bundle"}
+    stuck = add_attempt(engine, status="pending", created_at=NOW - timeout - timedelta(seconds=1), secrets=secrets)
+    recent = add_attempt(engine, status="pending", created_at=NOW - timeout + timedelta(minutes=1), secrets=secrets)
     finished = add_attempt(engine, status="connected", created_at=NOW - timeout * 3)
 
     result = jobs.reconcile(ctx)
@@ -444,8 +454,10 @@ def test_reconcile_times_out_stuck_attempts_only(ctx: jobs.JobContext, engine: E
     assert row.history[-1] == {"at": NOW.isoformat(), "event": "timeout", "detail": "reconciler"}
     assert len(row.history) == 2
     assert row.updated_at == NOW
+    assert (row.code_verifier, row.app_password, row.token_bundle) == (None, None, None)
     untouched = attempt(engine, recent)
     assert (untouched.status, untouched.stage, len(untouched.history)) == ("pending", "created", 1)
+    assert untouched.token_bundle == "enc-bundle"  # still in flight: its secrets are still needed
     assert attempt(engine, finished).status == "connected"
     assert jobs.reconcile(ctx)["timed_out"] == 0
 
