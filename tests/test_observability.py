@@ -268,6 +268,17 @@ def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redi
         store.close()
 
 
+def test_leaving_the_app_closes_the_redis_connection_the_scrape_opened(scrape_app: Any) -> None:
+    client = scrape_app()
+    scrape(client)  # reads the cooldowns through the app's runtime: a Redis connection of its own
+    services = client.app.state.services  # type: ignore[attr-defined]
+    pool = services.runtime.redis.connection_pool
+    opened = [conn for conn in pool._available_connections if conn._sock is not None]
+    assert opened, "the scrape opened no Redis connection"
+    client.__exit__(None, None, None)  # the lifespan's end, as at shutdown
+    assert all(conn._sock is None for conn in opened), "a Redis connection outlived the app"
+
+
 def test_a_dead_broker_does_not_fail_the_scrape(scrape_app: Any) -> None:
     client = scrape_app(broker_url="redis://127.0.0.1:1/0", redis_url="redis://127.0.0.1:1/0")
     before = value(scrape(client), "social_accounts_scrape_errors_total")

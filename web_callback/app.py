@@ -69,6 +69,14 @@ class Services:
                 self._runtime = Runtime(settings=self.settings, _engine=self.engine, _ring=self.ring, _http=self.http)
             return self._runtime
 
+    def close(self) -> None:
+        """Close what the routes opened on first use and own alone (the token API's and the
+        metrics' Redis client); the engine, HTTP client and broker belong to whoever made them."""
+        with self._lock:
+            rt = self._runtime
+        if rt is not None:
+            rt.close_redis()
+
     def get_broker(self) -> Any:
         """The injected broker, or one built from ``BROKER_URL`` the first time it is needed."""
         with self._lock:
@@ -148,6 +156,7 @@ def create_app(settings: Settings | None = None, *, broker: Any = None, engine: 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await close_batchers(app)  # the callback's Redis connection (web_callback.batching)
+        services.close()
         http.close()
 
     app = Starlette(routes=_routes(settings), lifespan=lifespan)

@@ -92,6 +92,14 @@ class Runtime:
                 self._redis = redis_lib.Redis.from_url(url)
             return self._redis
 
+    def close_redis(self) -> None:
+        """Close the Redis client alone: the web app's runtime borrows the app's engine and HTTP
+        client, which the app closes itself."""
+        with self._lock:
+            client, self._redis = self._redis, None
+        if client is not None:
+            client.close()
+
     def close(self) -> None:
         """Release what this process built (called at worker shutdown and by tests)."""
         with self._lock:
