@@ -15,7 +15,10 @@ What it keeps from httpcore, because callers depend on it:
   ones retried, ``retries`` times) versus the request may have reached the platform
   (``WriteError``, ``ReadTimeout``, ``RemoteProtocolError``...): ``platforms.http.send`` turns
   the second kind into ``RequestMaybeSent``, which must never be retried for a code exchange;
-* separate connect, write and read timeouts from the request's ``timeout`` extension;
+* separate connect, write and read timeouts from the request's ``timeout`` extension; the read
+  timeout bounds the whole answer, not each read (httpcore's is per read), so a platform that
+  trickles its answer a byte at a time cannot hold a worker, or the refresh lock it holds, past
+  the time the lock's TTL allows for the call (``workers.coordination.lock_ttl_seconds``);
 * keep-alive with an idle expiry, and a connection the server closed while idle is never
   reused: before reuse the socket must not be readable (EOF or stray bytes), as httpcore checks;
 * TLS verification against certifi's bundle (what httpx uses), SNI and hostname checks;
@@ -29,6 +32,7 @@ streams), which go through an ``httpx.HTTPTransport`` kept for them.
 
 from __future__ import annotations
 
+import io
 import select
 import socket
 import ssl
@@ -53,14 +57,38 @@ def _default_ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-class _Connection:
-    """One socket and the buffered reader over it (a connection is used by one thread at a time)."""
-
-    __slots__ = ("reader", "since", "sock")
+class _AnswerSocket(io.RawIOBase):
+    """The socket's reading side, where every read ends by one deadline: the answer's."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        self.deadline: float | None = None
+
+    def start(self, timeout: float | None) -> None:
+        """The answer about to be read must be complete within ``timeout`` seconds (None: no limit)."""
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the answer did not arrive within the read timeout")
+            self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
+
+
+class _Connection:
+    """One socket and the buffered reader over it (a connection is used by one thread at a time)."""
+
+    __slots__ = ("answer", "reader", "since", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.answer = _AnswerSocket(sock)
+        self.reader: BinaryIO = io.BufferedReader(self.answer)
         self.since = 0.0
 
     def close(self) -> None:
@@ -170,7 +198,7 @@ class KeepAliveTransport(httpx.BaseTransport):
             conn.close()
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from None
         try:
-            conn.sock.settimeout(timeouts.get("read"))
+            conn.answer.start(timeouts.get("read"))
             answer = _read_response(conn.reader, request.method)
         except TimeoutError as exc:
             conn.close()

@@ -186,6 +186,45 @@ def test_no_answer_is_request_maybe_sent() -> None:
     assert len(srv.requests) == 1  # it did reach the server: never to be repeated
 
 
+def test_an_answer_trickled_past_the_read_timeout_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every byte comes well inside the read timeout, but the whole answer would take ~2 s: the
+    read timeout bounds the answer, so the call ends at 0.5 s (a lock held for it would expire)."""
+    body = b'{"access_token":"' + b"x" * 40 + b'"}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    done = threading.Event()
+
+    def trickle(conn: socket.socket, _request: bytes) -> bool:
+        for i in range(len(answer)):
+            if done.is_set():
+                return False
+            try:
+                conn.sendall(answer[i : i + 1])
+            except OSError:
+                return False
+            time.sleep(0.03)
+        return False
+
+    with server(trickle) as srv:
+        c = httpx.Client(transport=KeepAliveTransport(), timeout=httpx.Timeout(0.5, connect=1.0))
+        started = time.monotonic()
+        with c, pytest.raises(RequestMaybeSent):
+            send(c, "POST", srv.url + "/token", platform="t", data={"code": "c"})
+        took = time.monotonic() - started
+        done.set()
+    assert len(answer) * 0.03 > 2 * 0.5  # without the bound the answer would have been read whole
+    assert took < 1.5, f"the trickled answer held the call for {took:.1f} s"
+
+
+def test_the_read_timeout_starts_again_for_each_answer_on_a_kept_connection() -> None:
+    with server(ok()) as srv:
+        c = httpx.Client(transport=KeepAliveTransport(), timeout=httpx.Timeout(0.3, connect=1.0))
+        with c:
+            assert send(c, "GET", srv.url + "/a", platform="t").status_code == 200
+            time.sleep(0.4)  # longer than the read timeout, idle between two answers
+            assert send(c, "GET", srv.url + "/b", platform="t").status_code == 200
+    assert srv.connections == 1
+
+
 def test_hang_up_without_an_answer_is_request_maybe_sent() -> None:
     with server(lambda _conn, _request: False) as srv, client(retries=2) as c, pytest.raises(RequestMaybeSent):
         send(c, "POST", srv.url + "/token", platform="t", data={"code": "c"})
