@@ -164,6 +164,23 @@ def code_exchanges(pipe: Pipeline, platform: str) -> int:
     return len([r for r in seen if r.path == path and "code" in r.params])
 
 
+def bluesky_attempt(pipe: Pipeline, handle: str, app_password: str) -> str:
+    """A pending Bluesky attempt holding ``app_password`` (encrypted), as ``POST /v1/connect/bluesky`` makes it."""
+    now = datetime.now(UTC)
+    with Session(pipe.engine) as session, session.begin():
+        return create_attempt(
+            session,
+            pipe.ring,
+            platform="bluesky",
+            site_id="site-1",
+            user_id="user-1",
+            expires_at=now + timedelta(minutes=10),
+            now=now,
+            instance=handle,
+            app_password=app_password,
+        )
+
+
 def account_rows(pipe: Pipeline) -> list[SocialAccount]:
     """Every row of ``social_accounts``."""
     with Session(pipe.engine) as session:

@@ -11,17 +11,15 @@ once as ``timeout``; before it, the attempt stayed pending until the reconciler'
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dramatiq
 import redis
 from sqlalchemy.orm import Session
 
-from models.attempts import create_attempt
 from models.tables import SocialOAuthState
 from tests import pipeline_support
-from tests.pipeline_support import Pipeline, account_rows, code_exchanges, token_path
+from tests.pipeline_support import Pipeline, account_rows, bluesky_attempt, code_exchanges, token_path
 from workers import messages
 
 pipeline = pipeline_support.pipeline
@@ -125,19 +123,7 @@ def test_a_retry_that_outlived_the_max_age_ends_its_own_attempt(pipeline: Pipeli
 def test_bluesky_login_too_old_to_run_fails_with_timeout_and_clears_the_password(pipeline: Pipeline) -> None:
     """``bluesky_login`` has no age limit of its own; a message that carries one is handled alike
     (no PDS is needed: the message never runs)."""
-    now = datetime.now(UTC)
-    with Session(pipeline.engine) as session, session.begin():
-        attempt_id = create_attempt(
-            session,
-            pipeline.ring,
-            platform="bluesky",
-            site_id="site-1",
-            user_id="user-1",
-            expires_at=now + timedelta(minutes=10),
-            now=now,
-            instance="alice.example.com",
-            app_password="aaaa-bbbb-cccc-dddd",
-        )
+    attempt_id = bluesky_attempt(pipeline, "alice.example.com", "aaaa-bbbb-cccc-dddd")
     message = messages.build_message(messages.BLUESKY_LOGIN, attempt_id=attempt_id)
     aged(pipeline, message.copy(options={"max_age": 60_000}), 120_000)
 

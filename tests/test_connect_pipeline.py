@@ -17,7 +17,6 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 
-from models.attempts import create_attempt
 from models.repository import load_account
 from models.tables import SocialAccountEvent
 from platforms.registry import adapter_class
@@ -26,7 +25,7 @@ from tests import pipeline_support
 from tests.conftest import _platform_modules
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import api_client
-from tests.pipeline_support import Pipeline, account_rows, code_exchanges, events, token_path
+from tests.pipeline_support import Pipeline, account_rows, bluesky_attempt, code_exchanges, events, token_path
 from workers import connect, retrying
 
 pipeline = pipeline_support.pipeline
@@ -459,19 +458,7 @@ def bluesky_pipeline(pipeline_factory: Any, request: pytest.FixtureRequest) -> t
 def _bluesky_attempt(pipe: Pipeline, handle: str, app_password: str) -> str:
     from workers.publish import enqueue_bluesky_login
 
-    now = datetime.now(UTC)
-    with Session(pipe.engine) as session, session.begin():
-        attempt_id = create_attempt(
-            session,
-            pipe.ring,
-            platform="bluesky",
-            site_id="site-1",
-            user_id="user-1",
-            expires_at=now + timedelta(minutes=10),
-            now=now,
-            instance=handle,
-            app_password=app_password,
-        )
+    attempt_id = bluesky_attempt(pipe, handle, app_password)
     enqueue_bluesky_login(attempt_id, broker=pipe.broker)
     return attempt_id
 
