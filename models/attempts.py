@@ -255,7 +255,7 @@ def _statement(dialect: str, kind: str) -> Any:
     by_id = _c.id == sa.bindparam("w_id")
     touch = {"history": _history_plus_entry(dialect), "updated_at": _param("now", "updated_at")}
     # how an attempt ends, connected or failed: no secret outlives it
-    ended = {"token_bundle": sa.null(), "code_verifier": sa.null(), "app_password": sa.null(), **touch}
+    ended = {**{column: sa.null() for column in SECRET_COLUMNS}, **touch}
     if kind == "claim":
         return (
             sa.update(_S)
