@@ -102,14 +102,13 @@ class Runtime:
 
     def close(self) -> None:
         """Release what this process built (called at worker shutdown and by tests)."""
+        self.close_redis()
         with self._lock:
             if self._http is not None:
                 self._http.close()
-            if self._redis is not None:
-                self._redis.close()
             if self._engine is not None:
                 self._engine.dispose()
-            self._http = self._redis = self._engine = None
+            self._http = self._engine = None
 
     def forget_inherited(self) -> None:
         """After a fork: drop the parent's pools without closing the parent's sockets."""
