@@ -11,11 +11,12 @@ WORKDIR /app
 
 # Dependencies change less often than code: install them in their own layer first.
 COPY pyproject.toml README.md ./
-RUN mkdir -p social_accounts models platforms workers scheduler web_callback \
+RUN mkdir -p social_accounts service models platforms workers scheduler web_callback \
     && pip install . \
     && pip uninstall -y social-accounts
 
 COPY social_accounts ./social_accounts
+COPY service ./service
 COPY models ./models
 COPY platforms ./platforms
 COPY workers ./workers

@@ -63,7 +63,7 @@ def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
     from sqlalchemy.orm import Session
 
     from models.repository import upsert_account
-    from platforms.base import AccountProfile, TokenSet
+    from social_accounts.values import AccountProfile, TokenSet
     from tests.fakeplatform.core import Grant
     from tests.fakeplatform.twitter import ACCESS_LIFETIME, CLIENT_ID, SCOPES
 

@@ -30,7 +30,7 @@ from models.crypto import KeyRing
 from models.direct import for_engine
 from models.ids import new_id
 from models.tables import SocialOAuthState
-from platforms.base import TokenSet
+from social_accounts.values import TokenSet
 
 __all__ = [
     "SECRET_COLUMNS",

@@ -47,7 +47,7 @@ from models.ids import new_id
 from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
 from models.public import account_public_dict, health_reason
 from models.tables import SocialAccount, SocialAccountEvent, table_of, utcnow
-from platforms.base import AccountProfile, TokenSet
+from social_accounts.values import AccountProfile, TokenSet
 
 __all__ = [
     "AccountSnapshot",

@@ -8,48 +8,26 @@ It never touches the database or the broker: callers persist what it returns.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import ClassVar, Literal
 
 import httpx
 
+from social_accounts.clock import Clock, utcnow
 from social_accounts.errors import Permanent
 from social_accounts.settings import Settings
+from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = [
-    "AccountProfile",
-    "Clock",
     "PlatformAdapter",
     "RateHint",
     "RateSignalSink",
-    "RefreshModel",
-    "RevokeResult",
-    "Stats",
-    "TokenSet",
+    "engagement_rate",
     "no_rate_signals",
-    "utcnow",
 ]
-
-Clock = Callable[[], datetime]
-
-#: How a platform keeps access alive:
-#: ``rotate``  a refresh grant that returns a new refresh token each time (X, TikTok, Pinterest, Bluesky)
-#: ``reuse``   a refresh grant whose refresh token normally stays the same (YouTube, LinkedIn partners)
-#: ``extend``  no refresh token: the long-lived access token itself is exchanged for a fresh one
-#:             before it expires (Instagram via fb_exchange_token, Threads th_refresh_token)
-#: ``none``    the token does not expire (Mastodon, Facebook Page tokens)
-RefreshModel = Literal["rotate", "reuse", "extend", "none"]
-
-#: ``revoked`` the platform confirmed; ``none`` the platform has no revocation endpoint
-RevokeResult = Literal["revoked", "none"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -74,53 +52,6 @@ def no_rate_signals(platform: str, seconds: float, scope: str, account: str | No
     """The default sink: nobody listens (adapter tests, the web app)."""
 
 
-@dataclass(frozen=True)
-class TokenSet:
-    """What a platform gave us to act for an account.
-
-    ``metadata`` holds non-secret facts the adapter needs later (Meta user id, Mastodon instance,
-    Bluesky DID and PDS URL, the refresh model of this particular token). Secrets go only in
-    ``access_token`` and ``refresh_token``: those two are the columns encrypted at rest.
-    """
-
-    access_token: str
-    refresh_token: str | None = None
-    expires_at: datetime | None = None
-    refresh_expires_at: datetime | None = None
-    scopes: tuple[str, ...] = ()
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def replace(self, **changes: Any) -> TokenSet:
-        return dataclasses.replace(self, **changes)
-
-    def merged_with(self, newer: TokenSet) -> TokenSet:
-        """``newer`` wins, but an empty refresh token or missing expiry never wipes a stored one."""
-        return TokenSet(
-            access_token=newer.access_token or self.access_token,
-            refresh_token=newer.refresh_token or self.refresh_token,
-            expires_at=newer.expires_at,
-            refresh_expires_at=newer.refresh_expires_at or self.refresh_expires_at,
-            scopes=newer.scopes or self.scopes,
-            metadata={**self.metadata, **newer.metadata},
-        )
-
-    def __repr__(self) -> str:  # never print secrets, even in a debugger or a traceback
-        return (
-            f"TokenSet(access_token=<redacted>, refresh_token={'<redacted>' if self.refresh_token else None},"
-            f" expires_at={self.expires_at!r}, scopes={self.scopes!r}, metadata={self.metadata!r})"
-        )
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Counts; ``None`` means the platform does not give it (never guessed as 0)."""
-
-    followers: int | None = None
-    following: int | None = None
-    posts: int | None = None
-    engagement_rate: float | None = None
-
-
 def engagement_rate(engagements: int | None, posts: int | None, followers: int | None) -> float | None:
     """Average engagements per post as a share of followers (0.034 is 3.4 %); None when unknowable.
 
@@ -131,22 +62,6 @@ def engagement_rate(engagements: int | None, posts: int | None, followers: int |
     if engagements is None or not posts or not followers or engagements < 0 or posts < 0 or followers < 0:
         return None
     return round(engagements / posts / followers, 6)
-
-
-@dataclass(frozen=True)
-class AccountProfile:
-    """One account reachable with a token (a user, a Facebook Page, an Instagram business account).
-
-    ``tokens`` is the token set to store for *this* account: a Page gets its own Page token.
-    """
-
-    platform_account_id: str
-    name: str | None
-    handle: str | None
-    avatar_url: str | None
-    tokens: TokenSet
-    stats: Stats = field(default_factory=Stats)
-    refresh_model: RefreshModel = "none"
 
 
 class PlatformAdapter(ABC):

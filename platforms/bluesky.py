@@ -39,19 +39,10 @@ from urllib.parse import quote, unquote
 import httpx
 from atproto_core.did_doc import DidDocument
 
-from platforms.base import (
-    AccountProfile,
-    Clock,
-    PlatformAdapter,
-    RateHint,
-    RefreshModel,
-    RevokeResult,
-    Stats,
-    TokenSet,
-    utcnow,
-)
+from platforms.base import PlatformAdapter, RateHint
 from platforms.http import bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after
 from platforms.netguard import NetGuard, Resolver, guarded_send, system_resolver
+from social_accounts.clock import Clock, utcnow
 from social_accounts.errors import (
     AccessTokenExpired,
     LoginFailed,
@@ -63,6 +54,7 @@ from social_accounts.errors import (
     Transient,
 )
 from social_accounts.settings import Settings
+from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = ["BlueskyAdapter", "jwt_expiry", "parse_handle"]
 

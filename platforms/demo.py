@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, Permanent, PlatformError
 from social_accounts.settings import Settings
+from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = [
     "ACCESS_TOKEN_SECONDS",

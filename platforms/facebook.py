@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.meta import MetaGraphAdapter, nonempty_str
 from social_accounts.errors import Permanent
+from social_accounts.values import AccountProfile, Stats, TokenSet
 
 __all__ = ["FacebookAdapter"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.meta import MetaGraphAdapter, nonempty_str
 from social_accounts.errors import NeedsReconnect
+from social_accounts.values import AccountProfile, Stats, TokenSet
 
 __all__ = ["InstagramAdapter"]
 

@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
 from platforms.http import json_body, parse_retry_after, seconds_until_midnight
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import (
@@ -46,6 +45,7 @@ from social_accounts.errors import (
     RateLimited,
     Transient,
 )
+from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = ["LinkedInAdapter"]
 

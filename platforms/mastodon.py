@@ -33,20 +33,11 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from platforms.base import (
-    AccountProfile,
-    Clock,
-    PlatformAdapter,
-    RateHint,
-    RefreshModel,
-    RevokeResult,
-    Stats,
-    TokenSet,
-    utcnow,
-)
+from platforms.base import PlatformAdapter, RateHint
 from platforms.http import as_int, bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after
 from platforms.netguard import NetGuard, Resolver, guarded_send, is_public_address, system_resolver
 from platforms.oauth2 import RECONNECT_ERRORS
+from social_accounts.clock import Clock, utcnow
 from social_accounts.errors import (
     InputError,
     InstanceUnreachable,
@@ -57,6 +48,7 @@ from social_accounts.errors import (
     UnsafeAddress,
 )
 from social_accounts.settings import Settings
+from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = [
     "InMemoryMastodonAppStore",

@@ -31,10 +31,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from platforms.base import RateHint, RevokeResult, TokenSet
+from platforms.base import RateHint
 from platforms.http import Classifier, as_int, bearer, json_body, oauth_error, scrub, send
 from platforms.oauth2 import RECONNECT_ERRORS, OAuth2Adapter
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, Transient
+from social_accounts.values import RevokeResult, TokenSet
 
 __all__ = [
     "APP_THROTTLE_SECONDS",

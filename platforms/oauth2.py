@@ -16,9 +16,10 @@ from urllib.parse import urlencode
 
 import httpx
 
-from platforms.base import PlatformAdapter, RevokeResult, TokenSet
+from platforms.base import PlatformAdapter
 from platforms.http import Classifier, as_int, bearer, default_timeout, json_body, oauth_error, send
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
+from social_accounts.values import RevokeResult, TokenSet
 
 __all__ = ["OAuth2Adapter", "pkce_pair", "s256_challenge"]
 

@@ -28,10 +28,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet
 from platforms.http import json_body, rate_limited, scrub
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
+from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = ["PinterestAdapter"]
 

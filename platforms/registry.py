@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from platforms.base import Clock, PlatformAdapter, utcnow
+from platforms.base import PlatformAdapter
+from social_accounts.clock import Clock, utcnow
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.http import Classifier, as_int, send
 from platforms.meta import MetaOAuth2Adapter, is_permission_error, nonempty_str
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
+from social_accounts.values import AccountProfile, Stats, TokenSet
 
 __all__ = ["ThreadsAdapter"]
 

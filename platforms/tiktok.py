@@ -27,10 +27,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, Stats, TokenSet, engagement_rate
+from platforms.base import engagement_rate
 from platforms.http import json_body, rate_limited, scrub
 from platforms.oauth2 import RECONNECT_ERRORS, OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
+from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = ["TikTokAdapter"]
 

@@ -27,10 +27,11 @@ from typing import Any, ClassVar
 
 import httpx
 
-from platforms.base import AccountProfile, RateHint, RefreshModel, Stats, TokenSet
+from platforms.base import RateHint
 from platforms.http import header_is_zero, oauth_error, rate_limited, seconds_until_epoch
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
+from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = ["TwitterAdapter", "remaining_zero"]
 

@@ -33,10 +33,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from platforms.base import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 from platforms.http import json_body, rate_limited, scrub, seconds_until_midnight
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, Permanent, PlatformError, RateLimited
+from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = ["YouTubeAdapter"]
 

@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from models.attempts import SECRET_COLUMNS, append_history
 from models.tables import SocialAccount, SocialOAuthState
-from platforms.base import Clock, utcnow
 from scheduler.claims import claim_due
+from social_accounts.clock import Clock, utcnow
 from social_accounts.settings import Settings
 from workers.bulk import enqueue_calls
 from workers.messages import ACTOR_QUEUES, REFRESH_ACCOUNT, SYNC_ACCOUNT

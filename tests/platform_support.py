@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from platforms.base import PlatformAdapter, TokenSet
+from platforms.base import PlatformAdapter
 from platforms.oauth2 import pkce_pair
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, RequestMaybeSent, Transient
+from social_accounts.values import TokenSet
 from tests.fakeplatform import FakePlatformServer
 from tests.fakeplatform.core import follow_authorization
 from tests.fakeplatform.facebook import follow_dialog

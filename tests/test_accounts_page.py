@@ -33,10 +33,10 @@ from models.crypto import KeyRing
 from models.engine import make_engine
 from models.migrate import upgrade
 from models.tables import SocialAccount, SocialOAuthState
-from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.registry import adapter_class, platform_statuses
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
+from social_accounts.values import AccountProfile, Stats, TokenSet
 from tests.conftest import CONTRACT_CODES
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES

@@ -47,7 +47,7 @@ TOKEN = "browser-test-token"
 SITE = "demo-site"
 
 LAUNCHER = """
-from social_accounts.embedded import run_embedded
+from service.embedded import run_embedded
 from social_accounts.settings import Settings
 run_embedded(Settings(_env_file=None), demo=True)
 """

@@ -1,6 +1,6 @@
 """The console script: one clear line per error, and the commands that must work now do.
 
-Most tests call ``social_accounts.cli.main`` in-process (fast); a few run the installed
+Most tests call ``service.cli.main`` in-process (fast); a few run the installed
 ``social-accounts`` script in a subprocess to prove what an operator sees, tracebacks included.
 """
 
@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 
 from models.crypto import KeyRing
-from social_accounts import cli
+from service import cli
 from social_accounts.settings import Settings, get_settings
 from tests.conftest import new_key
 
@@ -137,7 +137,7 @@ def test_an_unexpected_error_is_one_redacted_line(env: pytest.MonkeyPatch, capsy
     def explode(settings: Settings) -> list[Any]:
         raise RuntimeError("platform said access_token=leaked-token-value\nsecond line")
 
-    env.setattr("social_accounts.doctor.run_checks", explode)
+    env.setattr("service.doctor.run_checks", explode)
     code, out, err = _run(capsys, "doctor")
     assert code == 1
     assert err.strip().splitlines() == ["error: RuntimeError: platform said access_token=[REDACTED]"]
@@ -186,7 +186,7 @@ def test_worker_passes_processes_and_threads_through_to_dramatiq(
     assert code == 3  # Dramatiq's own exit code is the command's
     (args,) = seen
     assert (args.processes, args.threads, args.skip_logging) == (3, 2, True)
-    assert args.broker == "social_accounts.cli:boot_worker_process"
+    assert args.broker == "service.cli:boot_worker_process"
 
 
 def test_web_serves_the_app_built_from_the_settings(
@@ -212,7 +212,7 @@ def test_run_generates_local_secrets_once_and_uses_the_memory_broker(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     seen: list[tuple[Settings, bool]] = []
-    env.setattr("social_accounts.embedded.run_embedded", lambda settings, demo=False: seen.append((settings, demo)))
+    env.setattr("service.embedded.run_embedded", lambda settings, demo=False: seen.append((settings, demo)))
     (tmp_path / ".env").write_text("STATE_SECRET=from-dot-env-file\n")
 
     assert _run(capsys, "run")[0] == 0

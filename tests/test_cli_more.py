@@ -27,7 +27,7 @@ from rich.console import Console
 
 from models.crypto import KeyRing
 from models.engine import make_engine
-from social_accounts import cli
+from service import cli
 from social_accounts.settings import Settings
 from tests import test_cli
 from tests.conftest import new_key

@@ -18,7 +18,7 @@ from typing import Any
 import typer
 import yaml
 
-from social_accounts.cli import app
+from service.cli import app
 from social_accounts.settings import Settings
 from tests.conftest import unavailable
 

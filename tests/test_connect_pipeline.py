@@ -429,7 +429,7 @@ def test_no_token_code_or_client_secret_ever_reaches_redis(pipeline: Pipeline, r
 
 
 def test_next_refresh_at_keeps_margin_but_never_more_than_half_the_lifetime() -> None:
-    from platforms.base import TokenSet
+    from social_accounts.values import TokenSet
 
     now = datetime(2026, 1, 1, tzinfo=UTC)
     short = TokenSet("t", expires_at=now + timedelta(seconds=60))

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from models.attempts import store_token_bundle
 from models.crypto import KeyRing
 from models.repository import create_attempt, load_account, load_attempt, save_mastodon_app, upsert_account
-from platforms.base import AccountProfile, TokenSet
 from social_accounts.errors import ConfigError, CryptoError, DecryptError, UnknownKeyError
 from social_accounts.settings import Settings, parse_key_ring
+from social_accounts.values import AccountProfile, TokenSet
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 WHERE = {"table": "social_accounts", "column": "access_token", "row_id": "row-1"}

@@ -24,7 +24,7 @@ from models.direct import MAX_IDLE, DirectSession, for_engine
 from models.engine import make_engine
 from models.repository import fetch_account, upsert_account
 from models.tables import SocialAccount
-from platforms.base import AccountProfile, TokenSet
+from social_accounts.values import AccountProfile, TokenSet
 from tests.test_repository import NOW
 
 

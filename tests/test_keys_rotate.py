@@ -29,8 +29,8 @@ from models.repository import (
     upsert_account,
 )
 from models.tables import SocialAccountEvent
-from platforms.base import AccountProfile, TokenSet
 from social_accounts.errors import UnknownKeyError
+from social_accounts.values import AccountProfile, TokenSet
 
 NOW = datetime(2026, 4, 1, tzinfo=UTC)
 N_ACCOUNTS = 7

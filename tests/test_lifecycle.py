@@ -564,7 +564,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
 
 
 def test_a_short_lived_token_is_refreshed_at_half_its_lifetime_not_in_a_loop() -> None:
-    from platforms.base import TokenSet
+    from social_accounts.values import TokenSet
     from workers.refresh import is_due
 
     issued = datetime(2026, 1, 1, tzinfo=UTC)

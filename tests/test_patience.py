@@ -19,7 +19,7 @@ from models.direct import for_engine
 from models.engine import make_engine
 from models.patience import retry_while_unreachable
 from models.repository import fetch_account, upsert_account
-from platforms.base import AccountProfile, TokenSet
+from social_accounts.values import AccountProfile, TokenSet
 from tests.test_repository import NOW
 
 

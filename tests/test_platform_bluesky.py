@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.base import TokenSet
 from platforms.bluesky import BlueskyAdapter, jwt_expiry, parse_handle
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -25,6 +24,7 @@ from social_accounts.errors import (
     UnsafeAddress,
 )
 from social_accounts.settings import Settings
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.peers.pds import PdsPeer
 from tests.platform_support import assert_no_secret, assert_transient

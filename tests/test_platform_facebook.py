@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.base import TokenSet
 from platforms.facebook import FacebookAdapter
 from platforms.meta import APP_THROTTLE_SECONDS, THROTTLE_SECONDS, appsecret_proof, usage_near_limit
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, RequestMaybeSent, Transient
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta

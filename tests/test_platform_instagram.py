@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.base import AccountProfile
 from platforms.instagram import InstagramAdapter
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited
+from social_accounts.values import AccountProfile
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta

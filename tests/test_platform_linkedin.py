@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from platforms.base import TokenSet
 from platforms.linkedin import LinkedInAdapter
 from social_accounts.errors import (
     NeedsReconnect,
@@ -15,6 +14,7 @@ from social_accounts.errors import (
     RateLimited,
     Transient,
 )
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import linkedin as fake_li

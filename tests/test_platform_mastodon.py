@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from platforms.base import TokenSet
 from platforms.mastodon import InMemoryMastodonAppStore, MastodonAdapter, MastodonApp, normalise_instance
 from social_accounts.errors import (
     InputError,
@@ -19,6 +18,7 @@ from social_accounts.errors import (
     RateLimited,
     UnsafeAddress,
 )
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform.core import follow_authorization, unused_port_url

@@ -8,13 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.base import TokenSet
 from platforms.pinterest import PinterestAdapter
 from social_accounts.errors import (
     NeedsReconnect,
     Permanent,
     RateLimited,
 )
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import pinterest as fake_pin

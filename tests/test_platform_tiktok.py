@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from platforms.base import TokenSet, engagement_rate
+from platforms.base import engagement_rate
 from platforms.tiktok import TikTokAdapter
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -15,6 +15,7 @@ from social_accounts.errors import (
     Permanent,
     RateLimited,
 )
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import tiktok as fake_tt

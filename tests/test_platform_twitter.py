@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import pytest
 
-from platforms.base import TokenSet
 from platforms.twitter import TwitterAdapter, remaining_zero
 from social_accounts.errors import (
     AccessTokenExpired,
@@ -18,6 +17,7 @@ from social_accounts.errors import (
     RateLimited,
     RequestMaybeSent,
 )
+from social_accounts.values import TokenSet
 from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import twitter as fake_x

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.repository import save_refreshed_tokens
-from platforms.base import TokenSet
 from social_accounts.metrics import REFRESHES
+from social_accounts.values import TokenSet
 from tests import pipeline_support
 from tests.lifecycle_support import connect, events, life, load, make_due, refresh_calls
 from tests.pipeline_support import Pipeline

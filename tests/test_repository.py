@@ -47,7 +47,7 @@ from models.repository import (
     upsert_account,
 )
 from models.tables import SocialAccount, SocialAccountEvent
-from platforms.base import AccountProfile, Stats, TokenSet
+from social_accounts.values import AccountProfile, Stats, TokenSet
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

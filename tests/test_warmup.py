@@ -37,7 +37,7 @@ def test_the_worker_command_polls_idle_queues_every_200_ms_unless_told_otherwise
     """Dramatiq reads ``dramatiq_worker_timeout`` once, at import: the command sets it first."""
     probe = (
         "import sys\n"
-        "from social_accounts import cli\n"
+        "from service import cli\n"
         "assert 'dramatiq.worker' not in sys.modules, 'too late: dramatiq was imported with the CLI'\n"
         "cli.set_idle_poll()\n"
         "import dramatiq.worker\n"

@@ -28,9 +28,9 @@ from models.crypto import KeyRing
 from models.engine import make_engine
 from models.migrate import upgrade
 from models.tables import SocialAccount, SocialMastodonApp, SocialOAuthState
-from platforms.base import AccountProfile, Stats, TokenSet
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import PLATFORMS, Settings
+from social_accounts.values import AccountProfile, Stats, TokenSet
 from tests.conftest import CONTRACT_CODES
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES, error_message

@@ -1,6 +1,6 @@
 """The demo platform's provider side: a small OAuth 2.0 server under ``/demo`` in this process.
 
-Mounted only by ``social-accounts run --demo`` (``social_accounts.embedded``); never by ``web``.
+Mounted only by ``social-accounts run --demo`` (``service.embedded``); never by ``web``.
 ``platforms.demo.DemoAdapter`` talks to it over HTTP like to any platform, so a newcomer sees the
 real flow end to end without credentials or internet:
 

@@ -37,11 +37,12 @@ from sqlalchemy.exc import IntegrityError
 
 from models import attempts, patience, repository
 from models.attempts import AttemptSnapshot
-from platforms.base import AccountProfile, PlatformAdapter, TokenSet
+from platforms.base import PlatformAdapter
 from platforms.http import scrub
 from social_accounts.errors import CryptoError, PlatformError, UnsafeAddress
 from social_accounts.metrics import ATTEMPTS, PLATFORM_ERRORS
 from social_accounts.settings import PLATFORMS
+from social_accounts.values import AccountProfile, TokenSet
 from workers import retrying
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime

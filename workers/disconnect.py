@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from models.repository import load_account, record_event
 from models.tables import SocialAccount
-from platforms.base import TokenSet
 from platforms.http import scrub
 from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
+from social_accounts.values import TokenSet
 from workers.adapters import adapter_for
 from workers.ratelimits import wait_before_call
 from workers.refresh import CooledDown

@@ -45,9 +45,9 @@ from models.repository import (
     save_refreshed_tokens,
 )
 from models.repository import event_values as event
-from platforms.base import TokenSet
 from social_accounts.errors import PlatformError, RateLimited
 from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
+from social_accounts.values import TokenSet
 from workers.adapters import adapter_for
 from workers.connect import next_refresh_at
 from workers.coordination import Coordination, for_runtime

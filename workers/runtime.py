@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from platforms.base import Clock, utcnow
 from platforms.http import default_timeout
 from platforms.transport import KeepAliveTransport
+from social_accounts.clock import Clock, utcnow
 from social_accounts.settings import Settings, get_settings
 from workers.retrying import CONNECT_POLICY, RetryPolicy
 

@@ -12,9 +12,9 @@ import logging
 from sqlalchemy.orm import Session
 
 from models.repository import load_account, record_event
-from platforms.base import Stats, TokenSet
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, PlatformError, RateLimited
 from social_accounts.metrics import PLATFORM_ERRORS
+from social_accounts.values import Stats, TokenSet
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
 from workers.ratelimits import wait_before_call

@@ -17,7 +17,7 @@ from social_accounts.settings import Settings
 
 __all__ = ["run_embedded", "start_background"]
 
-log = logging.getLogger("social_accounts.embedded")
+log = logging.getLogger("service.embedded")
 
 #: worker threads consuming the in-process broker
 WORKER_THREADS = 8

@@ -43,11 +43,11 @@ from social_accounts.settings import GENERATED_SECRETS, Settings, ensure_local_s
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from social_accounts.doctor import Check
+    from service.doctor import Check
 
 __all__ = ["app", "boot_worker_process", "main"]
 
-log = logging.getLogger("social_accounts.cli")
+log = logging.getLogger("service.cli")
 
 #: where `run` keeps the secrets it generated (mode 0600, relative to the working directory)
 LOCAL_SECRETS = Path(".social-accounts/secrets.env")
@@ -141,7 +141,7 @@ def run(demo: bool = typer.Option(False, "--demo", help="Add the built-in demo p
     os.environ.setdefault("BROKER_URL", "memory://")
     settings = _settings()
     configure_logging(settings)
-    run_embedded = _later("social_accounts.embedded", "run_embedded", "run")
+    run_embedded = _later("service.embedded", "run_embedded", "run")
     run_embedded(settings, demo=demo)
 
 
@@ -305,7 +305,7 @@ def migrate() -> None:
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
     """Check database, broker, keys, scheduler leader, cooldowns and each platform's configuration."""
-    from social_accounts.doctor import failed, run_checks
+    from service.doctor import failed, run_checks
 
     settings = _settings()
     configure_logging(settings)
