@@ -13,7 +13,6 @@ Error messages name the table, column, row id and key id — never a key or a pl
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from social_accounts.errors import ConfigError, DecryptError, UnknownKeyError
+from social_accounts.signing import b64url_decode, b64url_encode
 
 if TYPE_CHECKING:
     from social_accounts.settings import Settings
@@ -31,14 +31,6 @@ __all__ = ["VERSION", "KeyRing"]
 VERSION = "v1"
 _NONCE = 12
 _TAG = 16
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class KeyRing:
@@ -96,7 +88,7 @@ class KeyRing:
         kid = self.current_kid
         nonce = os.urandom(_NONCE)
         sealed = self._keys[kid].encrypt(nonce, plaintext.encode("utf-8"), self._aad(table, column, row_id, kid))
-        return f"{VERSION}:{kid}:{_b64encode(nonce + sealed)}"
+        return f"{VERSION}:{kid}:{b64url_encode(nonce + sealed)}"
 
     def decrypt(self, value: str, *, table: str, column: str, row_id: str) -> str:
         """The plaintext of ``value`` read from ``table.column`` of row ``row_id``.
@@ -112,7 +104,7 @@ class KeyRing:
             raise UnknownKeyError(f"{where} is encrypted with key id {kid!r}, which TOKEN_KEYS does not hold")
         body = value[len(VERSION) + len(kid) + 2 :]
         try:
-            raw = _b64decode(body)
+            raw = b64url_decode(body)
         except (binascii.Error, ValueError):
             raise DecryptError(f"{where} is not valid base64") from None
         if len(raw) < _NONCE + _TAG:

@@ -28,7 +28,6 @@ DID documents and finds the PDS endpoint.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import re
@@ -54,6 +53,7 @@ from social_accounts.errors import (
     Transient,
 )
 from social_accounts.settings import Settings
+from social_accounts.signing import b64url_decode
 from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = ["BlueskyAdapter", "jwt_expiry", "parse_handle"]
@@ -95,7 +95,7 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """The payload of a JWT, decoded without verifying (we only read ``exp`` and ``scope``)."""
     try:
         payload = token.split(".")[1]
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        data = json.loads(b64url_decode(payload))
     except (IndexError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

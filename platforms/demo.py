@@ -16,8 +16,6 @@ refresh margin of 2 minutes means the scheduler refreshes each token about 3 min
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -26,6 +24,7 @@ import httpx
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, Permanent, PlatformError
 from social_accounts.settings import Settings
+from social_accounts.signing import derive_key
 from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
 __all__ = [
@@ -45,8 +44,7 @@ ACCESS_TOKEN_SECONDS = 300
 
 def demo_client_secret(settings: Settings) -> str:
     """The demo client's secret, derived from STATE_SECRET (both sides compute the same)."""
-    key = (settings.state_secret or "").encode("utf-8")
-    return hmac.new(key, b"sa-demo-client-secret-v1", hashlib.sha256).hexdigest()
+    return derive_key(settings.state_secret or "", b"sa-demo-client-secret-v1").hex()
 
 
 class DemoAdapter(OAuth2Adapter):

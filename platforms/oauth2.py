@@ -8,7 +8,6 @@ Meta's follow-up exchange, X's Basic client authentication, and so on.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 from typing import Any, ClassVar, Literal
@@ -19,6 +18,7 @@ import httpx
 from platforms.base import PlatformAdapter
 from platforms.http import Classifier, as_int, bearer, default_timeout, json_body, oauth_error, send
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
+from social_accounts.signing import b64url_encode
 from social_accounts.values import RevokeResult, TokenSet
 
 __all__ = ["OAuth2Adapter", "pkce_pair", "s256_challenge"]
@@ -35,7 +35,7 @@ def pkce_pair() -> tuple[str, str]:
 
 def s256_challenge(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url_encode(digest)
 
 
 class OAuth2Adapter(PlatformAdapter):

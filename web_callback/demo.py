@@ -23,11 +23,6 @@ it is a toy provider, but it never logs a token either.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import secrets
 import threading
 import time
@@ -42,6 +37,7 @@ from starlette.routing import BaseRoute, Route
 from platforms.demo import ACCESS_TOKEN_SECONDS, DEMO_CLIENT_ID, demo_client_secret
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import Settings
+from social_accounts.signing import BadSignature, Signer, constant_time_equal, derive_key
 
 __all__ = ["PERSONAS", "DemoProvider", "install", "routes"]
 
@@ -68,14 +64,6 @@ PERSONAS: dict[str, Persona] = {
 }
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 @dataclass
 class _Grant:
     persona: str
@@ -87,8 +75,7 @@ class DemoProvider:
     """Signed tokens plus the little state rotation needs. Thread-safe."""
 
     def __init__(self, settings: Settings, *, clock: Any = time.time) -> None:
-        secret = (settings.state_secret or "").encode("utf-8")
-        self._key = hmac.new(secret, b"sa-demo-provider-v1", hashlib.sha256).digest()
+        self._signer = Signer(derive_key(settings.state_secret or "", b"sa-demo-provider-v1"))
         self.client_secret = demo_client_secret(settings)
         self.redirect_uri = settings.redirect_uri
         self.clock = clock
@@ -100,26 +87,16 @@ class DemoProvider:
 
     def sign(self, kind: str, data: dict[str, Any], lifetime: int) -> str:
         body = {**data, "k": kind, "exp": int(self.clock()) + lifetime, "n": secrets.token_urlsafe(12)}
-        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
-        mac = _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
-        return f"demo.{payload}.{mac}"
+        return "demo." + self._signer.sign_json(body)
 
     def verify(self, kind: str, token: str | None) -> dict[str, Any] | None:
         if not token or len(token) > 2048 or not token.startswith("demo."):
             return None
-        payload, _, mac = token[5:].partition(".")
-        expected = _b64(hmac.new(self._key, payload.encode("ascii", "replace"), hashlib.sha256).digest())
-        if not hmac.compare_digest(mac.encode("ascii", "replace"), expected.encode()):
-            return None
         try:
-            data = json.loads(_unb64(payload))
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+            data = self._signer.unsign_json(token[5:], expiry="exp", now=self.clock())
+        except BadSignature:
             return None
-        if not isinstance(data, dict) or data.get("k") != kind:
-            return None
-        if not isinstance(data.get("exp"), int) or data["exp"] <= self.clock():
-            return None
-        return data
+        return data if data.get("k") == kind else None
 
     # ---- the grant life cycle -----------------------------------------------------------------
 
@@ -201,8 +178,8 @@ class DemoProvider:
         }
 
     def client_ok(self, form: dict[str, str]) -> bool:
-        return form.get("client_id") == DEMO_CLIENT_ID and hmac.compare_digest(
-            form.get("client_secret", "").encode(), self.client_secret.encode()
+        return form.get("client_id") == DEMO_CLIENT_ID and constant_time_equal(
+            form.get("client_secret", ""), self.client_secret
         )
 
 

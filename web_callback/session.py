@@ -23,11 +23,7 @@ Why this shape:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from social_accounts.settings import Settings
+from social_accounts.signing import BadSignature, Signer, constant_time_equal, derive_key
 
 __all__ = [
     "LOGIN_COOKIE",
@@ -67,14 +64,6 @@ def login_cookie_name(settings: Settings) -> str:
     return f"__Host-{LOGIN_COOKIE}" if is_secure(settings) else LOGIN_COOKIE
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 @dataclass(frozen=True)
 class Session:
     """A verified session: its id (random, only used to bind CSRF tokens) and its expiry."""
@@ -90,53 +79,41 @@ class SessionSigner:
         settings.require("API_TOKEN", "STATE_SECRET")
         assert settings.api_token is not None and settings.state_secret is not None
         token_hash = hashlib.sha256(settings.api_token.encode("utf-8")).digest()
-        self._key = hmac.new(
-            settings.state_secret.encode("utf-8"), b"sa-page-session-v1|" + token_hash, hashlib.sha256
-        ).digest()
-        self._api_token = settings.api_token.encode("utf-8")
+        key = derive_key(settings.state_secret, b"sa-page-session-v1|" + token_hash)
+        #: one key, one signer per purpose: a value signed for one is refused by the others
+        self._session = Signer(key, b"session|")
+        self._login = Signer(key, b"login|")
+        self._csrf = Signer(key, b"csrf|")
+        self._login_form = Signer(key, b"login-form|")
+        self._api_token = settings.api_token
         self.settings = settings
 
     # ---- the token ----------------------------------------------------------------------------
 
     def token_matches(self, offered: str) -> bool:
         """Constant-time comparison of a typed token with ``API_TOKEN``."""
-        return hmac.compare_digest(offered.strip().encode("utf-8"), self._api_token)
+        return constant_time_equal(offered.strip(), self._api_token)
 
     # ---- signed values --------------------------------------------------------------------------
 
-    def _mac(self, domain: bytes, payload: str) -> str:
-        return _b64(hmac.new(self._key, domain + payload.encode("ascii"), hashlib.sha256).digest())
-
-    def _sign(self, domain: bytes, data: dict[str, object]) -> str:
-        payload = _b64(json.dumps(data, separators=(",", ":")).encode("utf-8"))
-        return f"{payload}.{self._mac(domain, payload)}"
-
-    def _verify(self, domain: bytes, value: str | None, now: float) -> dict[str, object] | None:
+    @staticmethod
+    def _verify(signer: Signer, value: str | None, now: float) -> dict[str, object] | None:
         if not value or len(value) > _MAX_COOKIE:
             return None
-        payload, sep, mac = value.partition(".")
-        if not sep or not hmac.compare_digest(mac.encode("ascii", "replace"), self._mac(domain, payload).encode()):
-            return None
         try:
-            data = json.loads(_unb64(payload))
-        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return signer.unsign_json(value, expiry="exp", now=now)
+        except BadSignature:
             return None
-        if not isinstance(data, dict):
-            return None
-        expiry = data.get("exp")
-        if not isinstance(expiry, int) or expiry <= now:
-            return None
-        return data
 
     # ---- sessions -----------------------------------------------------------------------------
 
     def new_session(self, now: float | None = None) -> tuple[str, Session]:
         """A fresh cookie value and the session it stands for."""
         session = Session(sid=secrets.token_urlsafe(16), expires_at=int(now or time.time()) + SESSION_SECONDS)
-        return self._sign(b"session|", {"sid": session.sid, "exp": session.expires_at}), session
+        return self._session.sign_json({"sid": session.sid, "exp": session.expires_at}), session
 
     def read_session(self, request: Request, now: float | None = None) -> Session | None:
-        data = self._verify(b"session|", request.cookies.get(cookie_name(self.settings)), now or time.time())
+        data = self._verify(self._session, request.cookies.get(cookie_name(self.settings)), now or time.time())
         if data is None or not isinstance(data.get("sid"), str):
             return None
         return Session(sid=str(data["sid"]), expires_at=int(str(data["exp"])))
@@ -160,30 +137,30 @@ class SessionSigner:
     # ---- CSRF ---------------------------------------------------------------------------------
 
     def csrf_token(self, session: Session) -> str:
-        return self._mac(b"csrf|", session.sid)
+        return self._csrf.mac(session.sid)
 
     def csrf_ok(self, session: Session, offered: str | None) -> bool:
-        return bool(offered) and hmac.compare_digest(str(offered).encode("utf-8"), self.csrf_token(session).encode())
+        return self._csrf.mac_matches(session.sid, offered)
 
     # ---- the login form's own CSRF (double submit before any session exists) ------------------
 
     def login_pair(self, request: Request, now: float | None = None) -> tuple[str, str]:
         """``(cookie value, form token)``: the existing pre-login cookie is reused while valid."""
         current = now or time.time()
-        data = self._verify(b"login|", request.cookies.get(login_cookie_name(self.settings)), current)
+        data = self._verify(self._login, request.cookies.get(login_cookie_name(self.settings)), current)
         if data is not None and isinstance(data.get("n"), str):
             cookie = request.cookies[login_cookie_name(self.settings)]
             nonce = str(data["n"])
         else:
             nonce = secrets.token_urlsafe(16)
-            cookie = self._sign(b"login|", {"n": nonce, "exp": int(current) + LOGIN_SECONDS})
-        return cookie, self._mac(b"login-form|", nonce)
+            cookie = self._login.sign_json({"n": nonce, "exp": int(current) + LOGIN_SECONDS})
+        return cookie, self._login_form.mac(nonce)
 
     def login_ok(self, request: Request, offered: str | None, now: float | None = None) -> bool:
-        data = self._verify(b"login|", request.cookies.get(login_cookie_name(self.settings)), now or time.time())
+        data = self._verify(self._login, request.cookies.get(login_cookie_name(self.settings)), now or time.time())
         if data is None or not isinstance(data.get("n"), str) or not offered:
             return False
-        return hmac.compare_digest(offered.encode("utf-8"), self._mac(b"login-form|", str(data["n"])).encode())
+        return self._login_form.mac_matches(str(data["n"]), offered)
 
     def set_login_cookie(self, response: Response, value: str) -> None:
         response.set_cookie(

@@ -10,27 +10,20 @@ Format (compact and URL-safe, no padding)::
     base64url(json payload) "." base64url(hmac_sha256(secret, "sa-state-v1." + payload_part))
 
 Verification checks the length bound first, then the signature in constant time, and only then
-parses the payload, so nothing an attacker sends is interpreted before it is authenticated.
-It runs on every callback, on the event loop, so it is kept cheap (``bench/callback.py``): the
-HMAC state for a secret is keyed once and copied per token, base64 goes straight to ``binascii``,
-and the expiry is compared with ``time.time()`` instead of an aware ``datetime.now``.
+parses the payload, so nothing an attacker sends is interpreted before it is authenticated
+(``social_accounts.signing``).
 Errors are ``InputError`` with ``code`` ``state_invalid`` (malformed or forged) or
 ``state_expired`` (authentic but too old): the two are explained differently to the user.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
-import hmac
-import json
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from social_accounts.errors import InputError
+from social_accounts.signing import BadSignature, SignatureExpired, Signer
 
 __all__ = ["MAX_RETURN_TO", "MAX_STATE_LENGTH", "SignedState", "sign_state", "verify_state"]
 
@@ -39,8 +32,6 @@ MAX_RETURN_TO = 1024
 #: longest encoded state accepted; a signed state with the longest return_to stays below it
 MAX_STATE_LENGTH = 2048
 _DOMAIN = b"sa-state-v1."
-#: base64url's alphabet to the standard one (what ``base64.urlsafe_b64decode`` does first)
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 @dataclass(frozen=True)
@@ -53,26 +44,10 @@ class SignedState:
     return_to: str | None = None
 
 
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> bytes:
-    """``base64.urlsafe_b64decode`` of unpadded ``text``, without its wrappers (same result and
-    errors: ``UnicodeEncodeError`` for non-ASCII text, ``binascii.Error`` for bad padding)."""
-    return binascii.a2b_base64(text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4))
-
-
 @functools.lru_cache(maxsize=8)
-def _keyed(secret: str) -> hmac.HMAC:
-    """The HMAC state after key and domain, per secret (copying it skips the key setup per token)."""
-    return hmac.new(secret.encode("utf-8"), _DOMAIN, hashlib.sha256)
-
-
-def _mac(secret: str, payload_part: str) -> bytes:
-    mac = _keyed(secret).copy()
-    mac.update(payload_part.encode("ascii"))
-    return mac.digest()
+def _signer(secret: str) -> Signer:
+    """The state signer per secret (built once: the callback checks a state per request)."""
+    return Signer(secret, _DOMAIN)
 
 
 def sign_state(state: SignedState, secret: str) -> str:
@@ -86,8 +61,7 @@ def sign_state(state: SignedState, secret: str) -> str:
     }
     if state.return_to:
         payload["r"] = state.return_to
-    payload_part = _b64encode(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
-    token = f"{payload_part}.{_b64encode(_mac(secret, payload_part))}"
+    token = _signer(secret).sign_json(payload)
     if len(token) > MAX_STATE_LENGTH:
         raise InputError("return_to is too long to carry in the OAuth state", code="return_to_too_long")
     return token
@@ -110,30 +84,21 @@ def verify_state(token: str, secret: str, *, now: datetime | None = None) -> Sig
         raise _invalid("it carries no state")
     if len(token) > MAX_STATE_LENGTH:
         raise _invalid("the state is too long")
-    payload_part, sep, mac_part = token.partition(".")
-    if not sep or not payload_part or not mac_part or "." in mac_part:
-        raise _invalid("the state is malformed")
-    try:
-        given = _b64decode(mac_part)
-        expected = _mac(secret, payload_part)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise _invalid("the state is malformed") from None
-    if not hmac.compare_digest(given, expected):
+    if not secret:
         raise _invalid("the state's signature does not match")
     try:
-        payload = json.loads(_b64decode(payload_part).decode("utf-8"))  # sign_state writes ASCII JSON
-        attempt_id, platform, expiry = payload["a"], payload["p"], payload["e"]
-        return_to = payload.get("r")
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise _invalid("the state is malformed") from None
-    if not (isinstance(attempt_id, str) and isinstance(platform, str) and isinstance(expiry, int)):
-        raise _invalid("the state is malformed")
-    if return_to is not None and not isinstance(return_to, str):
-        raise _invalid("the state is malformed")
-    expires_at = datetime.fromtimestamp(expiry, UTC)
-    if (time.time() >= expiry) if now is None else (now >= expires_at):
+        payload = _signer(secret).unsign_json(token, expiry="e", now=None if now is None else now.timestamp())
+    except SignatureExpired:
         raise InputError(
             "This sign-in link has expired. Please start connecting the account again.",
             code="state_expired",
-        )
+        ) from None
+    except BadSignature:
+        raise _invalid("the state's signature does not match or it is malformed") from None
+    attempt_id, platform, return_to = payload.get("a"), payload.get("p"), payload.get("r")
+    if not (isinstance(attempt_id, str) and isinstance(platform, str)):
+        raise _invalid("the state is malformed")
+    if return_to is not None and not isinstance(return_to, str):
+        raise _invalid("the state is malformed")
+    expires_at = datetime.fromtimestamp(payload["e"], UTC)
     return SignedState(attempt_id=attempt_id, platform=platform, expires_at=expires_at, return_to=return_to)
