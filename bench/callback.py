@@ -1,16 +1,21 @@
-"""Benchmark: ``GET /oauth/callback`` against a bare endpoint on the same server, same run.
+"""Benchmark: ``GET /oauth/callback`` against a bare endpoint and the naive callback, same run.
 
 Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's pure-Python
 HTTP parser) than about our handler. The bare route answers ``200`` from the same uvicorn
 process, so the ratio isolates what the callback adds: query parsing, the state's HMAC, the
 code's AES-GCM encryption, the batched Redis enqueue and the wait for it.
 
+The naive callback (``bench/naive_callback.py``) is the other reference: an ``async`` Starlette
+endpoint doing the same work that calls ``actor.send()`` per request. It runs in its own uvicorn
+process, started the same way, and is loaded only while it is measured.
+
 Setup: one uvicorn process (``--factory callback:create_bench_app``, access log off) running the
 product app plus one bench-only route (added here, never in the product), a real Redis broker on
 127.0.0.1 in a dedicated namespace, and ``wrk -c32 -t2 -d10s`` cycling through 20,000 distinct,
 validly signed states (so every request really verifies, encrypts and enqueues).
 
-Goals: callback throughput >= 0.5x bare, callback p99 <= 2x bare p99.
+Goals: callback throughput >= 0.5x bare, callback p99 <= 2x bare p99, callback throughput >= 2x
+the naive callback's.
 
 Run: ``.venv/bin/python bench/callback.py [--seconds 10] [--rounds 2]``
 """
@@ -18,6 +23,7 @@ Run: ``.venv/bin/python bench/callback.py [--seconds 10] [--rounds 2]``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import sys
@@ -132,6 +138,28 @@ def mean(results: list[WrkResult], attr: str) -> float:
     return sum(getattr(r, attr) for r in results) / len(results)
 
 
+def uvicorn_command(factory: str, port: int) -> list[str]:
+    """One uvicorn worker serving ``factory`` (a module of this directory), access log off."""
+    return [
+        python(),
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--app-dir",
+        str(Path(__file__).resolve().parent),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -156,73 +184,76 @@ def run() -> None:
         }
         callback_paths, bare_paths = write_paths(workdir, env["STATE_SECRET"], base)
         first_callback = callback_paths.read_text().split("\n", 1)[0]
-        cmd = [
-            python(),
-            "-m",
-            "uvicorn",
-            "--factory",
-            "callback:create_bench_app",
-            "--app-dir",
-            str(Path(__file__).resolve().parent),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        naive_port = free_port()
+        naive_base = f"http://127.0.0.1:{naive_port}"
         log = workdir / "uvicorn.log"
-        with process(cmd, env, log) as server:
+        naive_log = workdir / "uvicorn-naive.log"
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(process(uvicorn_command("callback:create_bench_app", port), env, log))
+            naive = stack.enter_context(
+                process(uvicorn_command("naive_callback:create_naive_app", naive_port), env, naive_log)
+            )
             try:
                 wait_for_port(port, server)
+                wait_for_port(naive_port, naive)
                 check_once(base, BARE_PATH, 200)
                 check_once(base, first_callback, 303)
+                check_once(naive_base, first_callback, 303)
                 wrk = {"connections": args.connections, "threads": args.threads, "workdir": workdir}
-                for paths in (bare_paths, callback_paths):  # warm up both paths (imports, pools)
-                    run_wrk(base, paths, seconds=2, **wrk)
+                for target, paths in ((base, bare_paths), (base, callback_paths), (naive_base, callback_paths)):
+                    run_wrk(target, paths, seconds=2, **wrk)  # warm up every path (imports, pools)
                 if args.py_spy:
                     profile(server.pid, base, callback_paths, args.py_spy, args.seconds, wrk, args.py_spy_rate)
                 before = int(redis_client().llen(f"{namespace}:connect"))
                 bare: list[WrkResult] = []
                 callback: list[WrkResult] = []
-                for i in range(args.rounds):  # interleaved so drift hits both alike
-                    order = [(bare, bare_paths), (callback, callback_paths)]
-                    for results, paths in order if i % 2 == 0 else reversed(order):
-                        cpu = cpu_seconds(server.pid)
-                        result = run_wrk(base, paths, seconds=args.seconds, **wrk)
-                        result.server_cpu = cpu_seconds(server.pid) - cpu
+                naive_results: list[WrkResult] = []
+                for i in range(args.rounds):  # interleaved so drift hits all alike
+                    order = [
+                        (bare, server, base, bare_paths),
+                        (callback, server, base, callback_paths),
+                        (naive_results, naive, naive_base, callback_paths),
+                    ]
+                    for results, proc, target, paths in order if i % 2 == 0 else reversed(order):
+                        cpu = cpu_seconds(proc.pid)
+                        result = run_wrk(target, paths, seconds=args.seconds, **wrk)
+                        result.server_cpu = cpu_seconds(proc.pid) - cpu
                         results.append(result)
             except BenchError:
-                print(tail(log), file=sys.stderr)
+                print(tail(log), tail(naive_log), sep="\n", file=sys.stderr)
                 raise
             if server.poll() is not None:
                 raise BenchError(f"uvicorn died during the run:\n{tail(log)}")
+            if naive.poll() is not None:
+                raise BenchError(f"the naive callback's uvicorn died during the run:\n{tail(naive_log)}")
         client = redis_client()
         queued = int(client.llen(f"{namespace}:connect")) - before
         client.close()
 
-    failures = sum(r.errors + r.bad_status for r in bare + callback)
-    bare_rps, cb_rps = mean(bare, "rps"), mean(callback, "rps")
+    failures = sum(r.errors + r.bad_status for r in bare + callback + naive_results)
+    bare_rps, cb_rps, naive_rps = mean(bare, "rps"), mean(callback, "rps"), mean(naive_results, "rps")
     bare_p99, cb_p99 = mean(bare, "p99_ms"), mean(callback, "p99_ms")
-    sent = sum(r.requests for r in callback)
+    sent = sum(r.requests for r in callback + naive_results)
     rows = [
         Row("bare   requests/s", f"{bare_rps:,.0f}"),
         Row("bare   p50 / p99 ms", f"{mean(bare, 'p50_ms'):.2f} / {bare_p99:.2f}"),
         Row("callback requests/s", f"{cb_rps:,.0f}"),
         Row("callback p50 / p99 ms", f"{mean(callback, 'p50_ms'):.2f} / {cb_p99:.2f}"),
+        Row("naive  requests/s", f"{naive_rps:,.0f}"),
+        Row("naive  p50 / p99 ms", f"{mean(naive_results, 'p50_ms'):.2f} / {mean(naive_results, 'p99_ms'):.2f}"),
         Row("server CPU us/request bare", f"{mean(bare, 'cpu_us_per_request'):.0f}"),
         Row("server CPU us/request callback", f"{mean(callback, 'cpu_us_per_request'):.0f}"),
+        Row("server CPU us/request naive", f"{mean(naive_results, 'cpu_us_per_request'):.0f}"),
         Row("throughput ratio", f"{cb_rps / bare_rps:.2f}x", ">= 0.50x", cb_rps / bare_rps >= 0.5),
         Row("p99 ratio", f"{cb_p99 / bare_p99:.2f}x", "<= 2.00x", cb_p99 / bare_p99 <= 2.0),
+        Row("ours / naive throughput", f"{cb_rps / naive_rps:.2f}x", ">= 2.00x", cb_rps / naive_rps >= 2.0),
         Row("errors / non-2xx-3xx", f"{failures}", "0", failures == 0),
         Row("messages enqueued", f"{queued:,} (>= {sent:,} answered)", "", queued >= sent),
     ]
     print_table(
-        f"GET /oauth/callback vs bare endpoint: 1 uvicorn worker, wrk -c{args.connections} -t{args.threads} "
-        f"-d{args.seconds}s x {args.rounds} rounds, {STATES:,} distinct valid states",
+        f"GET /oauth/callback vs bare endpoint and naive callback: 1 uvicorn worker each, "
+        f"wrk -c{args.connections} -t{args.threads} -d{args.seconds}s x {args.rounds} rounds, "
+        f"{STATES:,} distinct valid states",
         rows,
     )
 

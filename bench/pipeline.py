@@ -16,6 +16,11 @@ enqueue until the last ``connected`` event (its time as the worker wrote it; the
 every 0.25 s whether every attempt has left ``pending``). Calls per connect are counted from the
 fake's request log.
 
+Reference, same run: the bare Dramatiq worker (``bench/bare_worker.py``, stock CLI, same
+processes and threads, same fake delay) connects another N codes with the same two calls (code
+exchange, ``users/me``) through a plain ``httpx.Client``, nothing else. Goal: ours >= 0.6x its
+connects per second.
+
 Checks: every attempt ``connected``, none failed, each with exactly one account, N distinct
 accounts, exactly one code exchange per attempt. Goal: >= 0.75x the ideal.
 
@@ -24,7 +29,7 @@ under 2 s, where the consumers' first poll after an idle spell (up to ``IDLE_POL
 the last threads finishing alone weigh several percent, and one busy moment of the machine
 moves the ratio by 0.1 (``bench/README.md``, fourth round). ``--connects 500`` still runs that.
 
-Run: ``.venv/bin/python bench/pipeline.py [--connects 2000]``
+Run: ``.venv/bin/python bench/pipeline.py [--connects 2000] [--no-bare]``
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bare_reference import BareResult, bare_rows, run_bare  # noqa: E402
 from common import (  # noqa: E402
     POLL_SECONDS,
     BenchError,
@@ -69,12 +75,10 @@ PLATFORM = "twitter"
 
 def prepare(settings: Any, engine: Any, ring: Any, n: int) -> list[tuple[str, str]]:
     """N pending attempts, each authorized on the fake: ``[(attempt_id, code)]``."""
-    import httpx
     from sqlalchemy.orm import Session
 
     from models.attempts import create_attempt
     from platforms.oauth2 import pkce_pair
-    from platforms.registry import get_adapter
 
     now = datetime.now(UTC)
     attempts: list[tuple[str, str]] = []
@@ -95,21 +99,40 @@ def prepare(settings: Any, engine: Any, ring: Any, n: int) -> list[tuple[str, st
 
     def authorize(item: tuple[str, str]) -> tuple[str, str]:
         attempt_id, challenge = item
-        with httpx.Client() as browser:
-            adapter = get_adapter(PLATFORM, settings, browser)
-            url = adapter.authorization_url(
-                state=attempt_id, redirect_uri=settings.redirect_uri, code_challenge=challenge
-            )
-            response = browser.get(url, follow_redirects=False)
-        if response.status_code != 302:
-            raise BenchError(f"the fake's authorize answered {response.status_code}")
-        query = dict(httpx.URL(response.headers["location"]).params)
-        if "code" not in query:
-            raise BenchError(f"the fake's authorize gave no code: {sorted(query)}")
-        return attempt_id, query["code"]
+        return attempt_id, authorize_on_fake(settings, attempt_id, challenge)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return list(pool.map(authorize, attempts))
+
+
+def authorize_on_fake(settings: Any, state: str, challenge: str) -> str:
+    """Walk the fake's authorize step as a browser would; the code it redirects with."""
+    import httpx
+
+    from platforms.registry import get_adapter
+
+    with httpx.Client() as browser:
+        adapter = get_adapter(PLATFORM, settings, browser)
+        url = adapter.authorization_url(state=state, redirect_uri=settings.redirect_uri, code_challenge=challenge)
+        response = browser.get(url, follow_redirects=False)
+    if response.status_code != 302:
+        raise BenchError(f"the fake's authorize answered {response.status_code}")
+    query = dict(httpx.URL(response.headers["location"]).params)
+    if "code" not in query:
+        raise BenchError(f"the fake's authorize gave no code: {sorted(query)}")
+    return query["code"]
+
+
+def bare_connect_calls(settings: Any, n: int) -> list[dict[str, Any]]:
+    """N codes authorized on the fake with PKCE, without any attempt row: the bare worker's messages."""
+    from platforms.oauth2 import pkce_pair
+
+    def one(i: int) -> dict[str, Any]:
+        verifier, challenge = pkce_pair()
+        return {"code": authorize_on_fake(settings, f"bare-{i}", challenge), "code_verifier": verifier}
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
 
 
 def outcome(engine: Any) -> Counter[str]:
@@ -126,6 +149,7 @@ def run() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
     args = parser.parse_args()
     concurrency = args.processes * args.threads
 
@@ -202,6 +226,22 @@ def run() -> None:
                 reused = conn.execute(
                     sa.text("SELECT count(*) FROM social_oauth_states WHERE history::text LIKE '%state_reused%'")
                 ).scalar_one()
+            bare: BareResult | None = None
+            if not args.no_bare:
+                fake.delay = 0.0
+                bare_calls = bare_connect_calls(settings, args.connects)
+                fake.delay = DELAY
+                bare = run_bare(
+                    fake,
+                    env,
+                    namespace,
+                    "connect",
+                    bare_calls,
+                    processes=args.processes,
+                    threads=args.threads,
+                    workdir=Path(tmp),
+                    timeout=args.timeout,
+                )
         finally:
             broker.close()
             engine.dispose()
@@ -232,6 +272,8 @@ def run() -> None:
         Row("code exchanges", f"{exchanges}", f"{n}", exchanges == n),
         Row("accounts / replays", f"{accounts} / {reused}", f"{n} / 0", accounts == n and reused == 0),
     ]
+    if bare is not None:
+        rows += bare_rows(bare, rate, "connect", "connects")
     print_table(
         f"connect pipeline: {args.processes} worker processes x {args.threads} threads, "
         f"fake platform answering after {DELAY * 1000:.0f} ms, {n} {PLATFORM} connects",

@@ -13,7 +13,11 @@ runs from ``scheduler.jobs.refresh_ahead`` (claim + bulk enqueue) to the last of
 ``refreshed`` events (its time as the worker wrote it; the bench checks every 0.25 s).
 Checks: token endpoint calls == N exactly, no grant revoked, no refresh failure.
 
-Run: ``.venv/bin/python bench/refresh.py [--accounts 10000]``
+Reference, same run: the bare Dramatiq worker (``bench/bare_worker.py``, stock CLI, same
+processes and threads, same fake delay) refreshes another N live grants with the same token call
+through a plain ``httpx.Client``, nothing else. Goal: ours >= 0.6x its refreshes per second.
+
+Run: ``.venv/bin/python bench/refresh.py [--accounts 10000] [--no-bare]``
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bare_reference import BareResult, bare_rows, run_bare  # noqa: E402
 from common import (  # noqa: E402
     POLL_SECONDS,
     BenchError,
@@ -104,6 +109,21 @@ def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
                 )
 
 
+def bare_refresh_calls(fake: Any, n: int) -> list[dict[str, Any]]:
+    """N live grants on the fake, not in any database: the bare worker's messages."""
+    from tests.fakeplatform.core import Grant
+    from tests.fakeplatform.twitter import CLIENT_ID, SCOPES
+
+    grants = fake.grants
+    calls = []
+    for i in range(n):
+        grant = Grant(f"g_bare_{i}", CLIENT_ID, "alice", sorted(SCOPES))
+        with grants.lock:
+            grants.grants[grant.grant_id] = grant
+        calls.append({"refresh_token": grants.new_refresh(grant, prefix="tw_rt_")})
+    return calls
+
+
 def events(engine: Any) -> Counter[str]:
     import sqlalchemy as sa
 
@@ -118,6 +138,7 @@ def run() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
     args = parser.parse_args()
     n = args.accounts
     concurrency = args.processes * args.threads
@@ -183,6 +204,19 @@ def run() -> None:
                     int(v) for (v,) in conn.execute(sa.text("SELECT token_version FROM social_accounts")).all()
                 )
                 statuses = Counter(str(s) for (s,) in conn.execute(sa.text("SELECT status FROM social_accounts")).all())
+            bare: BareResult | None = None
+            if not args.no_bare:
+                bare = run_bare(
+                    fake,
+                    env,
+                    namespace,
+                    "refresh",
+                    bare_refresh_calls(fake, n),
+                    processes=args.processes,
+                    threads=args.threads,
+                    workdir=Path(tmp),
+                    timeout=args.timeout,
+                )
         finally:
             broker.close()
             engine.dispose()
@@ -212,6 +246,8 @@ def run() -> None:
         Row("token_version histogram", ", ".join(f"v{v}: {c}" for v, c in sorted(versions.items()))),
         Row("account statuses", ", ".join(f"{s}: {c}" for s, c in sorted(statuses.items()))),
     ]
+    if bare is not None:
+        rows += bare_rows(bare, rate, "refresh", "refreshes")
     print_table(
         f"refresh throughput: {args.processes} worker processes x {args.threads} threads, "
         f"fake platform answering after {DELAY * 1000:.0f} ms, {n:,} due {PLATFORM} accounts",
