@@ -97,7 +97,7 @@ def run_bare(
     bare_env = {**env, "BARE_NAMESPACE": bare_namespace, "dramatiq_worker_timeout": IDLE_POLL_MS}
     log = workdir / f"bare-{kind}-workers.log"
     done_key, failed_key = f"{bare_namespace}:bare-done:{kind}", f"{bare_namespace}:bare-failed:{kind}"
-    messages = [
+    messages: list[dramatiq.Message[Any]] = [
         dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(), kwargs=kwargs, options={})
         for kwargs in calls
     ]

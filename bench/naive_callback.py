@@ -34,7 +34,7 @@ def create_naive_app() -> Starlette:
     from social_accounts.settings import Settings
     from web_callback.state import verify_state
 
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     ring = KeyRing.from_settings(settings)
     secret = settings.state_secret or ""
     broker = RedisBroker(url=os.environ["BROKER_URL"], namespace=os.environ["REDIS_NAMESPACE"])
