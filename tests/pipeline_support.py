@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from models.attempts import create_attempt, load_attempt
 from models.crypto import KeyRing
 from models.tables import SocialAccount, SocialOAuthState
+from platforms.deadline import DeadlineTransport
 from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
-from platforms.transport import KeepAliveTransport
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
 
@@ -214,7 +214,7 @@ def pipeline_factory(
 
         # the production client and transport, watched (an event hook would take the client off
         # platforms.http's direct path, and the tests would no longer see what production runs)
-        http = runtime.platform_client(settings, Recording(KeepAliveTransport(retries=2), record))
+        http = runtime.platform_client(settings, Recording(DeadlineTransport(retries=2), record))
         rt = runtime.configure(settings, engine=engine, http=http, retry_policy=RetryPolicy(**FAST_POLICY_KW))
         broker = broker_mod.setup(settings)
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
