@@ -1,9 +1,9 @@
 """Benchmark: ``GET /oauth/callback`` against a bare endpoint on the same server, same run.
 
-Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's pure-Python
-HTTP parser) than about our handler. The bare route answers ``200`` from the same uvicorn
-process, so the ratio isolates what the callback adds: query parsing, the state's HMAC, the
-code's AES-GCM encryption, the batched Redis enqueue and the wait for it.
+Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's HTTP
+parser) than about our handler. The bare route answers ``200`` from the same uvicorn process, so
+the ratio isolates what the callback adds: query parsing, the state's HMAC, the code's AES-GCM
+encryption, the batched Redis enqueue and the wait for it.
 
 Setup: one uvicorn process (``--factory callback:create_bench_app``, access log off) running the
 product app plus one bench-only route (added here, never in the product), a real Redis broker on
