@@ -212,8 +212,7 @@ def pipeline_factory(
         def record(request: httpx.Request) -> None:
             pipe_sent.append((time.monotonic(), request.method, request.url.path))
 
-        # the production client and transport, watched (an event hook would take the client off
-        # platforms.http's direct path, and the tests would no longer see what production runs)
+        # the production client and transport, watched on the way to the fake platform
         http = runtime.platform_client(settings, Recording(DeadlineTransport(retries=2), record))
         rt = runtime.configure(settings, engine=engine, http=http, retry_policy=RetryPolicy(**FAST_POLICY_KW))
         broker = broker_mod.setup(settings)
