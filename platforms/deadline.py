@@ -127,7 +127,8 @@ class DeadlineTransport(httpx.BaseTransport):
 
     Parameters:
       retries(int): connection attempts repeated after a failure to connect (nothing sent).
-      verify(ssl.SSLContext): for ``https`` (default: httpx's, on certifi's bundle).
+      verify(ssl.SSLContext): for ``https`` (default: httpx's, on certifi's bundle); its
+        ``sslsocket_class`` is set to the deadline-bound socket.
       clock: monotonic seconds (tests drive the deadline with their own).
     """
 
