@@ -1,9 +1,9 @@
 """Benchmark: ``GET /oauth/callback`` against a bare endpoint and the naive callback, same run.
 
-Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's pure-Python
-HTTP parser) than about our handler. The bare route answers ``200`` from the same uvicorn
-process, so the ratio isolates what the callback adds: query parsing, the state's HMAC, the
-code's AES-GCM encryption, the batched Redis enqueue and the wait for it.
+Why a bare endpoint: absolute numbers say more about the machine (and about uvicorn's HTTP
+parser) than about our handler. The bare route answers ``200`` from the same uvicorn process, so
+the ratio isolates what the callback adds: query parsing, the state's HMAC, the code's AES-GCM
+encryption, the batched Redis enqueue and the wait for it.
 
 The naive callback (``bench/naive_callback.py``) is the other reference: an ``async`` Starlette
 endpoint doing the same work that calls ``actor.send()`` per request. It runs in its own uvicorn

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta, tzinfo
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ __all__ = [
     "SuccessObserver",
     "as_int",
     "bearer",
+    "cookieless_jar",
     "default_timeout",
     "header_is_zero",
     "json_body",
@@ -91,6 +93,13 @@ def _notify_success(platform: str, response: httpx.Response) -> None:
 def default_timeout(seconds: float = 10.0) -> httpx.Timeout:
     """Connect fast, read patiently: far below any lock we hold around a call."""
     return httpx.Timeout(seconds, connect=min(3.0, seconds))
+
+
+def cookieless_jar() -> CookieJar:
+    """A cookie jar that keeps nothing, for the client every account shares: a cookie one
+    platform answer sets must never ride along on another account's call
+    (https://docs.python.org/3/library/http.cookiejar.html#http.cookiejar.DefaultCookiePolicy)."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def scrub(text: object, limit: int = 200) -> str:
@@ -211,7 +220,8 @@ def send(
     """Send one request; return the 2xx response or raise from the error tree.
 
     Parameters:
-      client(httpx.Client): the injected client (its transport is the test seam).
+      client(httpx.Client): the injected client (its transport is the test seam); the workers'
+        keeps no cookies (:func:`cookieless_jar`).
       platform(str): named in every error.
       classify(Classifier): the adapter's reading of failures, tried before the defaults.
     Raises:
@@ -221,7 +231,7 @@ def send(
       PlatformError: whatever ``classify`` decided, else Permanent.
     """
     try:
-        response = _request(client, method, url, kwargs)
+        response = client.request(method, url, **kwargs)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise Transient(f"could not connect ({type(exc).__name__})", platform=platform) from None
     except httpx.TransportError as exc:
@@ -234,79 +244,6 @@ def send(
         if error is not None:
             raise error
     raise default_error(response, platform)
-
-
-#: keyword arguments the direct path understands; anything else goes through ``Client.request``
-_DIRECT_KWARGS = frozenset({"headers", "data", "json", "params", "content", "auth", "timeout", "follow_redirects"})
-
-
-def _request(client: httpx.Client, method: str, url: str, kwargs: dict[str, Any]) -> httpx.Response:
-    """``client.request(method, url, **kwargs)``, straight to the client's transport when nothing
-    the client would add applies.
-
-    Why: ``Client.request`` costs ~440 us of CPU per call here, most of it in work a platform call
-    never needs (merging cookies into the request and extracting them from the answer, base URL
-    and params merging, the auth and redirect generators); the direct path is ~290 us, and every
-    refresh and connect makes one or two such calls on a CPU-bound worker. The request that leaves
-    is the same: the client's default headers, its timeout, the transport mounted for the URL
-    (proxies, the test seam), ``retries`` of the transport, and httpx's own exceptions. A client
-    with cookies, event hooks, a base URL, default params or redirect-following, or a call with
-    anything else (``auth`` other than a ``(user, password)`` pair), takes ``Client.request``.
-    """
-    auth = kwargs.get("auth")
-    if (
-        client.follow_redirects
-        or kwargs.get("follow_redirects")
-        or client.event_hooks["request"]
-        or client.event_hooks["response"]
-        or client.cookies
-        or client.params
-        or client.base_url.raw_path != b"/"
-        or client.base_url.host
-        or client.is_closed
-        or not _DIRECT_KWARGS.issuperset(kwargs)
-        or not (auth is None or isinstance(auth, tuple))
-    ):
-        return client.request(method, url, **kwargs)
-    headers = client.headers.copy()
-    extra = kwargs.get("headers")
-    if extra:
-        headers.update(extra)
-    if auth is not None:
-        headers["Authorization"] = httpx.BasicAuth(*auth)._auth_header
-    timeout = kwargs.get("timeout")
-    request = httpx.Request(
-        method,
-        _parsed(url),
-        headers=headers,
-        params=kwargs.get("params"),
-        data=kwargs.get("data"),
-        json=kwargs.get("json"),
-        content=kwargs.get("content"),
-        extensions={"timeout": (client.timeout if timeout is None else httpx.Timeout(timeout)).as_dict()},
-    )
-    response = client._transport_for_url(request.url).handle_request(request)
-    response.request = request
-    try:
-        response.read()
-    finally:
-        response.close()
-    return response
-
-
-#: parsed endpoint URLs: a worker calls the same few token and profile endpoints all day
-_URLS: dict[str, httpx.URL] = {}
-_MAX_URLS = 512
-
-
-def _parsed(url: str) -> httpx.URL:
-    """``httpx.URL(url)``, parsed once per distinct URL (parsing is pure Python, ~30 us)."""
-    parsed = _URLS.get(url)
-    if parsed is None:
-        if len(_URLS) >= _MAX_URLS:  # many Mastodon instances, say: start over rather than grow
-            _URLS.clear()
-        parsed = _URLS[url] = httpx.URL(url)
-    return parsed
 
 
 def default_error(response: httpx.Response, platform: str) -> PlatformError:

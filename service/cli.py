@@ -34,7 +34,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from typer import rich_utils
-from typer._click.exceptions import ClickException
 
 from social_accounts.errors import ConfigError, InputError, SocialAccountsError
 from social_accounts.logs import configure_logging, redact
@@ -564,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     except SocialAccountsError as exc:
         typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return 1
-    except ClickException as exc:  # usage errors, shown the way Typer shows them
-        rich_utils.rich_format_error(exc)
+    except typer.TyperException as exc:  # usage errors (Typer's Click exceptions), shown as Typer shows them
+        rich_utils.rich_format_error(exc)  # type: ignore[arg-type]  # annotated with Typer's vendored Click class
         return exc.exit_code
     except typer.Abort:
         typer.echo("aborted", err=True)

@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from models.attempts import create_attempt, load_attempt
 from models.crypto import KeyRing
 from models.tables import SocialAccount, SocialOAuthState
+from platforms.deadline import DeadlineTransport
 from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
-from platforms.transport import KeepAliveTransport
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
 
@@ -212,9 +212,8 @@ def pipeline_factory(
         def record(request: httpx.Request) -> None:
             pipe_sent.append((time.monotonic(), request.method, request.url.path))
 
-        # the production client and transport, watched (an event hook would take the client off
-        # platforms.http's direct path, and the tests would no longer see what production runs)
-        http = runtime.platform_client(settings, Recording(KeepAliveTransport(retries=2), record))
+        # the production client and transport, watched on the way to the fake platform
+        http = runtime.platform_client(settings, Recording(DeadlineTransport(retries=2), record))
         rt = runtime.configure(settings, engine=engine, http=http, retry_policy=RetryPolicy(**FAST_POLICY_KW))
         broker = broker_mod.setup(settings)
         worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)

@@ -1,20 +1,19 @@
-"""``platforms.http.send``: the direct path to the transport sends what ``Client.request`` would.
+"""``platforms.http.send`` on the client it is given.
 
-The direct path skips the client's cookie, auth-flow and redirect machinery for speed
-(``platforms.http._request``); these tests pin that the request on the wire is the same, that
-the client's transport and timeout are used, that transport errors keep their meaning, and that
-clients the direct path cannot serve faithfully still go through ``Client.request``.
+The request reaches the client's transport (mounts included) with the client's timeout, headers,
+cookies and hooks; transport errors keep their meaning (nothing sent versus maybe sent); and the
+workers' client (``workers.runtime.platform_client``) keeps no cookie from one call to the next.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import httpx
 import pytest
 
 from platforms.http import send
 from social_accounts.errors import RequestMaybeSent, Transient
+from social_accounts.settings import Settings
+from workers.runtime import platform_client
 
 
 class Recorder(httpx.BaseTransport):
@@ -34,35 +33,26 @@ class Recorder(httpx.BaseTransport):
         return httpx.Response(200, json={"ok": True}, headers={"x-seen": "1"})
 
 
-def _wire(request: httpx.Request) -> tuple[Any, ...]:
-    return (request.method, str(request.url), sorted(request.headers.multi_items()), request.content)
-
-
-CALLS: list[dict[str, Any]] = [
-    {
-        "data": {"grant_type": "refresh_token", "refresh_token": "rt"},
-        "auth": ("id", "s3cret"),
-        "headers": {"Accept": "application/json"},
-    },
-    {"headers": {"Authorization": "Bearer at"}, "params": {"fields": "id,name"}},
-    {"json": {"identifier": "alice", "password": "pw"}},
-    {"content": b"raw", "headers": {"Content-Type": "application/octet-stream"}, "timeout": 3.0},
-]
-
-
-@pytest.mark.parametrize("kwargs", CALLS)
-def test_direct_path_sends_what_client_request_sends(kwargs: dict[str, Any]) -> None:
-    direct, reference = Recorder(), Recorder()
-    with (
-        httpx.Client(transport=direct, headers={"User-Agent": "social-accounts-test"}, timeout=7.0) as a,
-        httpx.Client(transport=reference, headers={"User-Agent": "social-accounts-test"}, timeout=7.0) as b,
-    ):
-        got = send(a, "POST", "https://api.example.test/oauth/token", platform="twitter", **kwargs)
-        b.request("POST", "https://api.example.test/oauth/token", **kwargs)
-    assert _wire(direct.requests[0]) == _wire(reference.requests[0])
-    assert direct.requests[0].extensions["timeout"] == reference.requests[0].extensions["timeout"]
+def test_the_request_reaches_the_transport_as_the_adapter_built_it() -> None:
+    transport = Recorder()
+    with httpx.Client(transport=transport, headers={"User-Agent": "social-accounts-test"}) as client:
+        got = send(
+            client,
+            "POST",
+            "https://api.example.test/oauth/token",
+            platform="twitter",
+            data={"grant_type": "refresh_token", "refresh_token": "rt"},
+            auth=("id", "s3cret"),
+            headers={"Accept": "application/json"},
+            params={"x": "1"},
+        )
+    [request] = transport.requests
+    assert (request.method, str(request.url)) == ("POST", "https://api.example.test/oauth/token?x=1")
+    assert request.headers["authorization"] == "Basic aWQ6czNjcmV0"  # base64("id:s3cret")
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["user-agent"] == "social-accounts-test"
+    assert request.content == b"grant_type=refresh_token&refresh_token=rt"
     assert got.json() == {"ok": True} and got.headers["x-seen"] == "1"
-    assert got.request is direct.requests[0]
 
 
 def test_client_timeout_reaches_the_transport() -> None:
@@ -79,21 +69,25 @@ def test_mounted_transport_is_used_for_its_url() -> None:
     assert len(mounted.requests) == 1 and default.requests == []
 
 
-def test_transport_errors_keep_their_meaning() -> None:
+@pytest.mark.parametrize(
+    ("failure", "meaning"),
+    [
+        (httpx.ConnectError, Transient),  # nothing was sent: safe to repeat
+        (httpx.ConnectTimeout, Transient),
+        (httpx.PoolTimeout, Transient),
+        (httpx.WriteError, RequestMaybeSent),  # part of the request may have gone out
+        (httpx.ReadTimeout, RequestMaybeSent),
+        (httpx.RemoteProtocolError, RequestMaybeSent),
+    ],
+)
+def test_transport_errors_keep_their_meaning(failure: type[httpx.TransportError], meaning: type[Exception]) -> None:
     request = httpx.Request("POST", "https://api.example.test/token")
-    with (
-        httpx.Client(transport=Recorder(httpx.ConnectError("refused", request=request))) as client,
-        pytest.raises(Transient),
-    ):
+    with httpx.Client(transport=Recorder(failure("boom", request=request))) as client, pytest.raises(meaning) as caught:
         send(client, "POST", "https://api.example.test/token", platform="x")
-    with (
-        httpx.Client(transport=Recorder(httpx.ReadTimeout("slow", request=request))) as client,
-        pytest.raises(RequestMaybeSent),
-    ):
-        send(client, "POST", "https://api.example.test/token", platform="x")
+    assert type(caught.value) is meaning
 
 
-def test_clients_with_cookies_or_hooks_go_through_client_request() -> None:
+def test_the_client_s_cookies_and_hooks_apply() -> None:
     seen: list[str] = []
     transport = Recorder()
     with httpx.Client(
@@ -111,13 +105,25 @@ def test_a_closed_client_still_refuses() -> None:
         send(client, "GET", "https://api.example.test/me", platform="x")
 
 
+def _second_call_cookie(client: httpx.Client, transport: Recorder) -> str | None:
+    with client:
+        send(client, "GET", "https://api.example.test/me", platform="x")
+        send(client, "GET", "https://api.example.test/me", platform="x")
+    return transport.requests[1].headers.get("cookie")
+
+
+SETS_A_COOKIE = httpx.Response(200, json={}, headers={"Set-Cookie": "session=user-a; Path=/"})
+
+
 def test_cookies_a_platform_sets_are_not_kept_for_the_next_account() -> None:
-    """The shared client serves every account: a cookie one answer sets must not ride along on
-    another account's call (``Client.request`` would store it in the client's jar)."""
-    answer = httpx.Response(200, json={}, headers={"Set-Cookie": "session=user-a; Path=/"})
-    transport = Recorder(answer)
-    with httpx.Client(transport=transport) as client:
-        send(client, "GET", "https://api.example.test/me", platform="x")
-        send(client, "GET", "https://api.example.test/me", platform="x")
-        assert not client.cookies
-    assert "cookie" not in transport.requests[1].headers
+    """The workers' client serves every account: a cookie one answer sets must not ride along on
+    another account's call (a plain client would keep it in its jar)."""
+    transport = Recorder(SETS_A_COOKIE)
+    client = platform_client(Settings(_env_file=None), transport)
+    assert _second_call_cookie(client, transport) is None
+    assert not client.cookies
+
+
+def test_a_plain_client_would_have_kept_the_cookie() -> None:
+    transport = Recorder(SETS_A_COOKIE)
+    assert _second_call_cookie(httpx.Client(transport=transport), transport) == "session=user-a"

@@ -13,9 +13,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-import platforms.transport as transport_module
+from platforms.deadline import exchange_seconds
 from platforms.http import default_timeout
-from platforms.transport import KeepAliveTransport
 from social_accounts.health import compute_health, health_colour
 from social_accounts.settings import MAX_HTTP_TIMEOUT_SECONDS, PLATFORMS, Settings
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown, take_budget
@@ -171,9 +170,10 @@ def test_cooldowns_asked_now_and_read_later(redis_url: str) -> None:
 REFRESH_CALLS = 1
 
 
-def _connect_phase_seconds(transport: KeepAliveTransport, connect_timeout: float, monkeypatch: Any) -> float:
-    """How long the transport's connect step can last when every attempt runs into its timeout:
-    measured on the transport's own retry loop, with sockets that time out and sleeps recorded."""
+def _connect_phase(client: httpx.Client, monkeypatch: Any) -> tuple[float, int]:
+    """How long the client's connect step can last when every attempt runs into its timeout, and
+    how many attempts it repeats: measured through the client, on httpx's own retry loop, with
+    sockets that time out and the pauses between attempts recorded."""
     spent: list[float] = []
 
     def times_out(address: Any, timeout: float | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -181,12 +181,13 @@ def _connect_phase_seconds(transport: KeepAliveTransport, connect_timeout: float
         raise TimeoutError("timed out")
 
     with monkeypatch.context() as patch:
-        patch.setattr(transport_module.socket, "create_connection", times_out)
-        patch.setattr(transport_module.time, "sleep", spent.append)
+        patch.setattr(socket, "create_connection", times_out)
+        patch.setattr(time, "sleep", spent.append)
         with pytest.raises(httpx.ConnectTimeout):
-            transport._connect(("https", "platform.example", 443), connect_timeout)
-    assert len(spent) == 2 * transport.retries + 1  # every attempt and every pause between them
-    return sum(spent)
+            client.post("https://platform.example/token", content=b"code=c")
+    retries = (len(spent) - 1) // 2  # every attempt and every pause between them
+    assert retries >= 1 and len(spent) == 2 * retries + 1
+    return sum(spent), retries
 
 
 def worst_refresh_call_seconds(rt: Runtime, monkeypatch: Any) -> float:
@@ -195,10 +196,11 @@ def worst_refresh_call_seconds(rt: Runtime, monkeypatch: Any) -> float:
     client = rt.http
     timeout = default_timeout(rt.settings.http_timeout_seconds)  # what the adapters pass per request
     assert client.timeout == timeout
-    transport = client._transport
-    assert isinstance(transport, KeepAliveTransport)  # no connection pool to wait for
     assert timeout.connect is not None and timeout.write is not None and timeout.read is not None
-    one = _connect_phase_seconds(transport, timeout.connect, monkeypatch) + timeout.write + timeout.read
+    connect, retries = _connect_phase(client, monkeypatch)
+    one = connect + timeout.write + timeout.read
+    # the transport's deadline over the whole exchange is that same worst case (no pool to wait for)
+    assert exchange_seconds(timeout.as_dict(), retries) == pytest.approx(one)
     return REFRESH_CALLS * one
 
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from platforms.http import default_timeout
-from platforms.transport import KeepAliveTransport
+from platforms.deadline import DeadlineTransport
+from platforms.http import cookieless_jar, default_timeout
 from social_accounts.clock import Clock, utcnow
 from social_accounts.settings import Settings, get_settings
 from workers.retrying import CONNECT_POLICY, RetryPolicy
@@ -121,13 +121,15 @@ class Runtime:
 
 def platform_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """The HTTP client platform calls go through: the settings' timeouts, no redirects followed,
-    and ``platforms.transport.KeepAliveTransport`` (``retries=2`` repeats only failures to
-    connect, which never reached the platform, so it is safe even for single-use code
-    exchanges). Tests pass a transport that wraps it."""
+    no cookies kept from one account's call to the next, and httpx's own transport under one
+    deadline per exchange (``platforms.deadline``; ``retries=2`` repeats only failures to connect,
+    which never reached the platform, so it is safe even for single-use code exchanges). Tests
+    pass a transport that wraps it."""
     return httpx.Client(
         timeout=default_timeout(settings.http_timeout_seconds),
-        transport=transport or KeepAliveTransport(retries=2),
+        transport=transport or DeadlineTransport(retries=2),
         follow_redirects=False,
+        cookies=cookieless_jar(),
     )
 
 

@@ -1,0 +1,159 @@
+"""httpx's own transport, with one deadline over each whole exchange.
+
+Why: a worker holds the account's refresh lock while it calls the platform, and the lock's TTL is
+derived from the HTTP timeout (``workers.coordination.lock_ttl_seconds``). httpx's read timeout
+bounds each read, not the answer, so a platform (or a user's Mastodon instance) that trickles its
+answer a byte at a time could hold the worker, and the lock, indefinitely. :class:`DeadlineTransport`
+wraps ``httpx.HTTPTransport`` and ends every exchange within :func:`exchange_seconds` of its start,
+the worst case of its phases (every connect attempt timing out, the write, the read):
+
+* the body is read through a stream that checks the deadline before and after every chunk;
+* on ``https`` (every platform endpoint; ``platforms.netguard`` refuses plain ``http`` outside
+  development) each read from the TLS socket waits at most until the deadline, headers included,
+  through the SSL context's ``sslsocket_class`` (https://docs.python.org/3/library/ssl.html#ssl.SSLContext.sslsocket_class).
+  On plain ``http`` the headers are bounded per read only.
+
+What ``HTTPTransport`` keeps as it is: keep-alive pooling, TLS verification (certifi, as httpx),
+``retries`` for failures to connect only (nothing was sent, so repeating is safe even for a
+single-use code exchange), and the meaning of its exceptions: ``ConnectError``/``ConnectTimeout``
+before anything was sent, ``WriteError``/``ReadTimeout``/``RemoteProtocolError`` once the request
+may have reached the platform (``platforms.http.send`` turns those into ``RequestMaybeSent``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+
+import httpx
+
+__all__ = ["DeadlineTransport", "connect_backoff_seconds", "exchange_seconds"]
+
+Clock = Callable[[], float]
+
+#: connection limits: no cap on open connections, so no call ever waits for the pool (a pool
+#: timeout would add to the exchange's worst case); idle ones are kept as httpx does by default
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=20, keepalive_expiry=5.0)
+
+
+class _Deadline:
+    """The moment an exchange must be over, on ``clock``."""
+
+    __slots__ = ("at", "clock")
+
+    def __init__(self, at: float, clock: Clock) -> None:
+        self.at = at
+        self.clock = clock
+
+    def remaining(self) -> float:
+        return self.at - self.clock()
+
+
+#: the deadline of the exchange this thread is reading (the sync client reads in the caller's thread)
+_current: ContextVar[_Deadline | None] = ContextVar("platform_call_deadline", default=None)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """A TLS socket whose reads wait no longer than the current exchange's deadline (httpcore reads
+    a TLS connection with ``recv``, setting the read timeout before each)."""
+
+    def _bound(self) -> None:
+        deadline = _current.get()
+        if deadline is None:
+            return
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise TimeoutError("the answer did not arrive within the exchange's deadline")
+        timeout = self.gettimeout()
+        if timeout is None or remaining < timeout:
+            self.settimeout(remaining)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self._bound()
+        return super().recv(buflen, flags)
+
+
+def connect_backoff_seconds(retries: int) -> float:
+    """The pauses between ``retries`` repeated connection attempts: httpcore waits 0 s, then 0.5 s
+    doubling (``exponential_backoff`` with ``RETRIES_BACKOFF_FACTOR = 0.5`` in
+    https://github.com/encode/httpcore/blob/master/httpcore/_sync/connection.py)."""
+    return sum(0.5 * 2**n for n in range(retries - 1))
+
+
+def exchange_seconds(timeout: Mapping[str, float | None], retries: int) -> float | None:
+    """The longest one exchange may last with these per-phase timeouts (httpx's ``timeout``
+    request extension): every connect attempt timing out, the pauses between them, the write and
+    the read. None when a phase has no limit."""
+    connect, write, read = timeout.get("connect"), timeout.get("write"), timeout.get("read")
+    if connect is None or write is None or read is None:
+        return None
+    return (retries + 1) * connect + connect_backoff_seconds(retries) + write + read
+
+
+class _DeadlineStream(httpx.SyncByteStream):
+    """The answer's body, read chunk by chunk under the exchange's deadline."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: _Deadline, request: httpx.Request) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._request = request
+
+    def _check(self) -> None:
+        if self._deadline.remaining() <= 0:
+            raise httpx.ReadTimeout("the answer did not arrive within the exchange's deadline", request=self._request)
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._inner)
+        while True:
+            self._check()
+            token = _current.set(self._deadline)
+            try:
+                chunk = next(chunks, None)
+            finally:
+                _current.reset(token)
+            if chunk is None:
+                return
+            self._check()
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """``httpx.HTTPTransport`` whose exchanges end within :func:`exchange_seconds`.
+
+    Parameters:
+      retries(int): connection attempts repeated after a failure to connect (nothing sent).
+      verify(ssl.SSLContext): for ``https`` (default: httpx's, on certifi's bundle); its
+        ``sslsocket_class`` is set to the deadline-bound socket.
+      clock: monotonic seconds (tests drive the deadline with their own).
+    """
+
+    def __init__(
+        self, *, retries: int = 2, verify: ssl.SSLContext | None = None, clock: Clock = time.monotonic
+    ) -> None:
+        context = verify if verify is not None else httpx.create_ssl_context()
+        context.sslsocket_class = _DeadlineSSLSocket
+        self.retries = retries
+        self._clock = clock
+        self._inner = httpx.HTTPTransport(verify=context, retries=retries, limits=LIMITS)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        limit = exchange_seconds(request.extensions.get("timeout", {}), self.retries)
+        if limit is None:
+            return self._inner.handle_request(request)
+        deadline = _Deadline(self._clock() + limit, self._clock)
+        token = _current.set(deadline)
+        try:
+            response = self._inner.handle_request(request)
+        finally:
+            _current.reset(token)
+        if isinstance(response.stream, httpx.SyncByteStream):  # always, from HTTPTransport
+            response.stream = _DeadlineStream(response.stream, deadline, request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
