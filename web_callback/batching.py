@@ -142,7 +142,9 @@ class BatchEnqueuer:
         """ONE call of the write script for the whole batch, on this batcher's client."""
         if self._client is None or self._script is None:
             # no socket_timeout: the whole batch is bounded by ``timeout`` in ``_flush``
-            self._client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=self.timeout)
+            self._client = redis.asyncio.Redis.from_url(
+                self.url, socket_connect_timeout=self.timeout, single_connection_client=True
+            )
             self._script = self._client.register_script(wire.REDIS_WRITE_SCRIPT)
         keys, args = wire.redis_write_args(self.namespace, batch)
         await self._script(keys=keys, args=args)  # raises ResponseError when the script failed

@@ -32,11 +32,29 @@ def enqueue_many(broker: dramatiq.Broker, messages: Iterable[dramatiq.Message[An
             broker.enqueue(message)
             count += 1
         return count
+    return _write_all(broker, (wire.encode_for_redis(message) for message in messages))
+
+
+def enqueue_calls(broker: dramatiq.Broker, queue_name: str, actor_name: str, calls: list[dict[str, Any]]) -> int:
+    """Enqueue one message per keyword-argument dict in ``calls``, all for one actor."""
+    if not isinstance(broker, RedisBroker):
+        return enqueue_many(
+            broker,
+            (
+                dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(), kwargs=kwargs, options={})
+                for kwargs in calls
+            ),
+        )
+    return _write_all(broker, (wire.encode_call(actor_name, kwargs, queue_name=queue_name) for kwargs in calls))
+
+
+def _write_all(broker: RedisBroker, items: Iterable[wire.Encoded]) -> int:
+    """Write ``items`` ``WRITE_CHUNK`` at a time, one write script call each; returns the count."""
     write = broker.client.register_script(wire.REDIS_WRITE_SCRIPT)
     count = 0
     chunk: list[wire.Encoded] = []
-    for message in messages:
-        chunk.append(wire.encode_for_redis(message))
+    for item in items:
+        chunk.append(item)
         if len(chunk) >= WRITE_CHUNK:
             count += _write(write, broker.namespace, chunk)
     return count + _write(write, broker.namespace, chunk)
@@ -51,14 +69,3 @@ def _write(write: Script, namespace: str, chunk: list[wire.Encoded]) -> int:
     written = len(chunk)
     chunk.clear()
     return written
-
-
-def enqueue_calls(broker: dramatiq.Broker, queue_name: str, actor_name: str, calls: list[dict[str, Any]]) -> int:
-    """Enqueue one message per keyword-argument dict in ``calls``, all for one actor."""
-    return enqueue_many(
-        broker,
-        (
-            dramatiq.Message(queue_name=queue_name, actor_name=actor_name, args=(), kwargs=kwargs, options={})
-            for kwargs in calls
-        ),
-    )

@@ -124,9 +124,22 @@ def encode_for_redis(message: dramatiq.Message[Any]) -> Encoded:
     return Encoded(message.queue_name, redis_id, message.copy(options={"redis_message_id": redis_id}).encode())
 
 
-def encode_call(actor_name: str, kwargs: dict[str, Any]) -> Encoded:
-    """``encode_for_redis(build_message(actor_name, **kwargs))``."""
-    return encode_for_redis(build_message(actor_name, **kwargs))
+def encode_call(actor_name: str, kwargs: dict[str, Any], *, queue_name: str | None = None) -> Encoded:
+    """What ``encode_for_redis(build_message(actor_name, **kwargs))`` gives, built as ONE
+    ``Message`` with its Redis id already in its options (no copy: this runs once per callback).
+
+    ``queue_name`` defaults to the actor's (``ACTOR_QUEUES``); raises ``KeyError`` for an actor
+    name this service does not know.
+    """
+    redis_id = new_id()
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=queue_name or ACTOR_QUEUES[actor_name],
+        actor_name=actor_name,
+        args=(),
+        kwargs=kwargs,
+        options={"redis_message_id": redis_id},
+    )
+    return Encoded(message.queue_name, redis_id, message.encode())
 
 
 def redis_keys(namespace: str, queue_name: str) -> tuple[str, str]:
