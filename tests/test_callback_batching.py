@@ -18,8 +18,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 
-from web_callback.batching import BatchEnqueuer, encode
-from workers.messages import build_message
+from web_callback.batching import BatchEnqueuer
+from workers.messages import build_message, encode_for_redis
 from workers.publish import code_received_message
 
 
@@ -100,10 +100,51 @@ def test_messages_for_several_queues_land_in_their_own_queue(redis_url: str, nam
 
 def test_each_enqueue_gets_its_own_redis_id() -> None:
     message = _messages(1)[0]
-    first, second = encode(message), encode(message)
+    first, second = encode_for_redis(message), encode_for_redis(message)
     assert first.redis_id != second.redis_id
     assert first.redis_id.encode() in first.payload
     assert message.message_id.encode() in first.payload
+
+
+def test_a_batch_redis_refuses_fails_its_requests_and_pushes_no_id(redis_url: str, namespace: str) -> None:
+    """The write stops at its first failing command: an id never lands without its payload."""
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{namespace}:connect.msgs", "not a hash")  # HSET answers WRONGTYPE
+
+    async def run() -> list[BaseException | None]:
+        batcher = BatchEnqueuer(redis_url, namespace)
+        try:
+            return await asyncio.gather(*(batcher.enqueue(m) for m in _messages(3)), return_exceptions=True)
+        finally:
+            await batcher.aclose()
+
+    try:
+        results = run_in_loop(run())
+        assert len(results) == 3
+        assert all(isinstance(r, BrokerConnectionError) for r in results), results
+        assert client.llen(f"{namespace}:connect") == 0
+    finally:
+        client.close()
+
+
+def test_a_server_that_forgot_the_write_script_still_takes_the_batch(redis_url: str, namespace: str) -> None:
+    async def run() -> int:
+        batcher = BatchEnqueuer(redis_url, namespace)
+        try:
+            await batcher.enqueue(_messages(1)[0])
+            assert batcher._client is not None
+            await batcher._client.script_flush()  # a restarted Redis has no scripts cached
+            await batcher.enqueue(_messages(1)[0])
+            return batcher.messages
+        finally:
+            await batcher.aclose()
+
+    assert run_in_loop(run()) == 2
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(f"{namespace}:connect") == 2
+    finally:
+        client.close()
 
 
 def test_dead_redis_fails_every_waiting_request(unused_tcp_url: str, namespace: str) -> None:

@@ -1,9 +1,9 @@
 """The callback's cheap paths give exactly what the general ones gave (``bench/callback.py`` is why
 they exist): the query parser and its bounds, the raw ASGI answers, the redirect's ``Location``,
-the template-built message, the bulk ids and the batcher's idle timer.
+the message the wire module encodes and the batcher's idle timer.
 
 The references are the code they replaced: Starlette's ``QueryParams``, its ``RedirectResponse`` and
-``PlainTextResponse``, ``dramatiq.Message.encode`` and ``uuid.uuid4``.
+``PlainTextResponse``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 
 from social_accounts.errors import InputError
 from social_accounts.settings import Settings
-from web_callback import batching
-from web_callback.batching import BatchEnqueuer, encode, encode_call
+from web_callback.batching import BatchEnqueuer
 from web_callback.callback import (
     _ERROR_CODE,
     LIMITS,
@@ -38,7 +37,7 @@ from web_callback.callback import (
     with_attempt,
 )
 from web_callback.state import SignedState, sign_state, verify_state
-from workers.messages import build_message
+from workers.messages import build_message, encode_call, encode_for_redis
 from workers.publish import code_received_kwargs, code_received_message
 
 # ---- the query string -------------------------------------------------------------------------
@@ -230,36 +229,24 @@ def decoded(payload: bytes) -> dict[str, Any]:
         {"attempt_id": 'a"b\\c\u2028é', "error": "access_denied", "error_description": 'Nope "quoted"\nline'},
     ],
 )
-def test_template_payload_is_what_message_encode_writes(fields: dict[str, Any]) -> None:
+def test_the_encoded_call_is_the_message_publish_builds(fields: dict[str, Any]) -> None:
     item = encode_call("code_received", code_received_kwargs(**fields))
-    reference = encode(code_received_message(**fields))
+    reference = encode_for_redis(code_received_message(**fields))
     ours, theirs = decoded(item.payload), decoded(reference.payload)
     assert item.queue_name == reference.queue_name == "connect"
     assert ours["options"] == {"redis_message_id": item.redis_id}
+    assert item.redis_id != reference.redis_id  # every enqueue its own Redis id
     for volatile in ("options", "message_id", "message_timestamp"):
         ours.pop(volatile), theirs.pop(volatile)
     assert ours == theirs
     message = dramatiq.Message.decode(item.payload)  # what a worker does with it
     assert message.kwargs == code_received_kwargs(**fields)
-    assert uuid.UUID(message.message_id).version == 4
-    # byte for byte what Dramatiq's encoder writes for the same fields
-    assert item.payload == dramatiq.get_encoder().encode(message.asdict())
+    assert uuid.UUID(message.message_id).version == 4 and uuid.UUID(item.redis_id).version == 4
 
 
-def test_template_falls_back_for_other_kwargs() -> None:
-    kwargs = {"account_id": "acc-1", "reason": "requested", "n": 3, "flags": [True, None]}
-    item = encode_call("refresh_account", kwargs)
-    assert item.queue_name == "refresh"
-    assert dramatiq.Message.decode(item.payload).kwargs == kwargs
-
-
-def test_bulk_ids_are_random_version_4_uuids() -> None:
-    ids = batching._uuid4_strings(4096)
-    assert len(set(ids)) == len(ids)
-    for text in ids:
-        value = uuid.UUID(text)
-        assert value.version == 4 and value.variant == uuid.RFC_4122 and str(value) == text
-    assert {text[19] for text in ids} == set("89ab")  # every variant digit turns up
+def test_encode_call_refuses_an_actor_this_service_does_not_know() -> None:
+    with pytest.raises(KeyError):
+        encode_call("no_such_actor", {"account_id": "acc-1"})
 
 
 def test_enqueue_call_is_consumed_by_dramatiq(redis_url: str) -> None:

@@ -75,6 +75,38 @@ def test_an_expired_lock_taken_by_another_owner_is_left_to_them(redis_url: str) 
     thief.release()
 
 
+def test_the_lock_and_cooldowns_work_on_a_server_that_forgot_their_scripts(redis_url: str) -> None:
+    """A restarted Redis (or ``SCRIPT FLUSH``) has no cached scripts: every call still does its job,
+    the release included (a release that failed would leave the lock held until its TTL)."""
+    client = redis.Redis.from_url(redis_url)
+    with account_lock(client, NS, "acc-flush") as got:
+        assert got
+        client.script_flush()
+    assert client.exists(lock_key(NS, "acc-flush")) == 0
+    client.script_flush()
+    with account_lock(client, NS, "acc-flush") as again:
+        assert again
+    client.script_flush()
+    assert set_cooldown(client, NS, "twitter", 30)
+    client.script_flush()
+    assert 29 < remaining(client, NS, "twitter") <= 30
+    client.script_flush()
+    assert take_budget(client, NS, "flush", limit=1, window_seconds=60) == 0
+    client.close()
+
+
+def test_the_lock_uses_the_clients_pool_and_gives_its_connection_back(redis_url: str) -> None:
+    """No connection of its own: every command borrows one of the shared client's pool."""
+    pool = redis.ConnectionPool.from_url(redis_url, max_connections=1)
+    client = redis.Redis(connection_pool=pool)
+    for account_id in ("p1", "p2", "p1"):
+        with account_lock(client, NS, account_id, peek={"twitter": [cooldown_key(NS, "twitter")]}) as got:
+            assert got
+            assert remaining(client, NS, "twitter") == 0  # the one connection is free again meanwhile
+    assert client.exists(lock_key(NS, "p1"), lock_key(NS, "p2")) == 0
+    client.close()
+
+
 def test_cooldowns_apply_per_app_and_per_account_and_only_extend(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     assert remaining(client, NS, "twitter", "a1") == 0
@@ -144,7 +176,7 @@ def test_redis_coordination_peeks_at_every_platform_for_the_account(redis_url: s
 
 
 def test_cooldowns_asked_now_and_read_later(redis_url: str) -> None:
-    """``cooldowns_later``: the same answers as ``cooldown_remaining``, from one posted question."""
+    """``cooldowns_later``: the same answers as ``cooldown_remaining``, from one round trip."""
     from workers.coordination import LocalCoordination
 
     client = redis.Redis.from_url(redis_url)

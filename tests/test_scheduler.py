@@ -358,7 +358,7 @@ def test_enqueue_many_messages_are_consumed_by_a_real_dramatiq_worker(
 def test_enqueue_many_chunks_pipelines_and_handles_empty_input(
     broker: RedisBroker, rclient: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bulk, "PIPELINE_CHUNK", 3)
+    monkeypatch.setattr(bulk, "WRITE_CHUNK", 3)
     ns = settings.redis_namespace
     assert enqueue_many(broker, []) == 0
     ids = [str(uuid.uuid4()) for _ in range(7)]

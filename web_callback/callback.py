@@ -24,7 +24,7 @@ no exception-wrapping layer, the answers sent as two prebuilt ASGI messages with
 headers and bodies Starlette's responses had. It reads only the four parameters it uses
 (``read_params``), counts with labelled counter children looked up once, derives the allowed
 origins and each ``return_to``'s quoted redirect once per app, and hands the message's keyword
-arguments to the batcher, which writes the payload from a template (``web_callback.batching``).
+arguments to the batcher, which encodes the message with the wire module (``workers.messages``).
 """
 
 from __future__ import annotations

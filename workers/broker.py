@@ -9,38 +9,30 @@ Redis redelivery timing (why the numbers): a worker killed mid-message leaves th
 ack set until a live worker runs queue maintenance for that queue *and* sees the dead worker's
 heartbeat older than ``heartbeat_timeout``. Dramatiq's defaults (60 s, 1 command in 1000) make
 that minutes. An idle consumer polls its queue at least every ``worker_timeout`` (200 ms under
-``social-accounts worker``: ``cli.IDLE_POLL_MS``; Dramatiq's default is 1 s), every poll
+``social-accounts worker``: ``service.cli.IDLE_POLL_MS``; Dramatiq's default is 1 s), every poll
 refreshes its process's heartbeat, and each poll runs maintenance with probability
 ``MAINTENANCE_CHANCE / 1e6``: 10 % and a 10 s heartbeat timeout give redelivery a little over
 10 s after the kill. Maintenance is one small Lua script, so ten percent of idle polls is cheap,
-and 10 s stays far above the gap between two heartbeats of a live, even busy, process.
-
-Acks are posted (``PostedAckRedisBroker``): the worker thread does not wait for Redis's answer.
+and 10 s stays far above the gap between two heartbeats of a live, even busy, process. Both are
+public parameters of Dramatiq's ``RedisBroker``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.brokers.redis import RedisBroker, _RedisConsumer, _scripts
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import current_millis
-from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import messages, runtime
 from workers.metrics_middleware import MessageLatency
-from workers.redis_channel import channel_for
-from workers.redis_scripts import LuaScript
 from workers.warmup import WarmUp
 
 __all__ = [
@@ -68,63 +60,6 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _installed: dramatiq.Broker | None = None
-
-
-#: Dramatiq's own dispatch script (the one its ``RedisBroker`` registers)
-_DISPATCH = LuaScript(_scripts["dispatch"].decode())
-
-
-class _PostedAckConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, whose ack does not wait for Redis's answer (``workers.redis_channel``).
-
-    The ack runs Dramatiq's own ``dispatch`` script with Dramatiq's own arguments; only reading
-    the reply is left to the worker thread's next Redis call. Dramatiq does nothing with that
-    reply except raise on a lost connection, and a lost ack is already survivable: the message is
-    redelivered once this process's heartbeat is stale, and every actor here is idempotent.
-    """
-
-    def ack(self, message: MessageProxy) -> None:
-        broker = self.broker
-        try:
-            args = broker.dispatch_args("ack", self.queue_name, message.options["redis_message_id"])
-            _DISPATCH.post(channel_for(broker.client), [broker.namespace], args)
-        except redis.ConnectionError as e:
-            raise ConnectionClosed(e) from None
-        finally:
-            self.queued_message_ids.discard(message.message_id)
-
-
-class PostedAckRedisBroker(RedisBroker):
-    """``RedisBroker`` whose consumers post their acks (``_PostedAckConsumer``), and whose every
-    other command (fetch, enqueue, ...) goes through the calling thread's channel: the same
-    script and arguments as Dramatiq's, without redis-py's pool, retry and metrics layers around
-    each command (a visible share of a worker's CPU at hundreds of messages a second)."""
-
-    @property
-    def consumer_class(self) -> type[_RedisConsumer]:
-        return _PostedAckConsumer
-
-    def dispatch_args(self, command: str, queue_name: str, *args: Any) -> list[Any]:
-        """The arguments of Dramatiq's ``dispatch`` script, as ``RedisBroker._dispatch`` builds them."""
-        return [
-            command,
-            current_millis(),
-            queue_name,
-            self.broker_id,
-            self.heartbeat_timeout,
-            self.dead_message_ttl,
-            self._should_do_maintenance(command),
-            self._max_unpack_size(),
-            *args,
-        ]
-
-    def _dispatch(self, command: str) -> Callable[..., Any]:
-        keys = [self.namespace]
-
-        def do_dispatch(queue_name: str, *args: Any) -> Any:
-            return _DISPATCH.call(channel_for(self.client), keys, self.dispatch_args(command, queue_name, *args))
-
-        return do_dispatch
 
 
 class ExpiredConnectMessages(dramatiq.Middleware):
@@ -182,7 +117,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.effective_broker_url
     scheme = url.split(":", 1)[0].lower()
     if scheme in {"redis", "rediss", "unix"}:
-        return PostedAckRedisBroker(
+        return RedisBroker(
             url=url,
             namespace=settings.redis_namespace,
             heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,

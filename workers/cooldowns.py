@@ -19,9 +19,6 @@ from dataclasses import dataclass
 
 import redis
 
-from workers.redis_channel import channel_for
-from workers.redis_scripts import LuaScript
-
 __all__ = [
     "Cooldown",
     "active_cooldowns",
@@ -62,13 +59,13 @@ return tonumber(oldest[2]) + window - now
 
 
 # Each key's remaining TTL (ms; negative when it has none).
-_PTTLS = LuaScript("""
+_PTTLS = """
 local result = {}
 for i, key in ipairs(KEYS) do
   result[i] = redis.call('PTTL', key)
 end
 return result
-""")
+"""
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ def set_cooldown(
     """Start (or extend) a cooldown; ``account_id=None`` means app-wide. True when it changed."""
     ms = max(1, int(seconds * 1000))
     key = cooldown_key(namespace, platform, account_id)
-    return bool(client.eval(_EXTEND, 1, key, ms, reason))
+    return bool(client.register_script(_EXTEND)(keys=[key], args=[ms, reason]))
 
 
 def remaining(client: redis.Redis, namespace: str, platform: str, account_id: str | None = None) -> float:
@@ -113,26 +110,19 @@ def remaining(client: redis.Redis, namespace: str, platform: str, account_id: st
 def remaining_later(
     client: redis.Redis, namespace: str, platforms: Sequence[str], account_id: str | None = None
 ) -> Callable[[], dict[str, float]]:
-    """``remaining`` for several platforms, asked now and read later: the question is posted
-    (``workers.redis_channel``) and the returned callable reads the answer, seconds by platform.
+    """``remaining`` for several platforms in one round trip, asked now; the returned callable
+    gives the answer (seconds by platform) as it stood when asked.
 
-    Why: a connect checks for an app-wide pause before each platform call, and each check was a
-    round trip of its own; posted before the database statement that comes first anyway, its
-    answer is in by the time that statement returns.
+    Why: a connect checks for an app-wide pause before each of its platform calls; asking once
+    for all of them saves a round trip per call (``Coordination.cooldowns_later``).
     """
     groups = [cooldown_keys(namespace, platform, account_id) for platform in platforms]
-    channel = channel_for(client)
-    posted = _PTTLS.post(channel, [key for group in groups for key in group], [])
-
-    def read() -> dict[str, float]:
-        ttls = [int(ms) for ms in channel.wait(posted)]
-        waits, at = {}, 0
-        for platform, group in zip(platforms, groups, strict=True):
-            waits[platform] = max(0, *ttls[at : at + len(group)]) / 1000.0
-            at += len(group)
-        return waits
-
-    return read
+    ttls = [int(ms) for ms in client.register_script(_PTTLS)(keys=[key for group in groups for key in group])]
+    waits, at = {}, 0
+    for platform, group in zip(platforms, groups, strict=True):
+        waits[platform] = max(0, *ttls[at : at + len(group)]) / 1000.0
+        at += len(group)
+    return lambda: waits
 
 
 def active_cooldowns(client: redis.Redis, namespace: str) -> list[Cooldown]:
@@ -173,5 +163,6 @@ def take_budget(client: redis.Redis, namespace: str, name: str, *, limit: int, w
     """Use one call of a published budget. Returns 0 when allowed, else seconds until a slot frees."""
     now_ms = int(time.time() * 1000)
     key = f"{namespace}:budget:{name}"
-    wait_ms = client.eval(_BUDGET, 1, key, now_ms, int(window_seconds * 1000), limit, uuid.uuid4().hex)
+    budget = client.register_script(_BUDGET)
+    wait_ms = budget(keys=[key], args=[now_ms, int(window_seconds * 1000), limit, uuid.uuid4().hex])
     return max(0, int(str(wait_ms))) / 1000.0

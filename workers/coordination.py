@@ -57,7 +57,7 @@ class RedisCoordination:
         return cooldowns.remaining(self.client, self.namespace, platform, account_id)
 
     def cooldowns_later(self, platforms: Sequence[str], account_id: str | None) -> Callable[[], dict[str, float]]:
-        """``cooldown_remaining`` of each platform, asked now (posted) and read by the callable."""
+        """``cooldown_remaining`` of each platform, asked now in one round trip, read by the callable."""
         return cooldowns.remaining_later(self.client, self.namespace, platforms, account_id)
 
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None:

@@ -9,10 +9,9 @@ is fenced too (``token_version``).
 The TTL must outlive every request made under the lock: it is set well above the HTTP timeouts,
 so a lock cannot expire while its holder is still talking to the platform.
 
-Two commands per holder (acquire, release), written directly rather than with redis-py's
-``Lock``, whose per-call setup cost a refresh more CPU than the commands themselves. The release
-is posted (``workers.redis_channel``): Redis runs it at once, and its reply is read with the
-thread's next Redis command instead of being waited for.
+Two scripts (redis-py's ``register_script``) rather than redis-py's ``Lock``, because the acquire
+also reads the account's cooldowns in the same round trip: a holder learns at once whether it
+may call the platform at all.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ from contextlib import contextmanager
 
 import redis
 
-from workers.redis_channel import channel_for
-from workers.redis_scripts import LuaScript
-
 __all__ = ["LOCK_TTL_SECONDS", "Hold", "account_lock", "lock_key"]
 
 #: seconds; > 2 x (connect + read timeout) of the token call, with room for the DB write
@@ -36,21 +32,21 @@ _POLL_SECONDS = 0.05
 
 # SET NX PX, and the remaining TTLs (ms) of the cooldown keys passed after the lock key: a
 # holder learns in the same round trip whether it may call the platform at all.
-_ACQUIRE = LuaScript("""
+_ACQUIRE = """
 local acquired = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 local result = {acquired}
 for i = 2, #KEYS do
   result[i] = redis.call('PTTL', KEYS[i])
 end
 return result
-""")
+"""
 
-_RELEASE = LuaScript("""
+_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-""")
+"""
 
 
 def lock_key(namespace: str, account_id: str) -> str:
@@ -94,9 +90,9 @@ def account_lock(
     owner = os.urandom(16).hex()
     ttl_ms = max(1, int(ttl_seconds * 1000))
     deadline = time.monotonic() + wait_seconds
-    channel = channel_for(client)
+    acquire = client.register_script(_ACQUIRE)
     while True:
-        acquired, *ttls = _ACQUIRE.call(channel, [key, *keys], [owner, ttl_ms])
+        acquired, *ttls = acquire(keys=[key, *keys], args=[owner, ttl_ms])
         if acquired or time.monotonic() + _POLL_SECONDS > deadline:
             break
         time.sleep(_POLL_SECONDS)
@@ -108,4 +104,4 @@ def account_lock(
     finally:
         if hold.acquired:
             # 0 when it expired and another owner took it: theirs now, left alone
-            _RELEASE.post(channel, [key], [owner])
+            client.register_script(_RELEASE)(keys=[key], args=[owner])

@@ -1,11 +1,13 @@
-"""The wire shape of every message: actor names, queues, and how a message is built.
+"""The wire shape of every message: actor names, queues, payload encoding and ids.
 
 This is the one module that knows what goes over the broker, so the web app, the scheduler,
 other modules and the actors agree without importing one another. Messages carry ids only:
 never a token, a password or an unencrypted authorization code (the code rides as ``code_enc``,
 encrypted with the KeyRing under table ``message``, column ``code``, row id = the attempt id).
 
-The raw format a non-Python producer writes to Redis (namespace = ``REDIS_NAMESPACE``)::
+A payload is always ``dramatiq.Message.encode()``. On Redis a message is the two keys Dramatiq's
+own ``RedisBroker.enqueue`` writes, which is also the raw format a non-Python producer may write
+(docs/publishing.md; namespace = ``REDIS_NAMESPACE``)::
 
     HSET <ns>:<queue>.msgs <redis_message_id> <payload>
     RPUSH <ns>:<queue> <redis_message_id>
@@ -14,13 +16,17 @@ The raw format a non-Python producer writes to Redis (namespace = ``REDIS_NAMESP
                "kwargs": {"account_id": "...", "reason": "requested"},
                "options": {"redis_message_id": "<uuid4>"},
                "message_id": "<uuid4>", "message_timestamp": <epoch ms>}
+
+Many messages at once (the callback's group commit, the scheduler's bulk enqueue) go in one
+``EVALSHA`` of ``REDIS_WRITE_SCRIPT`` (redis-py's ``register_script``): those same two commands
+per queue, run atomically, so no id is ever pushed without its payload.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import dramatiq
 
@@ -36,9 +42,17 @@ __all__ = [
     "QUEUE_MAINTENANCE",
     "QUEUE_REFRESH",
     "QUEUE_SYNC",
+    "REDIS_WRITE_MAX",
+    "REDIS_WRITE_SCRIPT",
     "REFRESH_ACCOUNT",
     "SYNC_ACCOUNT",
+    "Encoded",
     "build_message",
+    "encode_call",
+    "encode_for_redis",
+    "new_id",
+    "redis_keys",
+    "redis_write_args",
 ]
 
 QUEUE_CONNECT = "connect"
@@ -75,8 +89,14 @@ ACTOR_QUEUES: dict[str, str] = {
 CODE_MAX_AGE_MS = 10 * 60 * 1000
 
 
+def new_id() -> str:
+    """A fresh message or Redis id: a random UUID4 string, as Dramatiq makes its own."""
+    return str(uuid.uuid4())
+
+
 def build_message(actor_name: str, **kwargs: Any) -> dramatiq.Message[Any]:
-    """A message for ``actor_name`` with keyword arguments only (the documented wire shape).
+    """A message for ``actor_name`` with keyword arguments only (the documented wire shape); its
+    ``message_id`` and ``message_timestamp`` are Dramatiq's defaults (a UUID4, now in ms).
 
     Parameters:
       actor_name(str): one of the names above; its queue comes from ``ACTOR_QUEUES``.
@@ -84,13 +104,83 @@ def build_message(actor_name: str, **kwargs: Any) -> dramatiq.Message[Any]:
     Raises:
       KeyError: for an actor name this service does not know.
     """
-    queue = ACTOR_QUEUES[actor_name]
     return dramatiq.Message(
-        queue_name=queue,
+        queue_name=ACTOR_QUEUES[actor_name], actor_name=actor_name, args=(), kwargs=dict(kwargs), options={}
+    )
+
+
+class Encoded(NamedTuple):
+    """One message as Redis holds it: its queue, its Redis id and its payload."""
+
+    queue_name: str
+    redis_id: str
+    payload: bytes
+
+
+def encode_for_redis(message: dramatiq.Message[Any]) -> Encoded:
+    """``message`` with a fresh ``redis_message_id`` in its options, encoded: what
+    ``RedisBroker.enqueue`` stores (every enqueue gets its own Redis id, a retry included)."""
+    redis_id = new_id()
+    return Encoded(message.queue_name, redis_id, message.copy(options={"redis_message_id": redis_id}).encode())
+
+
+def encode_call(actor_name: str, kwargs: dict[str, Any], *, queue_name: str | None = None) -> Encoded:
+    """What ``encode_for_redis(build_message(actor_name, **kwargs))`` gives, built as ONE
+    ``Message`` with its Redis id already in its options (no copy: this runs once per callback).
+
+    ``queue_name`` defaults to the actor's (``ACTOR_QUEUES``); raises ``KeyError`` for an actor
+    name this service does not know.
+    """
+    redis_id = new_id()
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=queue_name or ACTOR_QUEUES[actor_name],
         actor_name=actor_name,
         args=(),
-        kwargs=dict(kwargs),
-        options={},
-        message_id=str(uuid.uuid4()),
-        message_timestamp=int(time.time() * 1000),
+        kwargs=kwargs,
+        options={"redis_message_id": redis_id},
     )
+    return Encoded(message.queue_name, redis_id, message.encode())
+
+
+def redis_keys(namespace: str, queue_name: str) -> tuple[str, str]:
+    """The list of ids and the hash of payloads of ``queue_name`` (``RedisBroker``'s key names)."""
+    queue = f"{namespace}:{queue_name}"
+    return queue, f"{queue}.msgs"
+
+
+#: messages one ``REDIS_WRITE_SCRIPT`` call takes at most: its ``unpack`` of two values per
+#: message must stay below Lua's C stack limit (8,000 values in Redis's Lua)
+REDIS_WRITE_MAX = 1000
+
+#: KEYS = per queue ``<q>.msgs, <q>``; ARGV = per queue its message count n, the n redis ids, then
+#: the n pairs ``redis id, payload``. Payloads are stored before their ids are pushed; a script
+#: stops at its first failing command, so no id is ever pushed without its payload.
+REDIS_WRITE_SCRIPT = """
+local a = 1
+for k = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a])
+  redis.call("HSET", KEYS[k], unpack(ARGV, a + n + 1, a + 3 * n))
+  redis.call("RPUSH", KEYS[k + 1], unpack(ARGV, a + 1, a + n))
+  a = a + 3 * n + 1
+end
+return a - 1
+"""
+
+
+def redis_write_args(namespace: str, items: Iterable[Encoded]) -> tuple[list[str], list[str | bytes]]:
+    """The ``keys`` and ``args`` of one ``REDIS_WRITE_SCRIPT`` call for ``items`` (at most
+    ``REDIS_WRITE_MAX``), grouped by queue, each queue's messages in their given order."""
+    by_queue: dict[str, tuple[list[str], list[str | bytes]]] = {}
+    for item in items:
+        ids, pairs = by_queue.setdefault(item.queue_name, ([], []))
+        ids.append(item.redis_id)
+        pairs += (item.redis_id, item.payload)
+    keys: list[str] = []
+    args: list[str | bytes] = []
+    for queue_name, (ids, pairs) in by_queue.items():
+        queue, payloads = redis_keys(namespace, queue_name)
+        keys += (payloads, queue)
+        args.append(str(len(ids)))
+        args += ids
+        args += pairs
+    return keys, args

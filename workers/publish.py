@@ -71,8 +71,8 @@ def code_received_kwargs(
     *, attempt_id: str, code_enc: str | None = None, error: str | None = None, error_description: str | None = None
 ) -> dict[str, Any]:
     """The keyword arguments of a ``code_received`` message (the platform's words scrubbed and
-    capped), the one place that shapes them. The callback endpoint hands them to its batcher,
-    which writes the payload without building a ``Message`` (``web_callback.batching``)."""
+    capped), the one place that shapes them. The callback endpoint hands them to its batcher
+    (``web_callback.batching``), which encodes them with ``workers.messages``."""
     return {
         "attempt_id": attempt_id,
         "code_enc": code_enc,

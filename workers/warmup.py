@@ -1,8 +1,8 @@
 """Open at worker boot what the first messages would otherwise open while someone waits.
 
-Why: a worker thread's first message used to pay for its Redis connection
-(``workers.redis_channel``), a PostgreSQL connection (``models.direct``), importing and building
-the platform's adapter and the shared HTTP client. That is a few milliseconds per thread, paid
+Why: a worker thread's first message used to pay for a PostgreSQL connection
+(``models.direct``), importing and building the platform's adapter and the shared HTTP client.
+That is a few milliseconds per thread, paid
 by the first connects after a deploy or a scale-up, exactly when a burst of users is waiting
 (``bench/pipeline.py`` with 500 connects). A failure here is only logged: the messages open
 what they need themselves, as before.
@@ -11,18 +11,15 @@ what they need themselves, as before.
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import ExitStack
 from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
 from models.direct import for_engine
 from platforms.registry import platform_statuses
 from workers import runtime
 from workers.adapters import adapter_for
-from workers.redis_channel import channel_for
 
 __all__ = ["WarmUp"]
 
@@ -30,8 +27,7 @@ log = logging.getLogger("social_accounts.warmup")
 
 
 class WarmUp(dramatiq.Middleware):
-    """Per process: a database connection per worker thread and every configured adapter; per
-    thread: its Redis connection (the lock, cooldowns and acks go through it)."""
+    """Per process: a database connection per worker thread and every configured adapter."""
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         try:
@@ -46,11 +42,3 @@ class WarmUp(dramatiq.Middleware):
                     adapter_for(rt, status.platform)
         except Exception as exc:  # never keep a worker from starting
             log.warning("warm-up skipped: %s", type(exc).__name__)
-
-    def after_worker_thread_boot(self, broker: dramatiq.Broker, thread: threading.Thread) -> None:
-        if not isinstance(broker, RedisBroker):
-            return
-        try:
-            channel_for(broker.client).call("PING")
-        except Exception as exc:
-            log.warning("warm-up of a worker thread's Redis connection skipped: %s", type(exc).__name__)
