@@ -7,10 +7,10 @@ code a second time. ``history`` is a JSON list that shows every retry of the att
 
 The connect worker's hot path reads and writes attempts with Core statements built once per
 backend (:func:`read_attempt`, :func:`claim_state`, :func:`store_tokens`, :func:`finish_connected`,
-:func:`append_event`): an ORM load-modify-flush per stage change was most of a connect's CPU
-(``bench/connect_cpu.py``). Those statements append to ``history`` inside the database (JSONB
-``||`` on PostgreSQL, ``json_insert`` on SQLite), so no read is needed before a write and two
-writers never lose each other's entries.
+:func:`append_event`): one ``UPDATE`` with a guard in its ``WHERE`` instead of an ORM
+load-modify-flush per stage change, which costs a read and object tracking. Those statements
+append to ``history`` inside the database (JSONB ``||`` on PostgreSQL, ``json_insert`` on
+SQLite), so no read is needed before a write and two writers never lose each other's entries.
 """
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ class LoadedAccount:
 class AccountSnapshot:
     """What a refresh acts on, read with one Core ``SELECT`` instead of an ORM load.
 
-    Why not ``LoadedAccount``: building and tracking an ORM object cost a refresh more CPU than
-    everything else it does (``bench/README.md``); a refresh only needs these facts.
+    Why not ``LoadedAccount``: building and tracking an ORM object is the costliest part of a
+    refresh's own work, and a refresh only needs these facts.
     """
 
     id: str
@@ -360,7 +360,7 @@ def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
     """The account upsert, built once per backend and shape; the values come as parameters.
 
     Building ``insert().values().on_conflict_do_update()`` per call (coercions, annotations, the
-    cache-key walk) was a quarter of a connect's CPU (``bench/pipeline.py``).
+    cache-key walk) would cost more than running it.
     """
     return _on_conflict_update(dialect_insert(dialect, ACCOUNTS), with_scopes)
 
@@ -690,7 +690,7 @@ def _fenced_update(columns: tuple[str, ...], exact: bool = False) -> sa.Update:
     (``exact``: also ``status = :w_status`` and the health inputs unchanged).
 
     One statement object per set of columns, reused: building ``update().values()`` per call
-    and walking it for SQLAlchemy's cache key was a third of a refresh's database CPU.
+    and walking it for SQLAlchemy's cache key would cost more than running it.
     """
     values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=ACCOUNTS.c[name].type) for name in columns}
     values["token_version"] = ACCOUNTS.c.token_version + 1

@@ -195,6 +195,39 @@ def test_a_database_that_cannot_be_reached_counts_as_lost() -> None:
         unreachable.dispose()
 
 
+def test_a_forked_worker_builds_its_own_pool_and_leaves_the_parents_alone(
+    engine: Engine, pg_url: str, ring: KeyRing
+) -> None:
+    """Dramatiq forks worker processes: the child must never use or close the parent's sockets
+    (``Runtime.forget_inherited``: ``engine.dispose(close=False)``, as
+    https://docs.sqlalchemy.org/en/20/core/pooling.html#using-connection-pools-with-multiprocessing-or-os-fork
+    shows)."""
+    from social_accounts.settings import Settings
+    from workers import runtime
+
+    account_id = _account(engine, ring)
+    parent_pid = _backend_pid(engine)  # pooled, idle: what the child inherits
+    settings = Settings(_env_file=None, database_url=pg_url)  # type: ignore[call-arg]
+    runtime.configure(settings, engine=engine, ring=ring)
+    try:
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's outcome is its exit status)
+            code = 1
+            try:
+                rt = runtime.current()
+                ok = rt.engine is not engine and _backend_pid(rt.engine) != parent_pid
+                ok = ok and fetch_account(rt.engine, rt.ring, account_id) is not None
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _backend_pid(engine) == parent_pid  # the parent's connection is still open and its own
+    finally:
+        runtime.configure(settings)  # the injected engine belongs to the fixture, which disposes it
+        runtime.reset()
+
+
 # ---- the statements, on both backends -----------------------------------------------------------
 
 

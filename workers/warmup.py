@@ -3,8 +3,8 @@
 Why: a worker thread's first message used to pay for its Redis connection
 (``workers.redis_channel``), a database connection (the engine's pool), importing and building
 the platform's adapter and the shared HTTP client. That is a few milliseconds per thread, paid
-by the first connects after a deploy or a scale-up, exactly when a burst of users is waiting
-(``bench/pipeline.py`` with 500 connects). A failure here is only logged: the messages open
+by the first connects after a deploy or a scale-up, exactly when a burst of users is waiting.
+A failure here is only logged: the messages open
 what they need themselves, as before.
 """
 
