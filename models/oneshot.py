@@ -48,8 +48,8 @@ def fetch_one(engine: Engine, statement: Executable, params: Mapping[str, Any]) 
 def execute(engine: Engine, statement: Executable, params: Mapping[str, Any]) -> int:
     """Run ``statement`` alone in autocommit; its row count.
 
-    ``preserve_rowcount``: SQLAlchemy keeps the count of an ``UPDATE``/``DELETE`` only, and an
-    ``INSERT … SELECT`` reports its rows the same way
+    ``preserve_rowcount``: SQLAlchemy keeps the row count of an ``UPDATE``/``DELETE`` only; the
+    refresh write is an ``INSERT … SELECT`` whose count says whether its fence held
     (https://docs.sqlalchemy.org/en/20/core/connections.html#sqlalchemy.engine.Connection.execution_options.params.preserve_rowcount).
     """
     with connect(engine) as conn:
