@@ -7,10 +7,10 @@ code a second time. ``history`` is a JSON list that shows every retry of the att
 
 The connect worker's hot path reads and writes attempts with Core statements built once per
 backend (:func:`read_attempt`, :func:`claim_state`, :func:`store_tokens`, :func:`finish_connected`,
-:func:`append_event`): an ORM load-modify-flush per stage change was most of a connect's CPU
-(``bench/connect_cpu.py``). Those statements append to ``history`` inside the database (JSONB
-``||`` on PostgreSQL, ``json_insert`` on SQLite), so no read is needed before a write and two
-writers never lose each other's entries.
+:func:`append_event`): one ``UPDATE`` with a guard in its ``WHERE`` instead of an ORM
+load-modify-flush per stage change, which costs a read and object tracking. Those statements
+append to ``history`` inside the database (JSONB ``||`` on PostgreSQL, ``json_insert`` on
+SQLite), so no read is needed before a write and two writers never lose each other's entries.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 
 from models.crypto import KeyRing
-from models.direct import for_engine
 from models.ids import new_id
+from models.oneshot import execute, fetch_one
 from models.tables import SocialOAuthState
 from social_accounts.values import TokenSet
 
@@ -208,19 +208,14 @@ def read_attempt(db: Database, attempt_id: str, *, for_update: bool = False) -> 
     """The attempt, or ``None``.
 
     In a transaction (``Connection``), ``for_update`` locks the row on PostgreSQL until it ends.
-    Given an ``Engine``, one read in autocommit (straight on psycopg on PostgreSQL, see ``_run``):
-    no ``BEGIN``/``ROLLBACK`` round trips around a read that decides nothing alone.
+    Given an ``Engine``, one read in autocommit (``models.oneshot``): no ``BEGIN``/``ROLLBACK``
+    round trips around a read that decides nothing alone.
     """
     params = {"attempt_id": attempt_id}
     if isinstance(db, Engine):
         if for_update:
             raise ValueError("a locking read needs the transaction it locks for")
-        direct = for_engine(db)
-        if direct is not None:
-            found = direct.fetch_one(direct.statement(("attempts", "read"), lambda: _READ), params)
-        else:
-            with db.connect() as conn:
-                found = conn.execution_options(isolation_level="AUTOCOMMIT").execute(_READ, params).first()
+        found = fetch_one(db, _READ, params)
     else:
         found = db.execute(_READ_LOCKED if for_update else _READ, params).first()
     return AttemptSnapshot(*found) if found is not None else None
@@ -321,18 +316,11 @@ Database = Engine | Connection
 def _run(db: Database, kind: str, params: dict[str, Any]) -> int:
     """Run the ``kind`` statement; its row count.
 
-    Given an ``Engine``, the statement is a transaction of its own: on PostgreSQL it runs straight
-    on psycopg in autocommit (``models.direct``; one statement is atomic by itself, and
-    SQLAlchemy's pool-and-transaction machinery around it cost more CPU than the statement), on
-    SQLite in an ordinary ``engine.begin()``.
+    Given an ``Engine``, the statement is a transaction of its own, run in autocommit
+    (``models.oneshot``): one statement is atomic by itself, on either backend.
     """
     if isinstance(db, Engine):
-        direct = for_engine(db)
-        if direct is not None:
-            statement = direct.statement(("attempts", kind), lambda: _statement("postgresql", kind))
-            return direct.execute(statement, params)
-        with db.begin() as conn:
-            return _run(conn, kind, params)
+        return execute(db, _statement(db.dialect.name, kind), params)
     result = cast(CursorResult[Any], db.execute(_statement(db.dialect.name, kind), params))
     return result.rowcount
 

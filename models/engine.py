@@ -4,8 +4,8 @@ Why each setting:
 
 * PostgreSQL (psycopg 3): ``postgresql://`` means psycopg2 to SQLAlchemy, which is not installed,
   so it is rewritten to ``postgresql+psycopg://``. ``pool_pre_ping`` survives database restarts
-  (workers pass ``ping_after_idle`` instead: a round trip on every checkout was ~5 % of a
-  refresh's CPU; only a connection idle that long is pinged, and a connection that dies under
+  (workers pass ``ping_after_idle`` instead, to spare busy connections a round trip on every
+  checkout: only a connection idle that long is pinged, and a connection that dies under
   load fails one statement, which invalidates the pool and is retried by the caller);
   ``-c timezone=utc`` makes timestamptz come back in UTC; the pool is sized for a worker
   process's threads (one session per actor call); ``connect_timeout`` keeps a blackholed host

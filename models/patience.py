@@ -6,11 +6,12 @@ token may be spent). If the database restarts at that moment, raising would hand
 Dramatiq, whose retry cannot buy the tokens again. So those writes wait for the database here,
 with backoff, for a bounded time.
 
-Only a lost connection is retried, or one that could not be made (SQLAlchemy's
-``OperationalError`` with ``connection_invalidated``, which :mod:`models.direct` and the
-callers' own ``connect()`` set for both): a statement error would only fail again. A commit whose
-answer was lost is retried too; both callers make a second write of the same tokens harmless
-(the refresh's ``token_version`` fence, the attempt's stage check).
+Only a lost connection is retried, or one that could not be made: SQLAlchemy's
+``OperationalError`` with ``connection_invalidated``, which SQLAlchemy sets for a connection lost
+mid-statement and :func:`models.oneshot.connect` for one that could not be made. A statement
+error would only fail again. A commit whose answer was lost is retried too; both callers make
+a second write of the same tokens harmless (the refresh's ``token_version`` fence, the
+attempt's stage check).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, CursorResult, Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -41,10 +41,11 @@ from models.attempts import (
     tokens_to_json,
 )
 from models.crypto import KeyRing
-from models.direct import for_engine
+from models.dialect import dialect_insert
 from models.ids import account_id as make_account_id
 from models.ids import new_id
 from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
+from models.oneshot import connect, execute, fetch_one
 from models.public import account_public_dict, health_reason
 from models.tables import SocialAccount, SocialAccountEvent, table_of, utcnow
 from social_accounts.values import AccountProfile, TokenSet
@@ -112,8 +113,8 @@ class LoadedAccount:
 class AccountSnapshot:
     """What a refresh acts on, read with one Core ``SELECT`` instead of an ORM load.
 
-    Why not ``LoadedAccount``: building and tracking an ORM object cost a refresh more CPU than
-    everything else it does (``bench/README.md``); a refresh only needs these facts.
+    Why not ``LoadedAccount``: building and tracking an ORM object is the costliest part of a
+    refresh's own work, and a refresh only needs these facts.
     """
 
     id: str
@@ -162,14 +163,10 @@ def read_account(conn: Connection, ring: KeyRing, account_id: str) -> AccountSna
 
 
 def fetch_account(engine: Engine, ring: KeyRing, account_id: str) -> AccountSnapshot | None:
-    """``read_account`` as one statement in autocommit, the cheapest way the engine allows
-    (straight on psycopg on PostgreSQL: ``models.direct``)."""
-    direct = for_engine(engine)
-    if direct is None:
-        with engine.connect() as conn:
-            return read_account(conn.execution_options(isolation_level="AUTOCOMMIT"), ring, account_id)
-    row = direct.fetch_one(direct.statement("read_account", lambda: _READ_ACCOUNT), {"account_id": account_id})
-    return None if row is None else _snapshot(row, ring)
+    """``read_account`` as one statement in autocommit (``models.oneshot``): no ``BEGIN``/``ROLLBACK``
+    round trips around a read that decides nothing alone."""
+    row = fetch_one(engine, _READ_ACCOUNT, {"account_id": account_id})
+    return None if row is None else _snapshot(tuple(row), ring)
 
 
 def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
@@ -358,21 +355,14 @@ def upsert_values(
     }
 
 
-#: ``INSERT … ON CONFLICT`` per backend (as ``models.dialect.upsert_insert``, keyed by name so the
-#: statement can be built once)
-_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-
-
 @functools.lru_cache(maxsize=8)
 def _upsert_statement(dialect: str, with_scopes: bool) -> Any:
     """The account upsert, built once per backend and shape; the values come as parameters.
 
     Building ``insert().values().on_conflict_do_update()`` per call (coercions, annotations, the
-    cache-key walk) was a quarter of a connect's CPU (``bench/pipeline.py``).
+    cache-key walk) would cost more than running it.
     """
-    if dialect not in _INSERTS:
-        raise RuntimeError(f"unsupported database backend {dialect!r}")
-    return _on_conflict_update(_INSERTS[dialect](ACCOUNTS), with_scopes)
+    return _on_conflict_update(dialect_insert(dialect, ACCOUNTS), with_scopes)
 
 
 def _on_conflict_update(stmt: Any, with_scopes: bool) -> Any:
@@ -439,10 +429,11 @@ def save_connected_accounts(
     ``reconnected``) and mark the attempt connected, as one transaction.
 
     Returns ``([(account_id, inserted)...], finished)``; ``finished`` is False when the attempt was
-    no longer pending (the accounts are saved all the same). On PostgreSQL it is ONE statement,
-    run on psycopg directly (``models.direct``): the upserts, the events and the attempt's
-    ``UPDATE`` as data-modifying CTEs, one round trip instead of five. Elsewhere it is the same
-    work statement by statement in one transaction. A racing insert of the same account raises
+    no longer pending (the accounts are saved all the same). On PostgreSQL it is ONE statement in
+    autocommit: the upserts, the events and the attempt's ``UPDATE`` as data-modifying CTEs, one
+    round trip instead of five. SQLite has no data-modifying CTEs
+    (https://www.sqlite.org/lang_with.html), so there it is the same work statement by statement
+    in one transaction. A racing insert of the same account raises
     ``IntegrityError`` with nothing written (see ``upsert_account``): the caller runs it again.
     """
     rows = [
@@ -470,9 +461,8 @@ def save_connected_accounts(
         for row in rows
     ]
     ids = [str(row["id"]) for row in rows]
-    direct = for_engine(engine)
-    if direct is None or not rows:
-        with engine.begin() as conn:
+    if not (rows and _writable_ctes(engine)):
+        with connect(engine) as conn, conn.begin():
             saved = []
             for row, event, account in zip(rows, events, accounts, strict=True):
                 stmt = _upsert_statement(conn.dialect.name, bool(account.profile.tokens.scopes))
@@ -489,12 +479,18 @@ def save_connected_accounts(
         params.update({f"p{i}_{name}": value for name, value in row.items()})
         params.update({f"e{i}_{name}": event[name] for name in ("id", "data", "created_at")})
     columns = tuple(rows[0])  # what ``upsert_values`` fills, the same for every account
-    found = direct.fetch_one(direct.statement(("connect_save", shape), lambda: _connect_save(shape, columns)), params)
+    found = fetch_one(engine, _connect_save(shape, columns), params)
     assert found is not None
     *versions, finished, _logged = found
     return [(account_id, version == 0) for account_id, version in zip(ids, versions, strict=True)], bool(finished)
 
 
+def _writable_ctes(engine: Engine) -> bool:
+    """Whether the backend runs ``INSERT``/``UPDATE`` inside ``WITH`` (PostgreSQL does, SQLite not)."""
+    return engine.dialect.name == "postgresql"
+
+
+@functools.lru_cache(maxsize=64)
 def _connect_save(shape: tuple[bool, ...], columns: tuple[str, ...]) -> sa.Select[Any]:
     """``WITH a0 AS (<upsert> RETURNING id, token_version), …, ev AS (INSERT INTO events …),
     fin AS (<attempt connected> RETURNING id) SELECT <each token_version>, <fin's count>``.
@@ -613,8 +609,8 @@ def save_refresh_if_unchanged(
     inputs), so a row nobody touched since it was read under the refresh lock needs no row lock
     and no second read: on PostgreSQL the tokens, the outcome and the events (at least one) are
     ONE statement in autocommit, an ``UPDATE … RETURNING`` feeding the events' ``INSERT`` (one
-    round trip, run on psycopg directly: ``models.direct``). Elsewhere (SQLite) it is the
-    ``UPDATE`` and, if it matched, the ``INSERT``, in one transaction. On ``False`` nothing was
+    round trip). SQLite has no data-modifying CTEs, so there it is the ``UPDATE`` and, if it
+    matched, the ``INSERT``, in one transaction. On ``False`` nothing was
     written and the caller falls back to locking the row (``lock_account_version``) and
     recomputing.
     """
@@ -625,9 +621,8 @@ def save_refresh_if_unchanged(
     params: dict[str, Any] = {f"v_{name}": value for name, value in values.items()}
     params.update(w_id=seen.id, w_version=seen.token_version, w_status=seen.status)
     params.update(w_synced=seen.last_synced_at, w_error=seen.last_error_at)
-    direct = for_engine(engine)
-    if direct is None:
-        with engine.connect() as conn, conn.begin():
+    if not _writable_ctes(engine):
+        with connect(engine) as conn, conn.begin():
             result = cast(CursorResult[Any], conn.execute(_fenced_update(columns, exact=True), params))
             if result.rowcount != 1:
                 return False
@@ -636,13 +631,13 @@ def save_refresh_if_unchanged(
     for i, event in enumerate(events):
         params.update({f"e{i}_{name}": event.get(name) for name in _EVENT_COLUMNS})
     n = len(events)
-    statement = direct.statement(("refresh_write", columns, n), lambda: _update_and_log(columns, n))
-    return direct.execute(statement, params) == n
+    return execute(engine, _update_and_log(columns, n), params) == n
 
 
 _EVENT_COLUMNS = ("id", "account_id", "site_id", "platform", "kind", "reason", "data", "created_at")
 
 
+@functools.lru_cache(maxsize=64)
 def _update_and_log(columns: tuple[str, ...], n_events: int) -> sa.Insert:
     """``WITH refreshed AS (<exact fenced UPDATE> RETURNING id) INSERT INTO social_account_events
     SELECT <event 0> FROM refreshed UNION ALL …``: the events exist only if the update matched."""
@@ -695,7 +690,7 @@ def _fenced_update(columns: tuple[str, ...], exact: bool = False) -> sa.Update:
     (``exact``: also ``status = :w_status`` and the health inputs unchanged).
 
     One statement object per set of columns, reused: building ``update().values()`` per call
-    and walking it for SQLAlchemy's cache key was a third of a refresh's database CPU.
+    and walking it for SQLAlchemy's cache key would cost more than running it.
     """
     values: dict[str, Any] = {name: sa.bindparam(f"v_{name}", type_=ACCOUNTS.c[name].type) for name in columns}
     values["token_version"] = ACCOUNTS.c.token_version + 1

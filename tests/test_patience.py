@@ -15,7 +15,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models.crypto import KeyRing
-from models.direct import for_engine
 from models.engine import make_engine
 from models.patience import retry_while_unreachable
 from models.repository import fetch_account, upsert_account
@@ -112,7 +111,19 @@ def test_the_last_loss_is_raised_when_the_next_pause_would_pass_the_deadline() -
 
 
 def test_a_backend_killed_under_the_write_is_replaced_and_the_write_lands(engine: Engine, pg_url: str) -> None:
-    """Real PostgreSQL: the first statement meets a terminated backend, the retry a fresh one."""
+    """Real PostgreSQL: the first statement meets a terminated backend, the retry a fresh one.
+
+    The engine is configured as workers configure it: one pooled connection, pinged only after
+    a minute idle, so the statement itself meets the dead backend.
+    """
+    worker_engine = make_engine(pg_url, pool_size=1, max_overflow=0, ping_after_idle=60)
+    try:
+        _write_across_a_killed_backend(worker_engine, pg_url)
+    finally:
+        worker_engine.dispose()
+
+
+def _write_across_a_killed_backend(engine: Engine, pg_url: str) -> None:
     ring = KeyRing([("k1", os.urandom(32))])
     profile = AccountProfile(
         platform_account_id="p-1", name="A", handle="a", avatar_url=None, tokens=TokenSet(access_token="AT")
@@ -121,10 +132,8 @@ def test_a_backend_killed_under_the_write_is_replaced_and_the_write_lands(engine
         account_id, _ = upsert_account(
             s, ring, site_id="s", platform="twitter", user_id="u", profile=profile, next_refresh_at=None, now=NOW
         )
-    direct = for_engine(engine)
-    assert direct is not None
-    with direct.connection() as conn:  # the idle connection the next statement will take
-        pid = conn.info.backend_pid
+    with engine.connect() as conn:  # the idle connection the next statement will take
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
     killer = make_engine(pg_url)
     with killer.connect() as conn:
         conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})

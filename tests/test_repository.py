@@ -249,7 +249,7 @@ def _check_refresh_fence(engine: Engine, ring: KeyRing) -> None:
 
 
 def test_refresh_write_is_fenced_on_what_the_outcome_was_computed_from(engine: Engine, ring: KeyRing) -> None:
-    """PostgreSQL: one ``UPDATE … RETURNING`` feeding the events' ``INSERT``, on psycopg directly."""
+    """PostgreSQL: one ``UPDATE … RETURNING`` feeding the events' ``INSERT``."""
     _check_refresh_fence(engine, ring)
 
 

@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from models.direct import for_engine
+from sqlalchemy.pool import QueuePool
+
 from tests import pipeline_support
 from tests.pipeline_support import Pipeline
 from workers import runtime
@@ -18,9 +19,9 @@ pipeline_factory = pipeline_support.pipeline_factory
 def test_a_started_worker_has_its_connections_and_adapters_ready(pipeline: Pipeline) -> None:
     """The pipeline's worker (2 threads) booted through the broker's middleware, WarmUp included."""
     rt = runtime.current()
-    direct = for_engine(rt.engine)
-    assert direct is not None
-    assert len(direct._idle) >= 2  # one database connection per worker thread, opened at boot
+    pool = rt.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedin() >= 2  # one database connection per worker thread, opened at boot
     assert "twitter" in rt.adapters and "youtube" in rt.adapters  # configured platforms: built
     assert "mastodon" not in rt.adapters  # its app store follows the engine: built per call
 
@@ -42,3 +43,19 @@ def test_the_worker_command_polls_idle_queues_every_200_ms_unless_told_otherwise
         [sys.executable, "-c", probe], env={**env, "dramatiq_worker_timeout": "1000"}, capture_output=True, text=True
     )
     assert mine.stdout.strip() == "1000"  # an operator's own value wins
+
+
+def test_warming_the_pool_opens_one_connection_per_thread_up_to_the_pool_size(pg_url: str) -> None:
+    from models.engine import make_engine
+    from workers.warmup import warm_pool
+
+    engine = make_engine(pg_url, pool_size=3, max_overflow=5)
+    try:
+        pool = engine.pool
+        assert isinstance(pool, QueuePool)
+        warm_pool(engine, 2)
+        assert pool.checkedin() == 2
+        warm_pool(engine, 20)  # more threads than the pool keeps: the overflow is not kept idle
+        assert pool.checkedin() == 3
+    finally:
+        engine.dispose()

@@ -71,9 +71,9 @@ Outcome = str
 # ---- attempt rows -------------------------------------------------------------------------
 #
 # Every write below is one Core statement from ``models.attempts`` (built once per backend). A
-# statement that is a transaction of its own is given the engine: on PostgreSQL it then runs
-# straight on psycopg in autocommit (``models.direct``), which is atomic all the same; reads that
-# decide nothing alone run in autocommit too (no BEGIN/ROLLBACK round trips around one SELECT).
+# statement that is a transaction of its own is given the engine: it then runs in autocommit
+# (``models.oneshot``), which is atomic all the same; reads that decide nothing alone run in
+# autocommit too (no BEGIN/ROLLBACK round trips around one SELECT).
 
 
 def _read(rt: Runtime, attempt_id: str) -> AttemptSnapshot | None:

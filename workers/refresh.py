@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from models import patience
+from models import oneshot, patience
 from models.repository import (
     AccountSnapshot,
     fetch_account,
@@ -116,12 +115,7 @@ def _write_patiently(rt: Runtime, account_id: str, body: Callable[[Connection], 
     """Run ``body`` in one transaction, again on a fresh connection if the connection was lost."""
 
     def attempt() -> T:
-        try:
-            conn = rt.engine.connect()
-        except sa.exc.OperationalError as exc:  # cannot connect: the database is restarting
-            exc.connection_invalidated = True
-            raise
-        with conn, conn.begin():
+        with oneshot.connect(rt.engine) as conn, conn.begin():  # cannot connect: retried as lost
             return body(conn)
 
     return _patiently(account_id, attempt)
