@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from platforms.registry import adapter_class, platform_statuses
-from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited
+from social_accounts.errors import NeedsReconnect, NotNow, PlatformError, RateLimited
 from web_callback import connecting
 from web_callback.connecting import ATTEMPT_TTL
 from web_callback.health import BROKER_ERRORS
@@ -137,7 +137,6 @@ def _action(action: connecting.Action) -> Any:
 
 def _valid_token(services: Services, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, 409 (reconnect) or 503 (try later)."""
-    from workers.refresh import CooledDown
     from workers.tokens import AccountNotFound, get_valid_token
 
     if not connecting.valid_id(account_id):
@@ -148,7 +147,7 @@ def _valid_token(services: Services, account_id: str) -> Response:
         return _error(404, "not_found", "no such account")
     except NeedsReconnect as exc:
         return _error(409, "needs_reconnect", f"the account must be connected again: {exc.message}")
-    except CooledDown as exc:
+    except NotNow as exc:
         response = _error(503, "rate_limited", "the platform asked us to wait before renewing this token")
         response.headers["Retry-After"] = str(max(1, int(exc.seconds + 0.999)))
         return response
