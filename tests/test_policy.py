@@ -157,6 +157,18 @@ def test_not_now_defers_without_a_retry_and_gives_up_when_it_would_outlast_the_m
     assert high.delay_ms == 30_000 + jitter_ceiling_ms(30_000)
     too_long = decide(NotNow(3_600, "cooling down"), step=EXCHANGE, retries=0, wait_limit_ms=600_000)
     assert (too_long.action, too_long.code) == ("give_up", "token_exchange_failed")
+    assert too_long.reason == "cooling down, longer than the request may wait"
+
+
+def test_a_wait_beyond_the_messages_age_limit_gives_up_now_with_the_steps_code() -> None:
+    """An authorization code lives minutes (``max_age``): a Retry-After past it fails the attempt now."""
+    fits = decide(limited(60), step=FETCH, retries=0, wait_limit_ms=61_000, rng=PinnedRandom(0.0))
+    assert (fits.action, fits.delay_ms) == ("retry", 60_000)
+    late = decide(limited(60), step=FETCH, retries=0, wait_limit_ms=60_000, rng=PinnedRandom(0.0))
+    assert (late.action, late.code, late.delay_ms) == ("give_up", "profile_fetch_failed", None)
+    # an unforeseen failure keeps its own end (the stage it stopped in decides the code)
+    bug = decide(RuntimeError("x"), step=FETCH, retries=0, wait_limit_ms=1, rng=PinnedRandom(0.0))
+    assert (bug.action, bug.unforeseen) == ("retry", True)
 
 
 # ---- the real actors' options, read by the middleware ----------------------------------------------

@@ -4,7 +4,7 @@ It takes the place of Dramatiq's ``Retries`` in the broker and works the same wa
 options (``actor_options``), the decision in ``after_process_message``, and a retry is the same
 message put back with a delay through ``broker.enqueue`` (same id and timestamp, ``retries``
 counted in its options). What it adds: the error tree and the failing step decide, a NotNow is
-put back without spending a retry, and a deferral that would outlast the actor's ``max_age``
+put back without spending a retry, and a wait that would outlast the actor's ``max_age``
 (``AgeLimit``'s option) gives up now instead of being dropped unrun later.
 
 Actor options:

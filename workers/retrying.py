@@ -124,19 +124,25 @@ def decide(
 
     Parameters:
       wait_limit_ms(int | None): how long the message may still wait before it is too old to
-        run (its ``max_age``); a deferral that would outlast it gives up now, with the step's code.
+        run (its ``max_age``); a deferral or a retry of ours that would outlast it gives up now,
+        with the step's code, instead of being dropped unrun later.
     """
-    rng = rng or random.Random()
+    decision = _decide(error, step=step, retries=retries, policy=policy, rng=rng or random.Random())
+    late = wait_limit_ms is not None and decision.delay_ms is not None and decision.delay_ms >= wait_limit_ms
+    if late and not decision.unforeseen:
+        why = f"{decision.reason}, longer than the request may wait"
+        return Decision("give_up", step.name, why, retries, code=step.fail_code)
+    return decision
+
+
+def _decide(error: BaseException, *, step: Step, retries: int, policy: RetryPolicy, rng: random.Random) -> Decision:
     reason = _reason(error)
 
-    def give_up(code: str, why: str = reason, **kw: bool) -> Decision:
-        return Decision("give_up", step.name, why, retries, code=code, **kw)
+    def give_up(code: str, **kw: bool) -> Decision:
+        return Decision("give_up", step.name, reason, retries, code=code, **kw)
 
     if isinstance(error, NotNow):
-        delay = _at_least(error.seconds, policy, rng)
-        if wait_limit_ms is not None and delay >= wait_limit_ms:
-            return give_up(step.fail_code, f"{reason}, longer than the request may wait")
-        return Decision("defer", step.name, reason, retries, delay_ms=delay)
+        return Decision("defer", step.name, reason, retries, delay_ms=_at_least(error.seconds, policy, rng))
     if isinstance(error, SocialAccountsError):
         if error.maybe_sent and step.single_use:
             return give_up(step.uncertain_code, uncertain=True)
