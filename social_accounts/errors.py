@@ -3,6 +3,7 @@
 Every layer catches at the level it can act on, the way httpx's tree works::
 
     SocialAccountsError
+    ├── NotNow                       not now, come back in ``retry_after`` seconds; nothing was sent
     ├── ConfigError                  a setting is missing or malformed (one clear line at start-up)
     ├── CryptoError                  a ciphertext cannot be read
     │   ├── UnknownKeyError          ... because its key id is not in TOKEN_KEYS
@@ -22,11 +23,25 @@ Every layer catches at the level it can act on, the way httpx's tree works::
             ├── LoginFailed          wrong handle or app password (Bluesky)
             └── InstanceUnreachable  not a reachable Mastodon instance
 
+What each error allows is asked of the error, never decided from its name elsewhere
+(``workers.retrying`` turns it into retry, defer or give up; ``web_callback.errors`` into a status):
+
+* ``retryable``: trying the same thing again may succeed (Transient, RateLimited, NotNow);
+* ``retry_after``: seconds to wait before that, when the platform (or a cooldown) said so;
+  ``None`` means "back off on your own";
+* ``maybe_sent``: the request may have reached the platform (RequestMaybeSent): a single-use
+  step (code exchange, rotating refresh, revocation) must then never repeat it;
+* ``spends_retry``: False for NotNow, which puts work back without using a retry;
+* ``error_code``: the failure code the error names itself (login_failed, ...), over the step's;
+* ``step``: the worker step that raised it (set by ``workers.retrying.step``).
+
 Messages never contain a token, code, password or secret: platform error bodies are reduced
 to their error code and a short, scrubbed description before they become a message.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 __all__ = [
     "AccessTokenExpired",
@@ -37,6 +52,7 @@ __all__ = [
     "InstanceUnreachable",
     "LoginFailed",
     "NeedsReconnect",
+    "NotNow",
     "Permanent",
     "PlatformError",
     "PlatformNotConfigured",
@@ -51,7 +67,40 @@ __all__ = [
 
 
 class SocialAccountsError(Exception):
-    """Base of every error this service raises on purpose."""
+    """Base of every error this service raises on purpose; by default final (not retryable)."""
+
+    #: trying the same thing again may succeed
+    retryable: ClassVar[bool] = False
+    #: the request may have reached the platform (unsafe to repeat for a single-use step)
+    maybe_sent: ClassVar[bool] = False
+    #: a retry of this error counts against the step's budget (a NotNow does not)
+    spends_retry: ClassVar[bool] = True
+    #: the failure code this error names itself; None: the failing step's code
+    error_code: ClassVar[str | None] = None
+    #: seconds to wait before trying again, when someone said so; None: back off as the policy says
+    retry_after: float | None = None
+    #: the worker step that raised it (``workers.retrying.step``); None outside any step
+    step: str | None = None
+
+
+class NotNow(SocialAccountsError):
+    """Not now, and not a failure: a cooldown, a budget or a busy lock says come back in ``seconds``.
+
+    Raised before any request is made. The work is put back after ``retry_after`` without
+    spending a retry.
+    """
+
+    retryable = True
+    spends_retry = False
+
+    def __init__(self, seconds: float, reason: str = "not now") -> None:
+        super().__init__(f"{reason}: again in {seconds:.1f}s")
+        self.retry_after = max(0.0, float(seconds))
+        self.reason = reason
+
+    @property
+    def seconds(self) -> float:
+        return self.retry_after or 0.0
 
 
 class ConfigError(SocialAccountsError):
@@ -144,6 +193,8 @@ class RateLimited(PlatformError):
     """
 
     kind = "rate_limited"
+    retryable = True
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float, scope: str = "account", **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
@@ -161,6 +212,7 @@ class Transient(PlatformError):
     """A temporary failure: network error, timeout, 5xx. Retry with backoff."""
 
     kind = "transient"
+    retryable = True
 
 
 class AccessTokenExpired(Transient):
@@ -176,6 +228,7 @@ class RequestMaybeSent(Transient):
     """
 
     kind = "request_maybe_sent"
+    maybe_sent = True
 
 
 class Permanent(PlatformError):
@@ -188,9 +241,11 @@ class LoginFailed(Permanent):
     """Bluesky refused the handle or app password."""
 
     kind = "login_failed"
+    error_code = "login_failed"
 
 
 class InstanceUnreachable(Permanent):
     """The Mastodon instance cannot be reached or is not a Mastodon server."""
 
     kind = "instance_unreachable"
+    error_code = "instance_unreachable"

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import dramatiq
 import pytest
 import redis
 from sqlalchemy.engine import Engine
@@ -26,6 +25,7 @@ from models.engine import make_engine
 from models.migrate import upgrade
 from models.tables import SocialAccount, SocialAccountEvent, SocialOAuthState
 from platforms.oauth2 import pkce_pair
+from social_accounts.errors import NotNow, Transient
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.pipeline_support import FAST_POLICY_KW
 from workers import connect, retrying, runtime
@@ -179,13 +179,14 @@ def test_a_failed_profile_fetch_retries_from_the_stored_tokens(connects: Connect
     attempt_id, code_enc = connects.new()
     connects.fake.fail(ME, FakeResponse(503, {"error": "busy"}), times=1)
 
-    with pytest.raises(dramatiq.Retry):
+    with pytest.raises(Transient) as failed:  # the policy middleware decides (and records) the retry
         connects.run(attempt_id, code_enc)
+    assert failed.value.step == "fetch_accounts"
     row = connects.attempt(attempt_id)
     assert (row.status, row.stage) == ("pending", "exchanged") and row.token_bundle
 
     assert connects.run(attempt_id, code_enc) == "connected"  # the same message, retried
-    assert connects.history(attempt_id) == ["created", "consumed", "exchanged", "retry", "connected"]
+    assert connects.history(attempt_id) == ["created", "consumed", "exchanged", "connected"]
     assert connects.fake.count(TOKEN) == 1
 
 
@@ -194,8 +195,9 @@ def test_a_refused_exchange_is_retried_and_a_died_exchange_is_uncertain(
 ) -> None:
     refused_id, refused_code = connects.new()
     connects.fake.fail(TOKEN, FakeResponse(503, {"error": "busy"}), times=1)
-    with pytest.raises(dramatiq.Retry):
+    with pytest.raises(Transient) as refused:
         connects.run(refused_id, refused_code)
+    assert refused.value.step == "exchange"
     assert connects.attempt(refused_id).stage == "consumed"  # the platform refused: the code is unspent
     assert connects.run(refused_id, refused_code) == "connected"
 
@@ -219,7 +221,7 @@ def test_a_cooldown_defers_before_the_state_is_consumed(connects: Connects) -> N
     client = redis.Redis.from_url(connects.rt.settings.coordination_redis_url or "")
     set_cooldown(client, connects.rt.settings.redis_namespace, "twitter", 30.0, reason="rate_limited")
     try:
-        with pytest.raises(retrying.Deferred):
+        with pytest.raises(NotNow):
             connects.run(attempt_id, code_enc)
         row = connects.attempt(attempt_id)
         assert (row.status, row.stage, row.consumed_by) == ("pending", "created", None)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
 from models.tables import SocialAccount
-from social_accounts.errors import Transient
+from social_accounts.errors import NotNow, Transient
 from social_accounts.health import compute_health
 from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
@@ -50,7 +50,7 @@ from workers import runtime
 from workers.cooldowns import cooldown_key
 from workers.disconnect import disconnect_now
 from workers.publish import request_disconnect, request_refresh, request_sync
-from workers.refresh import CooledDown, refresh_now
+from workers.refresh import refresh_now
 from workers.sync import sync_now
 from workers.tokens import get_valid_token
 
@@ -227,7 +227,7 @@ def test_429_with_retry_after_cools_the_account_down_without_calling_the_platfor
 
     request_refresh(account_id, "requested", broker=life.broker)
     wait_until(lambda: client.hlen(delayed) == 2, what="the second request deferred")
-    with pytest.raises(CooledDown) as cooled:
+    with pytest.raises(NotNow) as cooled:
         refresh_now(runtime.current(), account_id)
     assert 20 < cooled.value.seconds <= 30
     # the token API hands out the still-valid token instead of calling the platform
@@ -423,7 +423,7 @@ def _one_platform(
 
     method = "DELETE" if platform in ("facebook", "instagram") else "POST"
     revocations = calls(life.fake, revoke, method=method) if revoke else 0
-    outcomes = [disconnect_now(rt, i, last_try=True) for i in ids]  # a Meta grant goes with the last
+    outcomes = [disconnect_now(rt, i) for i in ids]  # a Meta grant goes with the last
     assert outcomes[-1] == ("revoked" if revoke else "no_endpoint"), platform
     assert all(o == "grant_shared" for o in outcomes[:-1]), (platform, outcomes)
     if revoke:
@@ -447,7 +447,7 @@ def test_each_platform_refreshes_syncs_and_revokes_through_the_fake(life: Pipeli
     assert refresh_now(rt, account_id, force=True).outcome == "nothing_to_do"
     assert sync_now(rt, account_id) == "synced"
     assert raw_row(life, account_id).followers_count is not None
-    assert disconnect_now(rt, account_id, last_try=True) == "revoked"
+    assert disconnect_now(rt, account_id) == "revoked"
     assert calls(life.fake, "/oauth/revoke", method="POST") == 1
     with httpx.Client() as http:  # the instance no longer accepts the token
         me = http.get(

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from social_accounts.errors import Transient
-from workers.retrying import CONNECT_POLICY, RetryPolicy, backoff_ms, decide
+from workers.retrying import CONNECT_POLICY, RetryPolicy, Step, backoff_ms, decide
 
 
 class PinnedRandom(random.Random):
@@ -82,9 +82,10 @@ def test_a_transient_failure_waits_the_backoff_of_its_retry() -> None:
     """``decide`` hands the transient retry exactly that wait (same policy, same random source)."""
     policy = RetryPolicy(min_backoff_ms=500, max_backoff_ms=30_000)
     error = Transient("platform error", platform="twitter", status=503)
+    fetch = Step("fetch_accounts", fail_code="profile_fetch_failed")
     for retries in range(policy.max_transient):
-        decision = decide(error, fail_code="profile_fetch_failed", retries=retries, policy=policy, rng=random.Random(3))
-        assert decision.fail_code is None
+        decision = decide(error, step=fetch, retries=retries, policy=policy, rng=random.Random(3))
+        assert (decision.action, decision.code) == ("retry", None)
         assert decision.delay_ms == backoff_ms(retries, policy, random.Random(3))
-    spent = decide(error, fail_code="profile_fetch_failed", retries=policy.max_transient, policy=policy)
-    assert (spent.retry, spent.fail_code) == (None, "profile_fetch_failed")
+    spent = decide(error, step=fetch, retries=policy.max_transient, policy=policy)
+    assert (spent.action, spent.delay_ms, spent.code) == ("give_up", None, "profile_fetch_failed")

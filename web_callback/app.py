@@ -38,6 +38,7 @@ from web_callback import health
 from web_callback.api import routes as api_routes
 from web_callback.auth import BearerAuth
 from web_callback.callback import close_batchers, oauth_callback
+from web_callback.errors import EXCEPTION_HANDLERS
 from web_callback.pages import routes as page_routes
 
 __all__ = ["DropQueryString", "Services", "create_app", "freeze_startup_heap"]
@@ -159,6 +160,6 @@ def create_app(settings: Settings | None = None, *, broker: Any = None, engine: 
         services.close()
         http.close()
 
-    app = Starlette(routes=_routes(settings), lifespan=lifespan)
+    app = Starlette(routes=_routes(settings), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.services = services
     return app

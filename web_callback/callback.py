@@ -43,6 +43,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from social_accounts.errors import InputError
 from web_callback.batching import BatchEnqueuer
+from web_callback.errors import answer_for
 from web_callback.health import BROKER_ERRORS, CALLBACKS
 from web_callback.state import MAX_STATE_LENGTH, SignedState, verify_state
 from workers.messages import CODE_RECEIVED
@@ -107,6 +108,12 @@ async def _see_other(send: Send, location: str) -> None:
     headers = [*_HEADERS, (b"content-length", b"0"), (b"location", location.encode("latin-1"))]
     await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+def _status(exc: BaseException) -> int:
+    """The status ``web_callback.errors`` gives ``exc``; the sentence stays one for people."""
+    answer = answer_for(exc)
+    return answer.status if answer is not None else 500
 
 
 def with_attempt(return_to: str, attempt_id: str) -> str:
@@ -282,7 +289,7 @@ class OAuthCallback:
             outcome = exc.code if exc.code.startswith("state_") else "bad_request"
             _count(outcome)
             log.info("oauth callback refused", extra={"outcome": outcome})
-            await _plain(send, 400, str(exc))
+            await _plain(send, _status(exc), str(exc))
             return
 
         try:
@@ -296,7 +303,7 @@ class OAuthCallback:
             )
             await _plain(
                 send,
-                503,
+                _status(exc),
                 "We could not record your sign-in right now because a service is unavailable. "
                 "Please go back and try connecting again in a minute.",
             )

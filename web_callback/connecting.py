@@ -12,7 +12,6 @@ before it (configuration, ``return_to``, the Mastodon app registration) succeede
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -23,7 +22,7 @@ from models import repository
 from models.ids import new_id
 from models.tables import SocialAccount, SocialOAuthState
 from platforms.oauth2 import pkce_pair
-from social_accounts.errors import InputError, InstanceUnreachable, PlatformError, PlatformNotConfigured, RateLimited
+from social_accounts.errors import InputError, PlatformNotConfigured
 from web_callback.health import BROKER_ERRORS
 from web_callback.messages import error_message
 from web_callback.schemas import BlueskyConnectBody, ConnectBody
@@ -36,13 +35,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTEMPT_TTL",
     "Action",
-    "ConnectRefusal",
     "account_view",
     "attempt_view",
     "check_return_to",
     "connect_adapter",
     "enqueue_for_account",
-    "refusal",
     "site_accounts",
     "start_bluesky",
     "start_oauth",
@@ -53,34 +50,6 @@ __all__ = [
 ATTEMPT_TTL = timedelta(minutes=10)
 
 Action = Literal["refresh", "sync", "disconnect"]
-
-
-@dataclass(frozen=True)
-class ConnectRefusal:
-    """Why a connect did not start: HTTP status, machine code, a sentence for people."""
-
-    status: int
-    code: str
-    message: str
-    extra: dict[str, Any]
-
-
-def refusal(exc: Exception) -> ConnectRefusal | None:
-    """The answer for an exception a connect may raise; None for anything unforeseen."""
-    if isinstance(exc, InputError):
-        extra: dict[str, Any] = {"missing_env": exc.missing} if isinstance(exc, PlatformNotConfigured) else {}
-        return ConnectRefusal(400, exc.code, str(exc), extra)
-    if isinstance(exc, InstanceUnreachable):
-        return ConnectRefusal(502, "instance_unreachable", f"the Mastodon instance cannot be used: {exc.message}", {})
-    if isinstance(exc, RateLimited):
-        return ConnectRefusal(
-            503, "rate_limited", "the Mastodon instance asks us to slow down; try again in a few minutes", {}
-        )
-    if isinstance(exc, PlatformError):
-        return ConnectRefusal(502, "platform_error", f"the platform did not answer as expected: {exc.message}", {})
-    if isinstance(exc, BROKER_ERRORS):
-        return ConnectRefusal(503, "broker_unavailable", "the message broker is unavailable; try again shortly", {})
-    return None
 
 
 def valid_id(value: str) -> bool:

@@ -35,6 +35,7 @@ from starlette.templating import Jinja2Templates
 from platforms.registry import PlatformStatus, enabled_platforms, platform_statuses
 from social_accounts.health import health_colour
 from web_callback import connecting
+from web_callback.errors import answer_for
 from web_callback.messages import error_message
 from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody
 from web_callback.session import Session, SessionSigner
@@ -357,13 +358,14 @@ async def accounts_page(request: Request, *, banner: dict[str, Any] | None = Non
 
 
 async def _refused(request: Request, site_id: str, exc: Exception) -> Response:
-    refusal = connecting.refusal(exc)
-    if refusal is None:
+    """The API's answer for ``exc`` (``web_callback.errors``) as a banner; unforeseen ones re-raised."""
+    answer = answer_for(exc)
+    if answer is None:
         raise exc
-    text = refusal.message[:1].upper() + refusal.message[1:]
-    if refusal.extra.get("missing_env"):
+    text = answer.message[:1].upper() + answer.message[1:]
+    if answer.extra.get("missing_env"):
         text = f"{text}."
-    return await accounts_page(request, banner={"kind": "error", "text": text}, status=refusal.status)
+    return await accounts_page(request, banner={"kind": "error", "text": text}, status=answer.status)
 
 
 async def connect(request: Request) -> Response:
@@ -401,7 +403,7 @@ async def connect(request: Request) -> Response:
         }
         message = " ".join(text.get(f, f"The field '{f}' is not valid.") for f in fields)
         return await accounts_page(request, banner={"kind": "error", "text": message}, status=422)
-    except Exception as exc:  # mapped by connecting.refusal, re-raised when unforeseen
+    except Exception as exc:  # mapped by web_callback.errors, re-raised when unforeseen
         return await _refused(request, site_id, exc)
     return RedirectResponse(target, status_code=303, headers=page_headers())
 

@@ -33,6 +33,7 @@ from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import messages, runtime
 from workers.metrics_middleware import MessageLatency
+from workers.policy_middleware import PolicyMiddleware
 from workers.warmup import WarmUp
 
 __all__ = [
@@ -96,7 +97,10 @@ def _middleware() -> list[dramatiq.Middleware]:
         if cls is TimeLimit:
             middleware.append(TimeLimit(time_limit=TIME_LIMIT_MS))
         elif cls is Retries:
-            middleware.append(Retries(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS))
+            # our retry policy in Retries' place (``workers.policy_middleware``)
+            middleware.append(
+                PolicyMiddleware(max_retries=MAX_RETRIES, min_backoff=MIN_BACKOFF_MS, max_backoff=MAX_BACKOFF_MS)
+            )
         elif cls is AgeLimit:
             middleware.append(AgeLimit())
         else:

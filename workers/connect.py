@@ -19,8 +19,9 @@ a Core statement built once; no ORM object is loaded or flushed (that was most o
 The app-wide pause check before each platform call is asked of Redis before the statement that
 precedes the call and read after it (``_Pauses``), so it adds no wait of its own.
 
-Functions here never raise platform errors to Dramatiq: :mod:`workers.retrying` decides whether
-to retry (a ``dramatiq.Retry`` propagates) or to fail the attempt with the failing step's code.
+A failed platform call propagates, named by its step (:data:`EXCHANGE`, :data:`FETCH_ACCOUNTS`,
+:data:`LOGIN`): ``workers.policy_middleware`` decides whether to retry, to defer (``NotNow``) or
+to give up, and the actor's hook records that here (:func:`note_retry`, :func:`fail_attempt`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import dramatiq
 from sqlalchemy.exc import IntegrityError
 
 from models import attempts, patience, repository
 from models.attempts import AttemptSnapshot
 from platforms.base import PlatformAdapter
 from platforms.http import scrub
-from social_accounts.errors import CryptoError, PlatformError, UnsafeAddress
+from social_accounts.errors import (
+    CryptoError,
+    InstanceUnreachable,
+    NotNow,
+    PlatformError,
+    SocialAccountsError,
+    UnsafeAddress,
+)
 from social_accounts.metrics import ATTEMPTS, PLATFORM_ERRORS
 from social_accounts.settings import PLATFORMS
 from social_accounts.values import AccountProfile, TokenSet
@@ -50,8 +57,10 @@ from workers.ratelimits import login_budget_wait, wait_before_call
 from workers.runtime import Runtime
 
 __all__ = [
+    "EXCHANGE",
+    "FETCH_ACCOUNTS",
+    "LOGIN",
     "fail_attempt",
-    "fail_deferred",
     "fail_exhausted",
     "fail_expired",
     "handle_bluesky_login",
@@ -94,16 +103,6 @@ def note_retry(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay_ms
 def note_deferral(rt: Runtime, attempt_id: str, *, step: str, reason: str, delay_ms: int) -> None:
     """Record that a step waits for a cooldown or a budget (not a retry: nothing was sent)."""
     _append(rt, attempt_id, "deferred", f"{step}: {reason} (again in {delay_ms} ms)")
-
-
-def fail_deferred(rt: Runtime, attempt_id: str, *, step: str, reason: str) -> None:
-    """A pause would outlast the message (an authorization code lives minutes): fail now, clearly."""
-    row = _read(rt, attempt_id)
-    stage = row.stage if row is not None else "created"
-    code = "profile_fetch_failed" if stage == "exchanged" else "token_exchange_failed"
-    if step == "bluesky_login" and stage != "exchanged":
-        code = "login_failed"
-    fail_attempt(rt, attempt_id, code, f"{step}: {reason}, longer than the request may wait")
 
 
 def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str, *, message_id: str | None = None) -> None:
@@ -212,36 +211,20 @@ def _store_tokens(rt: Runtime, attempt_id: str, tokens: TokenSet, event: str) ->
 # ---- the steps ----------------------------------------------------------------------------
 
 
-def _call(
-    rt: Runtime,
-    attempt_id: str,
-    delivery: retrying.Delivery,
-    *,
-    step: str,
-    fail_code: str,
-    fn: Callable[[], T],
-    single_use: bool = False,
-) -> T | None:
-    """Run one platform call; on failure retry (raises ``dramatiq.Retry``) or fail the attempt (None)."""
+#: the steps of a connect, as the policy knows them (``workers.actors`` declares them on the actors)
+EXCHANGE = retrying.Step("exchange", fail_code="token_exchange_failed", single_use=True)
+FETCH_ACCOUNTS = retrying.Step("fetch_accounts", fail_code="profile_fetch_failed")
+LOGIN = retrying.Step("login", fail_code="login_failed")
+
+
+def _call(step: retrying.Step, fn: Callable[[], T]) -> T:
+    """Run one platform call as ``step``; a failure propagates, named by the step, for the policy."""
     try:
-        return fn()
-    except UnsafeAddress:  # a user-supplied instance or PDS pointing into our network: never retried
-        code = "instance_unreachable" if fail_code == "token_exchange_failed" else fail_code
-        fail_attempt(rt, attempt_id, code, f"{step}: the address is not allowed")
-        return None
+        with retrying.step(step.name):
+            return fn()
     except PlatformError as error:
         PLATFORM_ERRORS.labels(error.platform or "unknown", error.kind).inc()
-        decision = retrying.decide(
-            error, fail_code=fail_code, retries=delivery.retries, single_use=single_use, policy=rt.retry_policy
-        )
-    if decision.retry is not None:
-        note_retry(
-            rt, attempt_id, step=step, reason=decision.reason, delay_ms=decision.delay_ms, retry=delivery.retries + 1
-        )
-        raise decision.retry from None
-    assert decision.fail_code is not None
-    fail_attempt(rt, attempt_id, decision.fail_code, f"{step}: {decision.reason}")
-    return None
+        raise
 
 
 class _Pauses:
@@ -260,14 +243,15 @@ class _Pauses:
     def ask(self, platforms: Sequence[str]) -> None:
         self._asked = for_runtime(self.rt).cooldowns_later(platforms, None)
 
-    def check(self, platform: str) -> None:
-        """Raise ``Deferred`` while ``platform`` is paused app-wide."""
+    def check(self, platform: str, step: retrying.Step) -> None:
+        """Raise ``NotNow`` (for ``step``) while ``platform`` is paused app-wide."""
         asked, self._asked = self._asked, None
         wait = asked().get(platform) if asked is not None else None
         if wait is None:
             wait = wait_before_call(self.rt, platform, None)
         if wait > 0:
-            raise retrying.Deferred(wait, f"{platform} is cooling down")
+            with retrying.step(step.name):
+                raise NotNow(wait, f"{platform} is cooling down")
 
 
 def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> tuple[str, str | None]:
@@ -299,7 +283,7 @@ def _exchange(
         # replayed code can make it revoke the grant, so this is never tried again
         fail_attempt(rt, row.id, "exchange_uncertain", "exchange: the worker stopped before the answer came")
         return None
-    pauses.check(row.platform)
+    pauses.check(row.platform, EXCHANGE)
     adapter = adapter_for(rt, row.platform)
     _set_stage(rt, row.id, EXCHANGING, expected=row.stage)
     return _exchange_marked(rt, row, adapter, secrets, delivery, pauses, before=row.stage)
@@ -319,22 +303,20 @@ def _exchange_marked(
     code, verifier = secrets
     try:
         tokens = _call(
-            rt,
-            row.id,
-            delivery,
-            step="exchange",
-            fail_code="token_exchange_failed",
-            single_use=True,
-            fn=lambda: adapter.exchange_code(
+            EXCHANGE,
+            lambda: adapter.exchange_code(
                 code=code, redirect_uri=rt.settings.redirect_uri, code_verifier=verifier, instance=row.instance
             ),
         )
-    except dramatiq.Retry:
-        _set_stage(rt, row.id, before, expected=EXCHANGING)  # the platform refused: the code was not spent
+    except UnsafeAddress:  # a user-supplied instance pointing into our network: it is not one we reach
+        with retrying.step(EXCHANGE.name):
+            raise InstanceUnreachable("the address is not allowed", platform=row.platform) from None
+    except SocialAccountsError as error:
+        if not error.maybe_sent:  # the platform refused: the code was not spent, a retry may use it
+            _set_stage(rt, row.id, before, expected=EXCHANGING)
         raise
-    if tokens is not None:
-        pauses.ask([row.platform])  # for the profile fetch that follows this write
-        _store_tokens(rt, row.id, tokens, "exchanged")
+    pauses.ask([row.platform])  # for the profile fetch that follows this write
+    _store_tokens(rt, row.id, tokens, "exchanged")
     return tokens
 
 
@@ -359,7 +341,7 @@ def _claim_and_exchange(
         secrets = _decrypt_code(rt, row, code_enc)
     except CryptoError:
         raise _NotClaimed from None
-    pauses.check(row.platform)  # raises Deferred: nothing is claimed yet
+    pauses.check(row.platform, EXCHANGE)  # raises NotNow: nothing is claimed yet
     adapter = adapter_for(rt, row.platform)
     if not attempts.claim_state(rt.engine, row.id, delivery.message_id, stage=EXCHANGING, now=rt.clock()):
         raise _NotClaimed
@@ -448,18 +430,9 @@ def _finish(
     rt: Runtime, row: AttemptSnapshot, tokens: TokenSet, delivery: retrying.Delivery, pauses: _Pauses
 ) -> Outcome:
     """Fetch the accounts the token reaches and save them."""
-    pauses.check(row.platform)
+    pauses.check(row.platform, FETCH_ACCOUNTS)
     adapter = adapter_for(rt, row.platform)
-    profiles = _call(
-        rt,
-        row.id,
-        delivery,
-        step="fetch_accounts",
-        fail_code="profile_fetch_failed",
-        fn=lambda: adapter.fetch_accounts(tokens),
-    )
-    if profiles is None:
-        return "failed"
+    profiles = _call(FETCH_ACCOUNTS, lambda: adapter.fetch_accounts(tokens))
     if not profiles:
         fail_attempt(rt, row.id, "profile_fetch_failed", "fetch_accounts: the grant reaches no account")
         return "failed"
@@ -535,18 +508,11 @@ def _login(rt: Runtime, row: AttemptSnapshot, delivery: retrying.Delivery) -> To
     handle = row.instance
     wait = login_budget_wait(rt, handle)  # createSession: 30 per 5 minutes per identifier
     if wait > 0:
-        raise retrying.Deferred(wait, "the login budget for this handle is used up")
+        with retrying.step(LOGIN.name):
+            raise NotNow(wait, "the login budget for this handle is used up")
     adapter: Any = adapter_for(rt, row.platform)
-    tokens: TokenSet | None = _call(
-        rt,
-        row.id,
-        delivery,
-        step="login",
-        fail_code="login_failed",
-        fn=lambda: adapter.login(handle, password),
-    )
-    if tokens is not None:
-        _store_tokens(rt, row.id, tokens, "logged_in")
+    tokens: TokenSet = _call(LOGIN, lambda: adapter.login(handle, password))
+    _store_tokens(rt, row.id, tokens, "logged_in")
     return tokens
 
 

@@ -1,8 +1,10 @@
 """Disconnecting an account: revoke at the platform where it can, then forget the tokens.
 
 The account is marked ``disconnected`` first, so nothing refreshes, syncs or hands out its token
-while the revocation is in flight. A revocation that fails is retried and recorded, but it never
-keeps the account connected locally: after the last try the tokens are erased all the same.
+while the revocation is in flight. A revocation that fails is recorded and propagates for the
+policy (``workers.policy_middleware``) to retry; it never keeps the account connected locally:
+when the policy gives up (the budget is spent, the refusal is final, or a revocation that may
+have reached the platform is not repeated), :func:`erase_after_failure` erases the tokens all the same.
 The row is kept (status ``disconnected``, no tokens) for the audit trail; reconnecting the same
 account later updates it in place.
 """
@@ -17,29 +19,31 @@ from sqlalchemy.orm import Session
 from models.repository import load_account, record_event
 from models.tables import SocialAccount
 from platforms.http import scrub
-from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
+from social_accounts.errors import NeedsReconnect, NotNow, PlatformError
 from social_accounts.values import TokenSet
+from workers import retrying
 from workers.adapters import adapter_for
 from workers.ratelimits import wait_before_call
-from workers.refresh import CooledDown
 from workers.runtime import Runtime
 from workers.status import set_status
 
-__all__ = ["disconnect_now"]
+__all__ = ["REVOKE_STEP", "disconnect_now", "erase_after_failure"]
 
 log = logging.getLogger("social_accounts.disconnect")
 
 #: platforms whose accounts share one revocable grant per person (the Meta user)
 META_PLATFORMS = ("facebook", "instagram")
+#: a revocation spends the grant: never repeated once it may have reached the platform
+REVOKE_STEP = retrying.Step("revoke", fail_code="revoke_failed", single_use=True)
 
 
-def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
-    """One try at disconnecting; returns revoked, no_endpoint, revoke_failed, already or missing.
+def disconnect_now(rt: Runtime, account_id: str) -> str:
+    """One try at disconnecting; returns revoked, no_endpoint, grant_shared, already or missing.
 
     Raises:
-      PlatformError: a transient or rate-limited revocation failure when this is not the last try
-        (the actor retries; the account is already ``disconnected`` locally).
-      CooledDown: the platform is in a rate-limit pause (not on the last try); the actor defers.
+      PlatformError: the revocation failed (recorded as ``revoke_failed``; the account is already
+        ``disconnected`` locally): the policy retries, or gives up and :func:`erase_after_failure`.
+      NotNow: the platform is in a rate-limit pause; nothing was sent.
     """
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
@@ -52,11 +56,18 @@ def disconnect_now(rt: Runtime, account_id: str, *, last_try: bool) -> str:
     if not account.tokens.access_token and not account.tokens.refresh_token:
         return "already"
     wait = wait_before_call(rt, account.platform, account_id)
-    if wait > 0 and not last_try:
-        raise CooledDown(wait)  # the account is already disconnected locally; revoke after the pause
-    outcome = _revoke(rt, account_id, account.platform, account.tokens, last_try=last_try)
+    if wait > 0:  # the account is already disconnected locally; revoke after the pause
+        with retrying.step(REVOKE_STEP.name):
+            raise NotNow(wait, f"{account.platform} is cooling down")
+    outcome = _revoke(rt, account_id, account.platform, account.tokens)
     _erase_tokens(rt, account_id, outcome)
     return outcome
+
+
+def erase_after_failure(rt: Runtime, account_id: str, outcome: str) -> None:
+    """The policy gave up on revoking (``revoke_failed`` or ``revoke_uncertain``): erase the tokens anyway."""
+    log.warning("revocation given up; erasing tokens anyway", extra={"account_id": account_id, "outcome": outcome})
+    _erase_tokens(rt, account_id, outcome)
 
 
 def grant_still_shared(rt: Runtime, account_id: str, tokens: TokenSet) -> int:
@@ -83,7 +94,7 @@ def grant_still_shared(rt: Runtime, account_id: str, tokens: TokenSet) -> int:
         return int(session.execute(query).scalar_one())
 
 
-def _revoke(rt: Runtime, account_id: str, platform: str, tokens: TokenSet, *, last_try: bool) -> str:
+def _revoke(rt: Runtime, account_id: str, platform: str, tokens: TokenSet) -> str:
     others = grant_still_shared(rt, account_id, tokens)
     if others:
         _event(
@@ -91,15 +102,13 @@ def _revoke(rt: Runtime, account_id: str, platform: str, tokens: TokenSet, *, la
         )
         return "grant_shared"
     try:
-        result = adapter_for(rt, platform).revoke(tokens)
+        with retrying.step(REVOKE_STEP.name):
+            result = adapter_for(rt, platform).revoke(tokens)
     except NeedsReconnect:
         return "revoked"  # the platform already considers the grant gone
     except PlatformError as error:
         _event(rt, account_id, platform, "revoke_failed", scrub(str(error)))
-        if isinstance(error, (Transient, RateLimited)) and not last_try:
-            raise
-        log.warning("revocation failed; erasing tokens anyway", extra={"account_id": account_id, "platform": platform})
-        return "revoke_failed"
+        raise
     if result == "revoked":
         _event(rt, account_id, platform, "revoked", "revoked at the platform")
         return "revoked"
@@ -134,6 +143,7 @@ def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
                 "revoked": "revoked and removed",
                 "no_endpoint": "the platform has no revocation endpoint",
                 "grant_shared": "tokens removed; the grant stays for the person's other accounts",
+                "revoke_uncertain": "the revocation may have reached the platform; not repeated; tokens removed",
             }.get(outcome, "revocation failed; tokens removed anyway"),
             data={"revocation": outcome},
             now=now,

@@ -3,30 +3,31 @@
 ``refresh_account(account_id, reason="requested")`` and ``sync_account(account_id)`` are the public
 messages of the contract; other modules publish them with ``workers.publish`` or, from another
 language, in Dramatiq's raw wire format (README). Thin wrappers: the work is in
-``workers.refresh``, ``workers.sync`` and ``workers.disconnect``; here only the retry decisions:
-
-* a cooldown in force: the same message is put back with a delay, *without* spending a retry;
-* RateLimited: retried after the platform's retry-after, not sooner, on its own budget;
-* Transient: exponential backoff with jitter within a small budget; after that the scheduler's
-  lease brings the account back, so a long outage never turns into a retry storm.
+``workers.refresh``, ``workers.sync`` and ``workers.disconnect``. What a failure does next is
+``workers.policy_middleware``'s decision, from the options here: a cooldown puts the message back
+without spending a retry, a rate limit waits its Retry-After (giving up beyond a day), a blip backs
+off within a small budget, after which the scheduler's lease brings the account back, so a long
+outage never turns into a retry storm. A rotating refresh or a revocation that may have reached
+the platform is never repeated (``*_uncertain``).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import workers.broker  # noqa: F401  (installs the broker before any actor is declared)
 
 import dramatiq  # isort: skip
-from dramatiq.middleware import CurrentMessage  # isort: skip
+from dramatiq.broker import MessageProxy  # isort: skip
+from sqlalchemy.orm import Session  # isort: skip
 
-from social_accounts.errors import PlatformError, RateLimited  # isort: skip
-from workers import messages, ratelimits, retrying, runtime  # isort: skip
+from models.repository import load_account, record_event  # isort: skip
+from social_accounts.errors import NotNow, SocialAccountsError  # isort: skip
+from workers import disconnect, messages, ratelimits, retrying, runtime  # isort: skip
 from workers.disconnect import disconnect_now  # isort: skip
-from workers.refresh import CooledDown, refresh_now  # isort: skip
-from workers.sync import sync_now  # isort: skip
+from workers.refresh import REFRESH_STEP, refresh_now  # isort: skip
+from workers.sync import SYNC_STEP, sync_now  # isort: skip
 
 __all__ = ["disconnect_account", "refresh_account", "sync_account"]
 
@@ -46,53 +47,74 @@ SCHEDULED_REASON = "scheduled"
 FORCING_REASONS = frozenset({"manual", "force", "operator", "api"})
 
 
-def _retry_when(retries: int, exception: BaseException) -> bool:
-    if isinstance(exception, retrying.RateLimitRetry):
-        return retries < LIFECYCLE_POLICY.max_rate_limited
-    return retries < LIFECYCLE_POLICY.max_transient
+def _lifecycle_policy() -> retrying.RetryPolicy:
+    """Read at decision time, so tests (and operators) can shorten it."""
+    return LIFECYCLE_POLICY
 
 
-def _defer(seconds: float) -> None:
-    """Put the running message back after ``seconds``; its retry count is untouched."""
-    message = CurrentMessage.get_current_message()
-    if message is None:
+def _account_of(message: MessageProxy) -> str | None:
+    account_id = (message.kwargs or {}).get("account_id")
+    if account_id is None and message.args:
+        account_id = message.args[0]
+    return account_id if isinstance(account_id, str) else None
+
+
+def record_lifecycle_decision(message: MessageProxy, decision: retrying.Decision) -> None:
+    """Log the decision; an uncertain single-use step also leaves an event on the account, and a
+    disconnect that gives up erases the tokens all the same (the account is disconnected already)."""
+    account_id = _account_of(message)
+    extra = {"account_id": account_id, "outcome": decision.code or decision.action}
+    if decision.action != "give_up":
+        log.info("%s %s in %s ms: %s", decision.step, decision.action, decision.delay_ms, decision.reason, extra=extra)
         return
-    delay = int(seconds * 1000) + random.randint(50, 1000)
-    dramatiq.get_broker().enqueue(message.copy(), delay=delay)
+    log.warning("%s gave up for now: %s", decision.step, decision.reason, extra=extra)
+    if account_id is None:
+        return
+    rt = runtime.current()
+    if message.actor_name == messages.DISCONNECT_ACCOUNT:
+        disconnect.erase_after_failure(rt, account_id, "revoke_uncertain" if decision.uncertain else "revoke_failed")
+    elif decision.uncertain:
+        _uncertain_event(rt, account_id, decision)
 
 
-def _retry_for(error: PlatformError) -> dramatiq.Retry | None:
-    """The retry for a failure the step re-raised, or None when the budget is spent."""
-    retries = retrying.current_delivery().retries
-    if isinstance(error, RateLimited):
-        delay = int(error.retry_after * 1000) + random.randint(100, 2000)
-        if retries >= LIFECYCLE_POLICY.max_rate_limited or delay > LIFECYCLE_POLICY.max_retry_after_ms:
-            return None
-        return retrying.RateLimitRetry(message="rate limited", delay=delay)
-    if retries >= LIFECYCLE_POLICY.max_transient:
-        return None
-    return dramatiq.Retry(message=error.kind, delay=retrying.backoff_ms(retries, LIFECYCLE_POLICY))
+def _uncertain_event(rt: runtime.Runtime, account_id: str, decision: retrying.Decision) -> None:
+    assert decision.code is not None
+    with Session(rt.engine) as session, session.begin():
+        account = load_account(session, rt.ring, account_id)
+        if account is None:
+            return
+        record_event(
+            session,
+            kind=decision.code,
+            account_id=account_id,
+            site_id=account.row.site_id,
+            platform=account.row.platform,
+            reason=f"{decision.step}: {decision.reason}; not repeated (it may have reached the platform)",
+            now=rt.clock(),
+        )
+
+
+#: shared by the three actors
+LIFECYCLE_OPTIONS: dict[str, Any] = {
+    "retry_policy": _lifecycle_policy,
+    "on_decision": record_lifecycle_decision,
+    "throws": SocialAccountsError,  # expected: logged in one line; the policy decides
+}
 
 
 def _run(step: str, account_id: str, fn: Any) -> None:
-    try:
-        with ratelimits.watching(runtime.current(), account_id):  # proactive rate-limit headers
-            outcome = fn()
-    except CooledDown as cooled:
-        log.info("%s deferred by a cooldown", step, extra={"account_id": account_id, "outcome": "deferred"})
-        _defer(cooled.seconds)
-        return
-    except PlatformError as error:
-        retry = _retry_for(error)
-        if retry is None:
-            log.warning("%s gave up for now", step, extra={"account_id": account_id, "outcome": error.kind})
-            return
-        raise retry from None
+    with ratelimits.watching(runtime.current(), account_id):  # proactive rate-limit headers
+        outcome = fn()
     log.info("%s done", step, extra={"account_id": account_id, "outcome": outcome})
 
 
 @dramatiq.actor(
-    actor_name=messages.REFRESH_ACCOUNT, queue_name=messages.QUEUE_REFRESH, retry_when=_retry_when, time_limit=120_000
+    actor_name=messages.REFRESH_ACCOUNT,
+    queue_name=messages.QUEUE_REFRESH,
+    time_limit=120_000,
+    step=REFRESH_STEP,
+    steps=(SYNC_STEP,),
+    **LIFECYCLE_OPTIONS,
 )
 def refresh_account(account_id: str, reason: str = "requested") -> None:
     """Make sure the account's token is fresh (refreshing it only when it is due, or when forced)."""
@@ -117,14 +139,19 @@ def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> st
         # another holder has the lock: a live worker doing this very refresh (the re-check then
         # finds the token fresh and calls nobody), or a dead one whose lock has yet to expire;
         # either way this message must not be dropped (workers/refresh.py's lock TTL bounds it)
-        raise CooledDown(BUSY_RECHECK_SECONDS)
+        raise NotNow(BUSY_RECHECK_SECONDS, "another refresh holds the account's lock")
     if result.outcome in ("fresh", "nothing_to_do") and result.status in UNPROVEN:
         return f"{result.outcome}, verified by sync: {sync_now(rt, account_id)}"
     return result.outcome
 
 
 @dramatiq.actor(
-    actor_name=messages.SYNC_ACCOUNT, queue_name=messages.QUEUE_SYNC, retry_when=_retry_when, time_limit=180_000
+    actor_name=messages.SYNC_ACCOUNT,
+    queue_name=messages.QUEUE_SYNC,
+    time_limit=180_000,
+    step=SYNC_STEP,
+    steps=(REFRESH_STEP,),
+    **LIFECYCLE_OPTIONS,
 )
 def sync_account(account_id: str) -> None:
     """Fetch the account's counts."""
@@ -135,11 +162,11 @@ def sync_account(account_id: str) -> None:
 @dramatiq.actor(
     actor_name=messages.DISCONNECT_ACCOUNT,
     queue_name=messages.QUEUE_MAINTENANCE,
-    retry_when=_retry_when,
     time_limit=120_000,
+    step=disconnect.REVOKE_STEP,
+    **LIFECYCLE_OPTIONS,
 )
 def disconnect_account(account_id: str) -> None:
     """Revoke (where the platform can) and erase the tokens; the account is disconnected at once."""
     rt = runtime.current()
-    last = retrying.current_delivery().retries >= LIFECYCLE_POLICY.max_transient
-    _run("disconnect", account_id, lambda: disconnect_now(rt, account_id, last_try=last))
+    _run("disconnect", account_id, lambda: disconnect_now(rt, account_id))

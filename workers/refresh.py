@@ -44,9 +44,10 @@ from models.repository import (
     save_refreshed_tokens,
 )
 from models.repository import event_values as event
-from social_accounts.errors import PlatformError, RateLimited
+from social_accounts.errors import NotNow, PlatformError, RateLimited
 from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
 from social_accounts.values import TokenSet
+from workers import retrying
 from workers.adapters import adapter_for
 from workers.connect import next_refresh_at
 from workers.coordination import Coordination, for_runtime
@@ -54,7 +55,7 @@ from workers.locks import Hold
 from workers.runtime import Runtime
 from workers.status import record_failure, success_changes
 
-__all__ = ["CooledDown", "RefreshResult", "is_due", "refresh_now"]
+__all__ = ["REFRESH_STEP", "RefreshResult", "is_due", "refresh_now"]
 
 log = logging.getLogger("social_accounts.refresh")
 T = TypeVar("T")
@@ -63,15 +64,9 @@ T = TypeVar("T")
 INACTIVE = ("expired", "disconnected")
 
 
-class CooledDown(Exception):
-    """The platform is in a rate-limit cooldown for this account: try again after ``seconds``.
-
-    Raised before any request is made; the actor defers its message without spending a retry.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"cooldown for {seconds:.1f}s")
-        self.seconds = seconds
+#: a refresh spends the refresh token where the platform rotates it: never repeated once it may
+#: have reached the platform (``workers.retrying``)
+REFRESH_STEP = retrying.Step("refresh", fail_code="refresh_failed", single_use=True)
 
 
 @dataclass(frozen=True)
@@ -181,9 +176,10 @@ def refresh_now(
         because it was due, so that read would only repeat the one made under the lock (which
         decides everything either way).
     Raises:
-      CooledDown: a rate-limit cooldown is in force; nothing was sent.
-      PlatformError: RateLimited and Transient propagate after being recorded, so the caller
-        can retry; NeedsReconnect and Permanent are recorded and end here.
+      NotNow: a rate-limit cooldown is in force; nothing was sent.
+      PlatformError: a retryable error (RateLimited, Transient) propagates after being recorded,
+        named by :data:`REFRESH_STEP`, so the caller's policy decides; NeedsReconnect and
+        Permanent are recorded and end here.
     """
     coordination = for_runtime(rt)
     seen: AccountSnapshot | None = None
@@ -234,20 +230,22 @@ def _settled(rt: Runtime, account: AccountSnapshot | None, force: bool) -> Refre
 
 
 def _check_cooldown(coordination: Coordination, account: AccountSnapshot, hold: Hold | None = None) -> None:
-    """``CooledDown`` when the platform may not be called for this account yet (read with the
+    """``NotNow`` when the platform may not be called for this account yet (read with the
     lock when ``hold`` peeked at this platform's cooldowns, else one more round trip)."""
     wait = hold.waits.get(account.platform) if hold is not None else None
     if wait is None:
         wait = coordination.cooldown_remaining(account.platform, account.id)
     if wait > 0:
-        raise CooledDown(wait)
+        with retrying.step(REFRESH_STEP.name):
+            raise NotNow(wait, f"{account.platform} is cooling down for this account")
 
 
 def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> RefreshResult:
     adapter = adapter_for(rt, account.platform)
     adapter_margin = adapter.refresh_margin
     try:
-        fresh = adapter.refresh(account.tokens)
+        with retrying.step(REFRESH_STEP.name):
+            fresh = adapter.refresh(account.tokens)
     except PlatformError as error:
         PLATFORM_ERRORS.labels(account.platform, error.kind).inc()
         REFRESHES.labels(account.platform, error.kind).inc()
@@ -263,7 +261,7 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
             "refresh failed",
             extra={"account_id": account.id, "platform": account.platform, "outcome": error.kind, "status": status},
         )
-        if error.kind in ("rate_limited", "transient", "request_maybe_sent", "access_token_expired"):
+        if error.retryable:
             raise
         return RefreshResult("failed", status=status)
     now = rt.clock()

@@ -12,27 +12,31 @@ import logging
 from sqlalchemy.orm import Session
 
 from models.repository import load_account, record_event
-from social_accounts.errors import AccessTokenExpired, NeedsReconnect, PlatformError, RateLimited
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, NotNow, PlatformError, RateLimited
 from social_accounts.metrics import PLATFORM_ERRORS
 from social_accounts.values import Stats, TokenSet
+from workers import retrying
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
 from workers.ratelimits import wait_before_call
-from workers.refresh import INACTIVE, CooledDown, refresh_now
+from workers.refresh import INACTIVE, refresh_now
 from workers.runtime import Runtime
 from workers.status import record_failure, record_success
 
-__all__ = ["sync_now"]
+__all__ = ["SYNC_STEP", "sync_now"]
 
 log = logging.getLogger("social_accounts.sync")
+
+#: fetching counts is a read: safe to repeat whatever happened to the last try
+SYNC_STEP = retrying.Step("sync", fail_code="sync_failed")
 
 
 def sync_now(rt: Runtime, account_id: str) -> str:
     """Sync one account's counts; returns the outcome (synced, skipped, missing, failed).
 
     Raises:
-      CooledDown: the platform is cooling down; nothing was sent.
-      PlatformError: RateLimited / Transient after being recorded, for the actor to retry.
+      NotNow: the platform is cooling down; nothing was sent.
+      PlatformError: a retryable error after being recorded (named by its step), for the policy.
     """
     result = refresh_now(rt, account_id, reason="before sync", wait_seconds=15.0)
     if result.outcome in ("missing", "skipped"):
@@ -46,11 +50,13 @@ def sync_now(rt: Runtime, account_id: str) -> str:
     coordination = for_runtime(rt)
     wait = wait_before_call(rt, account.platform, account.id)  # a cooldown, or a budget used up
     if wait > 0:
-        raise CooledDown(wait)
+        with retrying.step(SYNC_STEP.name):
+            raise NotNow(wait, f"{account.platform} is cooling down or its budget is spent")
     adapter = adapter_for(rt, account.platform)
     try:
         try:
-            stats = adapter.fetch_stats(account.platform_account_id, account.tokens)
+            with retrying.step(SYNC_STEP.name):
+                stats = adapter.fetch_stats(account.platform_account_id, account.tokens)
         except AccessTokenExpired:
             stats = _retry_after_refresh(rt, account_id, account.platform_account_id)
     except PlatformError as error:
@@ -65,7 +71,7 @@ def sync_now(rt: Runtime, account_id: str) -> str:
         if isinstance(error, AccessTokenExpired):  # refused twice: the grant is gone
             error = NeedsReconnect("the platform refused a freshly refreshed token", platform=error.platform)
         _fail(rt, account_id, error)
-        if error.kind in ("rate_limited", "transient", "request_maybe_sent"):
+        if error.retryable:
             raise
         return "failed"
     _store(rt, account_id, stats)
@@ -79,7 +85,8 @@ def _retry_after_refresh(rt: Runtime, account_id: str, platform_account_id: str)
     if account is None or account.status in INACTIVE or result.outcome == "failed":
         raise NeedsReconnect("the token could not be renewed", platform=account.platform if account else "")
     tokens: TokenSet = account.tokens
-    return adapter_for(rt, account.platform).fetch_stats(platform_account_id, tokens)
+    with retrying.step(SYNC_STEP.name):
+        return adapter_for(rt, account.platform).fetch_stats(platform_account_id, tokens)
 
 
 def _store(rt: Runtime, account_id: str, stats: Stats) -> None:

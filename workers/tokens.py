@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from models.repository import load_account
-from social_accounts.errors import NeedsReconnect, RateLimited, Transient
+from social_accounts.errors import NeedsReconnect, NotNow, RateLimited, Transient
 from workers import runtime
-from workers.refresh import CooledDown, refresh_now
+from workers.refresh import refresh_now
 from workers.runtime import Runtime
 
 __all__ = ["AccountNotFound", "ValidToken", "get_valid_token"]
@@ -47,14 +47,14 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
     Raises:
       AccountNotFound: no such account.
       NeedsReconnect: the account is expired or disconnected; the user must connect it again.
-      Transient / RateLimited / CooledDown: the platform could not renew a token that is about to
+      Transient / RateLimited / NotNow: the platform could not renew a token that is about to
         expire (a due token still valid for a while is returned as it is); try later.
     """
     rt = rt or runtime.current()
     failure: Exception | None = None
     try:
         result = refresh_now(rt, account_id, reason="token requested", wait_seconds=LOCK_WAIT_SECONDS)
-    except (CooledDown, Transient, RateLimited) as exc:
+    except (NotNow, Transient, RateLimited) as exc:
         # the token is due but could not be renewed right now: one that is still valid is handed
         # out all the same (a platform blip must not stop a post); a dead one is not
         failure = exc
