@@ -26,7 +26,7 @@ from web_callback.health import BROKER_ERRORS
 from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody, validation_details
 
 if TYPE_CHECKING:
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = ["ATTEMPT_TTL", "routes"]
 
@@ -44,8 +44,8 @@ def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def _services(request: Request) -> Runtime:
+    services: Runtime = request.app.state.services
     return services
 
 
@@ -135,7 +135,7 @@ def _action(action: connecting.Action) -> Any:
     return endpoint
 
 
-def _valid_token(services: Services, account_id: str) -> Response:
+def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, 409 (reconnect) or 503 (try later)."""
     from workers.refresh import CooledDown
     from workers.tokens import AccountNotFound, get_valid_token
@@ -143,7 +143,7 @@ def _valid_token(services: Services, account_id: str) -> Response:
     if not connecting.valid_id(account_id):
         return _error(404, "not_found", "no such account")
     try:
-        token = get_valid_token(account_id, rt=services.runtime)
+        token = get_valid_token(account_id, rt=services)
     except AccountNotFound:
         return _error(404, "not_found", "no such account")
     except NeedsReconnect as exc:

@@ -1,9 +1,8 @@
-"""Every actor, declared on the broker ``workers.broker`` installs (``dramatiq workers.actors``).
+"""Every actor, declared on ``workers.broker.actor_broker()`` (the installed broker, or the holder
+it moves from when an entry point installs one), never on Dramatiq's implicit default.
 
 Actors stay thin: read which message is running, call one plain function of
-:mod:`workers.connect`, and turn what nobody foresaw into a bounded, secret-free retry. The
-broker module is imported first, before any ``@dramatiq.actor``: otherwise Dramatiq would bind
-the actors to an implicit default broker.
+:mod:`workers.connect`, and turn what nobody foresaw into a bounded, secret-free retry.
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import workers.broker  # noqa: F401  (installs the broker before any actor is declared)
+import dramatiq
+from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
-import dramatiq  # isort: skip
-from dramatiq.middleware import TimeLimitExceeded  # isort: skip
-
-from dramatiq.middleware import CurrentMessage  # isort: skip
-
-from workers import connect, messages, ratelimits, retrying, runtime  # isort: skip
+from workers import connect, messages, ratelimits, retrying, runtime
+from workers.broker import actor_broker
 
 __all__ = ["bluesky_login", "code_received", "connect_retry_exhausted"]
 
@@ -87,7 +83,9 @@ def _bounded(attempt_id: str, step: str, max_age_ms: int | None = None) -> Itera
         raise dramatiq.Retry(message=f"{step} failed: {kind}", delay=delay) from None
 
 
-@dramatiq.actor(actor_name=messages.CODE_RECEIVED, max_age=messages.CODE_MAX_AGE_MS, **CONNECT_OPTIONS)
+@dramatiq.actor(
+    broker=actor_broker(), actor_name=messages.CODE_RECEIVED, max_age=messages.CODE_MAX_AGE_MS, **CONNECT_OPTIONS
+)
 def code_received(
     attempt_id: str, code_enc: str | None = None, error: str | None = None, error_description: str | None = None
 ) -> None:
@@ -105,7 +103,7 @@ def code_received(
     log.info("code_received for attempt %s: %s", attempt_id, outcome)
 
 
-@dramatiq.actor(actor_name=messages.BLUESKY_LOGIN, **CONNECT_OPTIONS)
+@dramatiq.actor(broker=actor_broker(), actor_name=messages.BLUESKY_LOGIN, **CONNECT_OPTIONS)
 def bluesky_login(attempt_id: str) -> None:
     """Log in to Bluesky with the attempt's app password and save the account."""
     outcome = "deferred"  # stays so when the step waits for a cooldown or a budget
@@ -114,7 +112,9 @@ def bluesky_login(attempt_id: str) -> None:
     log.info("bluesky_login for attempt %s: %s", attempt_id, outcome)
 
 
-@dramatiq.actor(actor_name=messages.CONNECT_RETRY_EXHAUSTED, queue_name=messages.QUEUE_CONNECT, max_retries=3)
+@dramatiq.actor(
+    broker=actor_broker(), actor_name=messages.CONNECT_RETRY_EXHAUSTED, queue_name=messages.QUEUE_CONNECT, max_retries=3
+)
 def connect_retry_exhausted(message_data: dict[str, Any], retry_info: dict[str, Any]) -> None:
     """Dramatiq gave up on a connect message: the attempt must not stay pending forever."""
     kwargs = message_data.get("kwargs") or {}

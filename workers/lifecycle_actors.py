@@ -17,16 +17,15 @@ import logging
 import random
 from typing import Any
 
-import workers.broker  # noqa: F401  (installs the broker before any actor is declared)
+import dramatiq
+from dramatiq.middleware import CurrentMessage
 
-import dramatiq  # isort: skip
-from dramatiq.middleware import CurrentMessage  # isort: skip
-
-from social_accounts.errors import PlatformError, RateLimited  # isort: skip
-from workers import messages, ratelimits, retrying, runtime  # isort: skip
-from workers.disconnect import disconnect_now  # isort: skip
-from workers.refresh import CooledDown, refresh_now  # isort: skip
-from workers.sync import sync_now  # isort: skip
+from social_accounts.errors import PlatformError, RateLimited
+from workers import messages, ratelimits, retrying, runtime
+from workers.broker import actor_broker
+from workers.disconnect import disconnect_now
+from workers.refresh import CooledDown, refresh_now
+from workers.sync import sync_now
 
 __all__ = ["disconnect_account", "refresh_account", "sync_account"]
 
@@ -92,7 +91,11 @@ def _run(step: str, account_id: str, fn: Any) -> None:
 
 
 @dramatiq.actor(
-    actor_name=messages.REFRESH_ACCOUNT, queue_name=messages.QUEUE_REFRESH, retry_when=_retry_when, time_limit=120_000
+    broker=actor_broker(),
+    actor_name=messages.REFRESH_ACCOUNT,
+    queue_name=messages.QUEUE_REFRESH,
+    retry_when=_retry_when,
+    time_limit=120_000,
 )
 def refresh_account(account_id: str, reason: str = "requested") -> None:
     """Make sure the account's token is fresh (refreshing it only when it is due, or when forced)."""
@@ -124,7 +127,11 @@ def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> st
 
 
 @dramatiq.actor(
-    actor_name=messages.SYNC_ACCOUNT, queue_name=messages.QUEUE_SYNC, retry_when=_retry_when, time_limit=180_000
+    broker=actor_broker(),
+    actor_name=messages.SYNC_ACCOUNT,
+    queue_name=messages.QUEUE_SYNC,
+    retry_when=_retry_when,
+    time_limit=180_000,
 )
 def sync_account(account_id: str) -> None:
     """Fetch the account's counts."""
@@ -133,6 +140,7 @@ def sync_account(account_id: str) -> None:
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.DISCONNECT_ACCOUNT,
     queue_name=messages.QUEUE_MAINTENANCE,
     retry_when=_retry_when,
