@@ -57,6 +57,15 @@ def describe(settings: Settings) -> Instance:
     )
 
 
+def _lock(fd: int, kind: int) -> bool:
+    """Take ``kind`` of lock on ``fd`` without waiting; False when a live process holds it."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def hold(settings: Settings, path: Path = INSTANCE_FILE) -> Iterator[Instance | None]:
     """Record this process as the instance serving from ``path``'s directory, until the block ends.
@@ -67,9 +76,7 @@ def hold(settings: Settings, path: Path = INSTANCE_FILE) -> Iterator[Instance | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd, fcntl.LOCK_EX):
             log.warning("another `social-accounts run` serves from this directory (%s)", path)
             yield None
             return
@@ -91,11 +98,7 @@ def running(path: Path = INSTANCE_FILE) -> Instance | None:
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: the instance is alive
-        else:
+        if _lock(fd, fcntl.LOCK_SH):
             return None  # nobody holds it: whoever wrote it is gone
         with os.fdopen(os.dup(fd)) as fh:
             raw = fh.read()
