@@ -13,8 +13,9 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import redis
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -24,7 +25,10 @@ from scheduler.leader import Leader, LocalLeader, RedisLeader
 from social_accounts.metrics import SCHEDULER_TICKS
 from social_accounts.settings import Settings
 
-__all__ = ["build_scheduler", "run"]
+if TYPE_CHECKING:
+    from workers.runtime import Runtime
+
+__all__ = ["build_scheduler", "make_leader", "run", "start"]
 
 log = logging.getLogger("social_accounts.scheduler")
 
@@ -83,29 +87,36 @@ def build_scheduler(
     return scheduler
 
 
-def make_leader(settings: Settings) -> Leader:
-    """Redis leadership when the broker is Redis; otherwise this process is the only scheduler."""
-    if settings.effective_broker_url.startswith(("redis://", "rediss://")):
-        import redis
+def make_leader(settings: Settings, client: redis.Redis | None = None) -> Leader:
+    """Redis leadership wherever locks and cooldowns live (``coordination_redis_url``, the Redis
+    ``doctor`` reads the leader from); without Redis this process is the only scheduler.
 
-        client = redis.Redis.from_url(settings.effective_broker_url)
-        return RedisLeader(client, settings.redis_namespace, ttl=settings.leader_ttl_seconds)
-    return LocalLeader()
+    ``client`` is the process runtime's Redis client; one is built from the settings otherwise.
+    """
+    url = settings.coordination_redis_url
+    if url is None:
+        return LocalLeader()
+    return RedisLeader(client or redis.Redis.from_url(url), settings.redis_namespace, ttl=settings.leader_ttl_seconds)
+
+
+def start(rt: Runtime, *, blocking: bool) -> tuple[BaseScheduler, Leader]:
+    """The scheduler of ``rt`` (its settings, engine, clock and broker), leadership tried once;
+    not started. ``social-accounts scheduler`` and the embedded ``run`` both build it here."""
+    settings = rt.settings
+    ctx = jobs.JobContext(settings=settings, engine=rt.engine, broker=rt.install_broker(), clock=rt.clock)
+    leader = make_leader(settings, rt.redis if settings.coordination_redis_url else None)
+    leader.try_lead()
+    return build_scheduler(ctx, leader, blocking=blocking), leader
 
 
 def run(settings: Settings) -> None:
     """``social-accounts scheduler``: block until SIGTERM/SIGINT, then resign leadership."""
     from workers import runtime
-    from workers.broker import setup
 
     # APScheduler logs two INFO lines per job run (every second or so); our wrapper logs one per tick
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     rt = runtime.configure(settings)
-    broker = setup(settings)
-    ctx = jobs.JobContext(settings=settings, engine=rt.engine, broker=broker, clock=rt.clock)
-    leader = make_leader(settings)
-    leader.try_lead()
-    scheduler = build_scheduler(ctx, leader, blocking=True)
+    scheduler, leader = start(rt, blocking=True)
     stop = threading.Event()
 
     def shutdown(*_: object) -> None:
@@ -120,4 +131,4 @@ def run(settings: Settings) -> None:
         scheduler.start()
     finally:
         leader.resign()
-        rt.close()
+        runtime.reset()

@@ -25,7 +25,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -37,7 +36,13 @@ from typer import rich_utils
 
 from social_accounts.errors import ConfigError, InputError, SocialAccountsError
 from social_accounts.logs import configure_logging, redact
-from social_accounts.settings import GENERATED_SECRETS, Settings, ensure_local_secrets, get_settings
+from social_accounts.settings import (
+    GENERATED_SECRETS,
+    LOCAL_SECRETS_FILE,
+    Settings,
+    ensure_local_secrets,
+    get_settings,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -47,9 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["app", "boot_worker_process", "main"]
 
 log = logging.getLogger("service.cli")
-
-#: where `run` keeps the secrets it generated (mode 0600, relative to the working directory)
-LOCAL_SECRETS = Path(".social-accounts/secrets.env")
 
 app = typer.Typer(
     name="social-accounts",
@@ -130,15 +132,12 @@ def _line(status: str, text: str) -> None:
 @app.command()
 def run(demo: bool = typer.Option(False, "--demo", help="Add the built-in demo platform (local trials only).")) -> None:
     """Everything in one process: web app, worker threads and scheduler (the embedded default)."""
-    before = _settings()  # values from .env count as set: never shadow them with generated ones
-    for name in GENERATED_SECRETS:
-        value = getattr(before, name.lower())
-        if value:
-            os.environ.setdefault(name, value)
-    for name, value in ensure_local_secrets(LOCAL_SECRETS).items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("BROKER_URL", "memory://")
     settings = _settings()
+    present = [name for name in GENERATED_SECRETS if getattr(settings, name.lower())]
+    if len(present) < len(GENERATED_SECRETS):  # generated once into the file every entry point reads
+        ensure_local_secrets(LOCAL_SECRETS_FILE, present)
+        settings = _settings()
+    settings = _later("service.embedded", "run_settings", "run")(settings)
     configure_logging(settings)
     run_embedded = _later("service.embedded", "run_embedded", "run")
     run_embedded(settings, demo=demo)
@@ -158,10 +157,15 @@ def web(
     create_app = _later("web_callback.app", "create_app", "web")
     import uvicorn
 
-    application = create_app(settings)
+    from workers import runtime
+
+    application = create_app(runtime=runtime.configure(settings))
     _later("web_callback.app", "freeze_startup_heap", "web")()  # GC pauses set the callback's p99
-    # log_config=None: uvicorn's loggers propagate to our redacting root handler
-    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
+    try:
+        # log_config=None: uvicorn's loggers propagate to our redacting root handler
+        uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None)
+    finally:
+        runtime.reset()
 
 
 @app.command()
@@ -254,15 +258,22 @@ def _worker_metrics(settings: Settings) -> Iterator[None]:
 
 
 def boot_worker_process() -> None:
-    """Run by Dramatiq in each worker process: redacting logs first, then the actors (and broker)."""
-    configure_logging(_settings())
+    """Run by Dramatiq in each worker process (``dramatiq service.cli:boot_worker_process``):
+    redacting logs first, then the process's runtime and its broker, installed, then the actors.
+
+    Dramatiq calls this after the fork and then consumes from ``dramatiq.get_broker()``, the
+    broker installed here; nothing is built or installed by importing a module.
+    """
+    from workers import runtime
+
+    settings = _settings()
+    configure_logging(settings)
+    broker = runtime.configure(settings).install_broker()
     importlib.import_module("workers.actors")
     if os.environ.get(WORKER_METRICS_FLAG) == "1":
         from dramatiq.middleware.prometheus import Prometheus
 
-        from workers.broker import get_broker
-
-        get_broker().add_middleware(Prometheus())
+        broker.add_middleware(Prometheus())
 
 
 @app.command()

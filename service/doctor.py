@@ -8,6 +8,11 @@ Statuses: ``ok`` and ``fail`` are verdicts (any ``fail`` makes the command exit 
 ``warn`` is something an operator should act on that does not stop the service (key rotation
 pending, no scheduler leader right now); ``info`` is plain information (a platform that is not
 configured, an active cooldown).
+
+Run beside a ``social-accounts run`` (same working directory), the doctor checks that instance:
+the same settings (``.env`` and the secrets file ``run`` generated, which every entry point reads),
+the broker ``run`` uses (in-process unless BROKER_URL says otherwise: no Redis to check then), and
+its embedded scheduler as the leader. ``service.instance`` is how it knows one is running.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from social_accounts.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+
+    from service.instance import Instance
 
 __all__ = ["Check", "failed", "run_checks", "safe_url"]
 
@@ -191,7 +198,30 @@ def _is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
 
 
-def check_broker(settings: Settings, out: list[Check]) -> None:
+def _run_name(instance: Instance) -> str:
+    return f"`social-accounts run` (pid {instance.pid})"
+
+
+def check_instance(settings: Settings, instance: Instance | None, out: list[Check]) -> None:
+    """The ``run`` serving from this directory, and whether these settings are the ones it uses."""
+    if instance is None:
+        return
+    detail = f"{_run_name(instance)} serving {instance.public_url} since {instance.started_at}"
+    mine = (safe_url(settings.database_url), safe_url(settings.effective_broker_url))
+    if mine != (instance.database, instance.broker):
+        out.append(
+            Check(
+                "instance",
+                "warn",
+                f"{detail}, on {instance.database} and {instance.broker}; these settings name "
+                f"{mine[0]} and {mine[1]}: run the doctor with the environment `run` was started with",
+            )
+        )
+    else:
+        out.append(Check("instance", "ok", detail))
+
+
+def check_broker(settings: Settings, out: list[Check], instance: Instance | None = None) -> None:
     url = settings.effective_broker_url
     with _guard("broker", out):
         if _is_redis(url):
@@ -222,6 +252,8 @@ def check_broker(settings: Settings, out: list[Check]) -> None:
             connection = pika.BlockingConnection(params)
             connection.close()
             out.append(Check("broker", "ok", f"RabbitMQ {safe_url(url)} answers"))
+        elif url.startswith("memory://") and instance is not None:
+            out.append(Check("broker", "ok", f"in-process broker (memory://) of {_run_name(instance)}"))
         elif url.startswith("memory://"):
             out.append(Check("broker", "ok", "in-process broker (memory://): only for `social-accounts run`"))
         else:
@@ -237,9 +269,14 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def check_redis_state(settings: Settings, out: list[Check]) -> None:
-    """The scheduler leader and the platform cooldowns, both kept in Redis (REDIS_URL or BROKER_URL)."""
+def check_redis_state(settings: Settings, out: list[Check], instance: Instance | None = None) -> None:
+    """The scheduler leader and the platform cooldowns, both kept in Redis (REDIS_URL or BROKER_URL);
+    without Redis, a running ``run`` leads alone and keeps its cooldowns in its memory."""
     url = settings.coordination_redis_url
+    if url is None and instance is not None:
+        out.append(Check("scheduler leader", "ok", f"the embedded scheduler of {_run_name(instance)}"))
+        out.append(Check("cooldowns", "info", f"kept in the memory of {_run_name(instance)}: not visible from here"))
+        return
     if url is None:
         out.append(Check("scheduler leader", "info", "not tracked without Redis (set REDIS_URL)"))
         out.append(Check("cooldowns", "info", "not tracked without Redis (set REDIS_URL)"))
@@ -290,17 +327,24 @@ def check_platforms(settings: Settings, out: list[Check]) -> None:
 
 
 def run_checks(settings: Settings) -> list[Check]:
-    """Every check, in the order an operator reads them."""
+    """Every check, in the order an operator reads them; of the ``run`` beside, when one is."""
+    from service.embedded import run_settings
+    from service.instance import running
+
     out: list[Check] = []
+    instance = running()
+    if instance is not None:
+        settings = run_settings(settings)
+        check_instance(settings, instance, out)
     engine = check_database(settings, out)
     try:
         check_keys(settings, engine, out)
     finally:
         if engine is not None:
             engine.dispose()
-    check_broker(settings, out)
+    check_broker(settings, out, instance)
     with _guard("redis", out):
-        check_redis_state(settings, out)
+        check_redis_state(settings, out, instance)
     check_platforms(settings, out)
     return out
 

@@ -4,6 +4,10 @@ SQLite file, in-process broker (Dramatiq's StubBroker), worker threads, the sche
 single in-process leader, and the web app — the same code paths as production, only the broker and
 the database differ. Meant for trying the service and for a single small site; production runs
 ``web``, ``worker`` and ``scheduler`` against PostgreSQL and Redis (README, "Operations").
+
+One ``workers.runtime.Runtime`` serves all of them, so the token API and the worker threads share
+one HTTP client. While it serves, ``run`` holds ``service.instance``'s file: how ``social-accounts
+doctor``, run beside it, knows which instance it is checking.
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from social_accounts.settings import Settings
 
-__all__ = ["run_embedded", "start_background"]
+if TYPE_CHECKING:
+    import dramatiq
+    from apscheduler.schedulers.base import BaseScheduler
+
+    from scheduler.leader import Leader
+    from workers.runtime import Runtime
+
+__all__ = ["run_embedded", "run_settings", "start_background", "stop_background"]
 
 log = logging.getLogger("service.embedded")
 
@@ -23,32 +34,49 @@ log = logging.getLogger("service.embedded")
 WORKER_THREADS = 8
 
 
-def start_background(settings: Settings) -> tuple[Any, Any, Any]:
-    """Migrate, install the runtime and broker, start worker threads and the scheduler.
+def start_background(settings: Settings) -> tuple[Runtime, dramatiq.Worker, BaseScheduler, Leader]:
+    """Migrate, configure the process's runtime, install its broker, start worker threads and the scheduler.
 
-    Returns ``(broker, worker, scheduler)``; the caller stops the last two.
+    Returns ``(runtime, worker, scheduler, leader)``; :func:`stop_background` stops them.
     """
     import dramatiq
 
     from models.migrate import upgrade
-    from scheduler.jobs import JobContext
-    from scheduler.leader import LocalLeader
-    from scheduler.main import build_scheduler
+    from scheduler.main import start
     from workers import runtime
-    from workers.broker import setup
 
     upgrade(settings.database_url)
     rt = runtime.configure(settings)
-    broker = setup(settings)
+    broker = rt.install_broker()
     import workers.actors  # noqa: F401  (declares every actor on the installed broker)
     import workers.lifecycle_actors  # noqa: F401  (refresh/sync/disconnect, before the worker starts)
 
     worker = dramatiq.Worker(broker, worker_threads=WORKER_THREADS, worker_timeout=250)
     worker.start()
-    ctx = JobContext(settings=settings, engine=rt.engine, broker=broker, clock=rt.clock)
-    scheduler = build_scheduler(ctx, LocalLeader(), blocking=False)
+    scheduler, leader = start(rt, blocking=False)
     scheduler.start()
-    return broker, worker, scheduler
+    return rt, worker, scheduler, leader
+
+
+def stop_background(worker: dramatiq.Worker, scheduler: BaseScheduler, leader: Leader) -> None:
+    """Stop emitting, then let the worker threads finish, then close the runtime's resources."""
+    from workers import runtime
+
+    scheduler.shutdown(wait=False)
+    leader.resign()
+    worker.stop()
+    runtime.reset()
+
+
+def run_settings(settings: Settings) -> Settings:
+    """The settings ``run`` works with: the in-process broker unless BROKER_URL names another.
+
+    ``doctor`` applies the same when it finds a running ``run`` (``service.instance``), so it
+    checks the broker that instance uses.
+    """
+    if settings.broker_url:
+        return settings
+    return settings.model_copy(update={"broker_url": "memory://"})
 
 
 def _leave_on_sigterm(signum: int, frame: Any) -> None:
@@ -64,13 +92,12 @@ def run_embedded(settings: Settings, *, demo: bool = False) -> None:
     """
     import uvicorn
 
+    from service.instance import hold
     from web_callback.app import create_app
 
-    if not settings.broker_url:
-        settings = settings.model_copy(update={"broker_url": "memory://"})
-    settings = settings.model_copy(update={"demo_enabled": demo})
-    broker, worker, scheduler = start_background(settings)
-    app = create_app(settings, broker=broker)
+    settings = run_settings(settings).model_copy(update={"demo_enabled": demo})
+    rt, worker, scheduler, leader = start_background(settings)
+    app = create_app(runtime=rt)  # the token API refreshes through the worker threads' HTTP client
     if demo:
         from web_callback.demo import install
 
@@ -84,7 +111,7 @@ def run_embedded(settings: Settings, *, demo: bool = False) -> None:
         # default handler would end the process there, before the worker threads and scheduler stop
         signal.signal(signal.SIGTERM, _leave_on_sigterm)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        with hold(settings):
+            uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
-        scheduler.shutdown(wait=False)
-        worker.stop()
+        stop_background(worker, scheduler, leader)

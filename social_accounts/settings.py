@@ -1,5 +1,8 @@
-"""One settings object, read from the environment and a ``.env`` file.
+"""One settings object, read from the environment, a ``.env`` file and the secrets ``run`` generates.
 
+Every entry point (``run``, ``web``, ``worker``, ``scheduler``, ``doctor``...) reads the same
+three sources, in this order of precedence: the environment, ``.env``, then
+``.social-accounts/secrets.env`` (written once by ``run``), all relative to the working directory.
 Names are those of CONTRACT.md. ``get_settings()`` caches one instance per process; tests build
 their own ``Settings(...)`` and pass it in (every component takes settings as an argument).
 """
@@ -12,6 +15,7 @@ import functools
 import math
 import os
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,7 +24,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from social_accounts.errors import ConfigError
 
-__all__ = ["MAX_HTTP_TIMEOUT_SECONDS", "OAUTH_PLATFORMS", "PLATFORMS", "Settings", "get_settings", "parse_key_ring"]
+__all__ = [
+    "GENERATED_SECRETS",
+    "LOCAL_SECRETS_FILE",
+    "LOCAL_STATE_DIR",
+    "MAX_HTTP_TIMEOUT_SECONDS",
+    "OAUTH_PLATFORMS",
+    "PLATFORMS",
+    "Settings",
+    "get_settings",
+    "parse_key_ring",
+]
 
 #: every platform id, in the order the dashboard shows them
 PLATFORMS = (
@@ -47,12 +61,17 @@ MAX_HTTP_TIMEOUT_SECONDS = 120.0
 
 #: the secrets `run` generates once when they are missing
 GENERATED_SECRETS = ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
+#: what `run` keeps in the working directory: its generated secrets and its instance file
+LOCAL_STATE_DIR = Path(".social-accounts")
+#: where `run` keeps the secrets it generated (mode 0600); read by every entry point
+LOCAL_SECRETS_FILE = LOCAL_STATE_DIR / "secrets.env"
 
 
 class Settings(BaseSettings):
     """Every environment variable of the contract (plus a few operational knobs)."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # later files win: a value in .env is never shadowed by a generated one
+    model_config = SettingsConfigDict(env_file=(LOCAL_SECRETS_FILE, ".env"), extra="ignore", case_sensitive=False)
 
     database_url: str = "sqlite:///social_accounts.db"
     broker_url: str | None = None  # None: redis://127.0.0.1:6379/0, or memory:// under `run`
@@ -248,11 +267,12 @@ def new_token_key(kid: str = "k1") -> str:
     return f"{kid}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
 
 
-def ensure_local_secrets(path: Path) -> dict[str, str]:
+def ensure_local_secrets(path: Path, present: Collection[str] = ()) -> dict[str, str]:
     """For `run`: create missing secrets once in ``path`` (mode 0600) and return them.
 
-    Values already in the environment win; the file is only written when something is missing,
-    and never rewritten afterwards, so tokens encrypted under its key stay readable.
+    Values already set win (in the environment, or named in ``present``: set in ``.env``); the
+    file is only written when something is missing, and never rewritten afterwards, so tokens
+    encrypted under its key stay readable.
     """
     existing: dict[str, str] = {}
     if path.exists():
@@ -262,7 +282,7 @@ def ensure_local_secrets(path: Path) -> dict[str, str]:
                 existing[name.strip()] = value.strip()
     changed = False
     for name in GENERATED_SECRETS:
-        if os.environ.get(name) or existing.get(name):
+        if name in present or os.environ.get(name) or existing.get(name):
             continue
         existing[name] = new_token_key() if name == "TOKEN_KEYS" else secrets.token_urlsafe(32)
         changed = True

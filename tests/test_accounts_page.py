@@ -565,12 +565,9 @@ def test_actions_on_another_sites_account_are_not_found(page: Page) -> None:
 
 def test_a_broker_outage_is_explained(page: Page) -> None:
     account_id = page.add_account()
-    client, _ = page.build()
+    client, _ = page.build(broker_url="redis://127.0.0.1:1/0")  # nothing listens there
     page.login(client)
     csrf = field_value(client.get(PAGE).text, "csrf_token")
-    client.app.state.services.broker = build_broker(
-        page.settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    )  # type: ignore[attr-defined]
     answer = client.post(f"{PAGE}/{account_id}/sync", data={"csrf_token": csrf})
     assert answer.status_code == 503
     assert banner(answer.text) == ("error", "The message broker is unavailable; try again shortly")

@@ -14,6 +14,7 @@ stops the process the way a terminal or a container runtime does.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -87,10 +88,10 @@ class Embedded:
         self.log_path = workdir / "service.log"
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = _clean_env(f"sqlite:///{self.db_path}", self.base, self.port)
+        self.env = _clean_env(f"sqlite:///{self.db_path}", self.base, self.port)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*_console_script(), "run", "--demo"], cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            [*_console_script(), "run", "--demo"], cwd=workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.http = httpx.Client(base_url=self.base, timeout=10, trust_env=False)
 
@@ -121,6 +122,19 @@ class Embedded:
         token = values["API_TOKEN"].strip()
         assert len(token) >= 32
         return token
+
+    def doctor(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """``social-accounts doctor --json`` as a new user runs it: same directory, same environment."""
+        result = subprocess.run(
+            [*_console_script(), "doctor", "--json"],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.stdout, result.stderr
+        return result.returncode, {check["name"]: check for check in json.loads(result.stdout)}
 
     def stop(self, sig: signal.Signals) -> int:
         """Send ``sig`` and wait for the exit; fail when it takes longer than ``STOP_SECONDS``."""
@@ -301,3 +315,27 @@ def test_a_forged_state_at_the_callback_is_refused_and_creates_nothing(embedded:
     assert answer.json()["status"] == "pending", answer.text
 
     embedded.assert_stopped_cleanly(signal.SIGINT)  # Ctrl-C in a terminal
+
+
+def test_doctor_beside_a_running_instance_reports_that_instance(embedded: Embedded) -> None:
+    code, checks = embedded.doctor()
+
+    pid = f"pid {embedded.proc.pid}"
+    assert code == 0, checks
+    assert checks["instance"]["status"] == "ok", checks["instance"]
+    assert pid in checks["instance"]["detail"] and embedded.base in checks["instance"]["detail"]
+    # the generated secrets are found: TOKEN_KEYS is set, its one key encrypts
+    assert checks["keys"]["status"] == "ok" and "k1 encrypts" in checks["keys"]["detail"], checks["keys"]
+    assert checks["database"]["status"] == "ok", checks["database"]
+    # the broker `run` uses, not a Redis it never talks to
+    assert checks["broker"]["status"] == "ok"
+    assert "memory://" in checks["broker"]["detail"] and pid in checks["broker"]["detail"]
+    assert "redis" not in json.dumps(checks).lower()
+    # its embedded scheduler leads
+    assert checks["scheduler leader"]["status"] == "ok"
+    assert "embedded scheduler" in checks["scheduler leader"]["detail"] and pid in checks["scheduler leader"]["detail"]
+
+    embedded.assert_stopped_cleanly(signal.SIGTERM)
+    _, after = embedded.doctor()
+    assert "instance" not in after  # a stopped run is not reported as running
+    assert not (embedded.workdir / ".social-accounts" / "run.json").exists()

@@ -233,7 +233,7 @@ def scrape_app(
 def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redis_url: str) -> None:
     client = scrape_app()
     settings = client.app.state.services.settings  # type: ignore[attr-defined]
-    broker = client.app.state.services.get_broker()  # type: ignore[attr-defined]
+    broker = client.app.state.services.broker  # type: ignore[attr-defined]
     namespace = settings.redis_namespace
     for _ in range(3):
         request_sync(f"acct-{uuid.uuid4().hex[:6]}", broker=broker)
@@ -272,7 +272,7 @@ def test_leaving_the_app_closes_the_redis_connection_the_scrape_opened(scrape_ap
     client = scrape_app()
     scrape(client)  # reads the cooldowns through the app's runtime: a Redis connection of its own
     services = client.app.state.services  # type: ignore[attr-defined]
-    pool = services.runtime.redis.connection_pool
+    pool = services.redis.connection_pool
     opened = [conn for conn in pool._available_connections if conn._sock is not None]
     assert opened, "the scrape opened no Redis connection"
     client.__exit__(None, None, None)  # the lifespan's end, as at shutdown

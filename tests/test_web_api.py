@@ -504,3 +504,35 @@ def test_metrics_are_prometheus_text(api: Api) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert 'social_accounts_callbacks_total{outcome="state_invalid"}' in response.text
+
+
+def test_token_endpoint_refreshes_through_the_runtimes_http_client(api: Api, fake: Any) -> None:
+    """Under ``run`` the app gets the worker threads' runtime: a due token is renewed through
+    that runtime's HTTP client (the workers' one), not one of the app's own."""
+    import httpx
+
+    from workers.runtime import Runtime, platform_client
+
+    class Noting(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.url.path)
+            return super().handle_request(request)
+
+    account_id = make_account(api)
+    with Session(api.engine) as session, session.begin():
+        row = session.get(SocialAccount, account_id)
+        assert row is not None
+        row.token_expires_at = datetime.now(UTC) + timedelta(seconds=5)  # due: inside every refresh margin
+    seen: list[str] = []
+    rt = Runtime(
+        api.settings, _engine=api.engine, _http=platform_client(api.settings, Noting()), lent=frozenset({"engine"})
+    )
+    try:
+        with TestClient(create_app(runtime=rt)) as client:
+            response = client.post(f"/v1/accounts/{account_id}/token", headers=AUTH)
+        # the fake never granted this refresh token: the platform refuses it, the account needs reconnecting
+        assert response.status_code == 409, response.text
+        assert fake.count("/twitter/2/oauth2/token") == 1
+        assert seen == ["/twitter/2/oauth2/token"]  # that one call went through the runtime's client
+    finally:
+        rt.close()

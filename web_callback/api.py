@@ -25,15 +25,15 @@ from web_callback.errors import Refused
 from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody, validation_details
 
 if TYPE_CHECKING:
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = ["ATTEMPT_TTL", "routes"]
 
 _Body = TypeVar("_Body", bound=BaseModel)
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def _services(request: Request) -> Runtime:
+    services: Runtime = request.app.state.services
     return services
 
 
@@ -110,7 +110,7 @@ def _action(action: connecting.Action) -> Any:
     return endpoint
 
 
-def _valid_token(services: Services, account_id: str) -> Response:
+def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, or what ``web_callback.errors``
     says of its error (409 reconnect, 503 try later)."""
     from workers.tokens import AccountNotFound, get_valid_token
@@ -118,7 +118,7 @@ def _valid_token(services: Services, account_id: str) -> Response:
     if not connecting.valid_id(account_id):
         raise Refused(404, "not_found", "no such account")
     try:
-        token = get_valid_token(account_id, rt=services.runtime)
+        token = get_valid_token(account_id, rt=services)
     except AccountNotFound:
         raise Refused(404, "not_found", "no such account") from None
     expires = token.expires_at.isoformat() if token.expires_at else None

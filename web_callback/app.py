@@ -1,8 +1,9 @@
-"""The HTTP app: ``create_app(settings=None, *, broker=None, engine=None) -> Starlette``.
+"""The HTTP app: ``create_app(settings=None, *, runtime=None, broker=None, engine=None) -> Starlette``.
 
-Run it with ``uvicorn --factory web_callback.app:create_app`` (what ``social-accounts web``
-does). Everything the routes need lives in one ``Services`` object on ``app.state`` and is
-injectable, so tests hand in their own broker and engine.
+``social-accounts web`` and ``run`` hand in their process's ``workers.runtime.Runtime``; ``uvicorn
+--factory web_callback.app:create_app`` and tests let the app build its own. Everything the routes
+need comes from that one container on ``app.state.services`` (settings, engine, key ring, broker,
+and the HTTP client the token API refreshes through: the workers' own under ``run``).
 
 Routes: ``/oauth/callback`` (browser-facing, no DB: ``web_callback.callback``), ``/healthz``,
 ``/readyz``, ``/metrics`` (``web_callback.health``) and the bearer-guarded ``/v1`` API
@@ -20,19 +21,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
-import httpx
-from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 
-from models.crypto import KeyRing
-from platforms.http import default_timeout
 from social_accounts.settings import Settings, get_settings
 from web_callback import health
 from web_callback.api import routes as api_routes
@@ -40,52 +35,13 @@ from web_callback.auth import BearerAuth
 from web_callback.callback import close_batchers, oauth_callback
 from web_callback.errors import EXCEPTION_HANDLERS
 from web_callback.pages import routes as page_routes
+from workers.runtime import Runtime
 
-__all__ = ["DropQueryString", "Services", "create_app", "freeze_startup_heap"]
+if TYPE_CHECKING:
+    import dramatiq
+    from sqlalchemy.engine import Engine
 
-
-@dataclass
-class Services:
-    """The process-wide things the routes use. The broker is built on first use."""
-
-    settings: Settings
-    engine: Engine
-    ring: KeyRing
-    http: httpx.Client
-    broker: Any = None
-    _runtime: Any = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def state_secret(self) -> str:
-        return self.settings.state_secret or ""
-
-    @property
-    def runtime(self) -> Any:
-        """A worker runtime sharing this app's engine, key ring and HTTP client (token API)."""
-        with self._lock:
-            if self._runtime is None:
-                from workers.runtime import Runtime
-
-                self._runtime = Runtime(settings=self.settings, _engine=self.engine, _ring=self.ring, _http=self.http)
-            return self._runtime
-
-    def close(self) -> None:
-        """Close what the routes opened on first use and own alone (the token API's and the
-        metrics' Redis client); the engine, HTTP client and broker belong to whoever made them."""
-        with self._lock:
-            rt = self._runtime
-        if rt is not None:
-            rt.close_redis()
-
-    def get_broker(self) -> Any:
-        """The injected broker, or one built from ``BROKER_URL`` the first time it is needed."""
-        with self._lock:
-            if self.broker is None:
-                from workers.broker import build_broker
-
-                self.broker = build_broker(self.settings)
-            return self.broker
+__all__ = ["DropQueryString", "create_app", "freeze_startup_heap"]
 
 
 class DropQueryString(logging.Filter):
@@ -134,32 +90,41 @@ def _routes(settings: Settings) -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings | None = None, *, broker: Any = None, engine: Engine | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    broker: dramatiq.Broker | None = None,
+    engine: Engine | None = None,
+) -> Starlette:
     """Build the app. Missing API_TOKEN / STATE_SECRET / TOKEN_KEYS fail here with one clear line.
 
     Parameters:
-      settings(Settings | None): defaults to ``get_settings()`` (environment and ``.env``).
-      broker(dramatiq.Broker | None): defaults to ``workers.broker.build_broker(settings)``, built lazily.
-      engine(Engine | None): defaults to ``models.engine.make_engine(settings.database_url)``.
+      settings(Settings | None): defaults to ``get_settings()`` (environment, ``.env`` and the
+        secrets file ``run`` generates); only without ``runtime``.
+      runtime(Runtime | None): the process's container (``web``, ``run``); its owner closes it.
+        Without one the app builds its own from ``settings`` and closes it at shutdown.
+      broker(dramatiq.Broker | None), engine(Engine | None): lent to the app's own container
+        (tests); built from ``settings`` when needed otherwise, and never closed by the app.
     """
-    settings = settings or get_settings()
-    settings.require("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
-    ring = KeyRing.from_settings(settings)
-    if engine is None:
-        from models.engine import make_engine
-
-        engine = make_engine(settings.database_url)
-    http = httpx.Client(timeout=default_timeout(settings.http_timeout_seconds), follow_redirects=False)
-    services = Services(settings=settings, engine=engine, ring=ring, http=http, broker=broker)
+    if runtime is None:
+        lent = frozenset(name for name, value in (("broker", broker), ("engine", engine)) if value is not None)
+        services = Runtime(settings or get_settings(), _broker=broker, _engine=engine, lent=lent)
+    elif settings is None and broker is None and engine is None:
+        services = runtime
+    else:
+        raise TypeError("create_app takes either a runtime or settings, broker and engine")
+    services.settings.require("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
+    services.ring  # noqa: B018 - a malformed TOKEN_KEYS fails here, at start, not on the first request
     install_access_log_filter()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await close_batchers(app)  # the callback's Redis connection (web_callback.batching)
-        services.close()
-        http.close()
+        if runtime is None:
+            services.close()
 
-    app = Starlette(routes=_routes(settings), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(routes=_routes(services.settings), lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.services = services
     return app

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
     from social_accounts.settings import Settings
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = [
     "ENQUEUE_TIMEOUT",
@@ -212,7 +212,7 @@ def read_params(query_string: bytes) -> dict[str, str]:
     return params
 
 
-def _batcher(app: Any, services: Services, broker: RedisBroker) -> BatchEnqueuer:
+def _batcher(app: Any, services: Runtime, broker: RedisBroker) -> BatchEnqueuer:
     """This event loop's ``BatchEnqueuer`` (one per loop: its connection belongs to that loop)."""
     loop = asyncio.get_running_loop()
     batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BatchEnqueuer] | None = getattr(
@@ -241,7 +241,7 @@ async def close_batchers(app: Any) -> None:
         await batcher.aclose()
 
 
-async def _enqueue(app: Any, services: Services, state: SignedState, params: dict[str, str]) -> None:
+async def _enqueue(app: Any, services: Runtime, state: SignedState, params: dict[str, str]) -> None:
     """Hand the message to the broker without blocking the loop (batched on Redis). The code is
     encrypted first (AES-GCM: microseconds, fine on the loop)."""
     error = params.get("error")
@@ -254,7 +254,7 @@ async def _enqueue(app: Any, services: Services, state: SignedState, params: dic
         "error": error,
         "error_description": params.get("error_description") if error else None,
     }
-    broker = services.get_broker()
+    broker = services.broker
     if isinstance(broker, RedisBroker):
         await _batcher(app, services, broker).enqueue_call(CODE_RECEIVED, code_received_kwargs(**fields))
     else:
@@ -268,7 +268,7 @@ class OAuthCallback:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = scope["app"]
-        services: Services = app.state.services
+        services: Runtime = app.state.services
         try:
             params = read_params(scope.get("query_string", b""))
             token = params.get("state")
@@ -278,7 +278,7 @@ class OAuthCallback:
                     "Please start connecting the account again.",
                     code="state_invalid",
                 )
-            state = verify_state(token, services.state_secret)
+            state = verify_state(token, services.settings.state_secret or "")
             if "code" not in params and "error" not in params:
                 raise InputError(
                     "This sign-in response carries neither an authorization code nor an error. "

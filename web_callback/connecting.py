@@ -2,7 +2,7 @@
 
 The API (``web_callback.api``) and the accounts page (``web_callback.pages``) must behave the
 same: the same validation (the API's body models), the same attempt rows, the same messages.
-So the work lives here as plain, blocking functions over ``Services``; the HTTP layers only parse
+So the work lives here as plain, blocking functions over the app's ``Runtime``; the HTTP layers only parse
 their input (JSON or a form), call these in a worker thread, and render the outcome.
 
 Nothing is written when a request is refused: a connect attempt row exists only once everything
@@ -30,7 +30,7 @@ from web_callback.state import SignedState, sign_state
 
 if TYPE_CHECKING:
     from platforms.base import PlatformAdapter
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = [
     "ATTEMPT_TTL",
@@ -61,7 +61,7 @@ def valid_id(value: str) -> bool:
     return len(value) == 36
 
 
-def check_return_to(services: Services, return_to: str | None) -> None:
+def check_return_to(services: Runtime, return_to: str | None) -> None:
     """``return_to`` must be an absolute http(s) URL on an allowed origin (RETURN_TO_ALLOWED)."""
     if return_to is None:
         return
@@ -76,18 +76,18 @@ def check_return_to(services: Services, return_to: str | None) -> None:
         )
 
 
-def connect_adapter(services: Services, platform: str) -> PlatformAdapter:
+def connect_adapter(services: Runtime, platform: str) -> PlatformAdapter:
     """The adapter for ``platform``, built exactly as the workers build it (Mastodon with the
     database-backed app store, rate hints into the shared cooldowns), on this app's resources."""
     from workers.adapters import adapter_for
 
-    return adapter_for(services.runtime, platform)
+    return adapter_for(services, platform)
 
 
 # ---- connect ----------------------------------------------------------------------------------
 
 
-def start_oauth(services: Services, platform: str, body: ConnectBody) -> dict[str, str]:
+def start_oauth(services: Runtime, platform: str, body: ConnectBody) -> dict[str, str]:
     """Build the authorization URL (registering the Mastodon app first), then write the attempt.
 
     Returns ``{attempt_id, authorization_url}``. Raises ``InputError`` (unknown or unconfigured
@@ -112,7 +112,7 @@ def start_oauth(services: Services, platform: str, body: ConnectBody) -> dict[st
     attempt_id = new_id()
     verifier, challenge = pkce_pair()
     expires_at = now + ATTEMPT_TTL
-    state = sign_state(SignedState(attempt_id, platform, expires_at, body.return_to), services.state_secret)
+    state = sign_state(SignedState(attempt_id, platform, expires_at, body.return_to), settings.state_secret or "")
     url = adapter.authorization_url(
         state=state, redirect_uri=settings.redirect_uri, code_challenge=challenge, instance=instance
     )
@@ -133,7 +133,7 @@ def start_oauth(services: Services, platform: str, body: ConnectBody) -> dict[st
     return {"attempt_id": attempt_id, "authorization_url": url}
 
 
-def start_bluesky(services: Services, body: BlueskyConnectBody) -> dict[str, str]:
+def start_bluesky(services: Runtime, body: BlueskyConnectBody) -> dict[str, str]:
     """Write the attempt (app password encrypted) and enqueue the login; undo the row if that fails."""
     from workers.publish import enqueue_bluesky_login
 
@@ -153,7 +153,7 @@ def start_bluesky(services: Services, body: BlueskyConnectBody) -> dict[str, str
             app_password=body.app_password.get_secret_value(),
         )
     try:
-        enqueue_bluesky_login(attempt_id, broker=services.get_broker())
+        enqueue_bluesky_login(attempt_id, broker=services.broker)
     except BROKER_ERRORS:
         with Session(services.engine) as session, session.begin():
             row = session.get(SocialOAuthState, attempt_id)
@@ -166,7 +166,7 @@ def start_bluesky(services: Services, body: BlueskyConnectBody) -> dict[str, str
 # ---- reading ----------------------------------------------------------------------------------
 
 
-def attempt_view(services: Services, attempt_id: str) -> dict[str, Any] | None:
+def attempt_view(services: Runtime, attempt_id: str) -> dict[str, Any] | None:
     """The attempt as the API shows it (error message in words), or None when unknown."""
     if not valid_id(attempt_id):
         return None
@@ -185,13 +185,13 @@ def attempt_view(services: Services, attempt_id: str) -> dict[str, Any] | None:
         }
 
 
-def site_accounts(services: Services, site_id: str) -> list[dict[str, Any]]:
+def site_accounts(services: Runtime, site_id: str) -> list[dict[str, Any]]:
     """The public dicts of one site's accounts, oldest first (never a token)."""
     with Session(services.engine) as session:
         return [repository.account_public_dict(row) for row in repository.list_accounts(session, site_id=site_id)]
 
 
-def account_view(services: Services, account_id: str) -> dict[str, Any] | None:
+def account_view(services: Runtime, account_id: str) -> dict[str, Any] | None:
     """One account's public dict, or None when the id is malformed or unknown."""
     if not valid_id(account_id):
         return None
@@ -203,7 +203,7 @@ def account_view(services: Services, account_id: str) -> dict[str, Any] | None:
 # ---- actions ----------------------------------------------------------------------------------
 
 
-def enqueue_for_account(services: Services, account_id: str, action: Action, *, reason: str = "api") -> bool:
+def enqueue_for_account(services: Runtime, account_id: str, action: Action, *, reason: str = "api") -> bool:
     """Enqueue ``action`` for an existing account; False when there is no such account.
 
     Raises the broker's connection error when the broker does not take the message.
@@ -212,7 +212,7 @@ def enqueue_for_account(services: Services, account_id: str, action: Action, *, 
 
     if account_view(services, account_id) is None:
         return False
-    broker = services.get_broker()
+    broker = services.broker
     if action == "refresh":
         publish.request_refresh(account_id, reason, broker=broker)
     elif action == "sync":

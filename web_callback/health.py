@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 if TYPE_CHECKING:
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = ["BROKER_ERRORS", "CALLBACKS", "SCRAPE_ERRORS", "broker_ping", "healthz", "metrics", "readyz"]
 
@@ -66,7 +66,7 @@ def broker_ping(broker: Any) -> None:
         broker.channel  # noqa: B018 - RabbitmqBroker opens (or reuses) its connection here
 
 
-def _database_ping(services: Services) -> None:
+def _database_ping(services: Runtime) -> None:
     with services.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 
@@ -88,15 +88,15 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    services: Services = request.app.state.services
+    services: Runtime = request.app.state.services
     database = await _check(lambda: _database_ping(services))
-    broker = await _check(lambda: broker_ping(services.get_broker()))
+    broker = await _check(lambda: broker_ping(services.broker))
     checks = {"database": database or "ok", "broker": broker or "ok"}
     ready = database is None and broker is None
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-def _publish_cooldowns(services: Services) -> None:
+def _publish_cooldowns(services: Runtime) -> None:
     """The cooldowns gauge from Redis, where every worker's cooldowns live (in-process without Redis)."""
     settings = services.settings
     if settings.coordination_redis_url is None:
@@ -106,17 +106,17 @@ def _publish_cooldowns(services: Services) -> None:
         return
     from workers.cooldowns import publish_gauge
 
-    publish_gauge(services.runtime.redis, settings.redis_namespace)
+    publish_gauge(services.redis, settings.redis_namespace)
 
 
-def _publish_queue_depth(services: Services) -> None:
+def _publish_queue_depth(services: Runtime) -> None:
     from workers.gauges import update_queue_depth
 
-    update_queue_depth(services.get_broker())
+    update_queue_depth(services.broker)
 
 
 async def metrics(request: Request) -> Response:
-    services: Services = request.app.state.services
+    services: Runtime = request.app.state.services
     # best effort: metrics answer regardless; a failed reading is counted, its gauge keeps its last value
     for reading in (_publish_cooldowns, _publish_queue_depth):
         if await _check(functools.partial(reading, services)) is not None:

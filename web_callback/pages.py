@@ -41,7 +41,7 @@ from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody
 from web_callback.session import Session, SessionSigner
 
 if TYPE_CHECKING:
-    from web_callback.app import Services
+    from workers.runtime import Runtime
 
 __all__ = ["BLUESKY_APP_PASSWORDS_URL", "PAGE_USER", "TEMPLATES", "page_headers", "routes"]
 
@@ -92,8 +92,8 @@ def page_headers() -> dict[str, str]:
     }
 
 
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
+def _services(request: Request) -> Runtime:
+    services: Runtime = request.app.state.services
     return services
 
 
@@ -195,7 +195,7 @@ def _platform_cards(statuses: list[PlatformStatus], accounts: list[dict[str, Any
 # ---- banners ------------------------------------------------------------------------------------
 
 
-def _attempt_banner(services: Services, site_id: str, attempt_id: str) -> dict[str, Any]:
+def _attempt_banner(services: Runtime, site_id: str, attempt_id: str) -> dict[str, Any]:
     """The banner for ``?attempt=<id>``: connecting, connected (naming the accounts) or failed."""
     view = connecting.attempt_view(services, attempt_id)
     if view is None or view["site_id"] != site_id:
@@ -216,7 +216,7 @@ def _attempt_banner(services: Services, site_id: str, attempt_id: str) -> dict[s
     return {"kind": "error", "text": message, "code": view["error_code"]}
 
 
-def _notice_banner(services: Services, site_id: str, notice: str, account_id: str) -> dict[str, Any] | None:
+def _notice_banner(services: Runtime, site_id: str, notice: str, account_id: str) -> dict[str, Any] | None:
     template = NOTICES.get(notice)
     account = connecting.account_view(services, account_id) if template else None
     if template is None or account is None or account["site_id"] != site_id:
@@ -225,7 +225,7 @@ def _notice_banner(services: Services, site_id: str, notice: str, account_id: st
     return {"kind": "info", "text": template.format(name=name), "reload": True}
 
 
-def _page_context(services: Services, site_id: str, query: dict[str, str]) -> dict[str, Any]:
+def _page_context(services: Runtime, site_id: str, query: dict[str, str]) -> dict[str, Any]:
     """Everything the accounts page shows (blocking: runs in a worker thread)."""
     statuses = platform_statuses(services.settings)
     accounts = connecting.site_accounts(services, site_id)

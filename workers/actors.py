@@ -1,10 +1,10 @@
-"""Every actor, declared on the broker ``workers.broker`` installs (``dramatiq workers.actors``).
+"""Every actor, declared on ``workers.broker.actor_broker()`` (the installed broker, or the holder
+it moves from when an entry point installs one), never on Dramatiq's implicit default.
 
 Actors stay thin: read which message is running and call one plain function of
 :mod:`workers.connect`. Whether a failure is retried, deferred or ends the attempt is decided by
 ``workers.policy_middleware`` from the options below; :func:`record_connect_decision` writes
-that outcome into the attempt's history. The broker module is imported first, before any
-``@dramatiq.actor``: otherwise Dramatiq would bind the actors to an implicit default broker.
+that outcome into the attempt's history.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import workers.broker  # noqa: F401  (installs the broker before any actor is declared)
+import dramatiq
+from dramatiq.broker import MessageProxy
 
-import dramatiq  # isort: skip
-from dramatiq.broker import MessageProxy  # isort: skip
-
-from social_accounts.errors import SocialAccountsError  # isort: skip
-from workers import connect, messages, ratelimits, retrying, runtime  # isort: skip
+from social_accounts.errors import SocialAccountsError
+from workers import connect, messages, ratelimits, retrying, runtime
+from workers.broker import actor_broker
 
 __all__ = ["bluesky_login", "code_received", "record_connect_decision"]
 
@@ -74,6 +73,7 @@ CONNECT_OPTIONS: dict[str, Any] = {
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.CODE_RECEIVED,
     max_age=messages.CODE_MAX_AGE_MS,
     step=retrying.Step(messages.CODE_RECEIVED, fail_code="token_exchange_failed"),
@@ -97,6 +97,7 @@ def code_received(
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.BLUESKY_LOGIN,
     step=retrying.Step(messages.BLUESKY_LOGIN, fail_code="login_failed"),
     steps=(connect.LOGIN, connect.FETCH_ACCOUNTS),

@@ -1,9 +1,11 @@
 """The one place that builds and installs the Dramatiq broker.
 
-Dramatiq's ``get_broker()`` silently builds a RabbitMQ broker when none was set and ``pika`` is
-importable (engineering.md §1.1), so this module installs ours on import and every actor module
-imports it first (``workers.actors`` does). Settings come from ``workers.runtime.current()``:
-``get_settings()`` unless a test or ``social-accounts run`` configured its own.
+Importing this module installs nothing. Dramatiq binds an actor to a broker when the actor is
+declared, and ``dramatiq.get_broker()`` silently builds a RabbitMQ broker when none was set and
+``pika`` is importable; so actors are declared on :func:`actor_broker` instead: the installed
+broker, or until one is installed a holder that refuses to send. :func:`install_broker` (called
+by each entry point through ``workers.runtime.Runtime.install_broker``) moves every actor onto
+the real broker and makes it Dramatiq's global one.
 
 Redis redelivery timing (why the numbers): a worker killed mid-message leaves the message in its
 ack set until a live worker runs queue maintenance for that queue *and* sees the dead worker's
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -40,6 +43,7 @@ __all__ = [
     "ExpiredConnectMessages",
     "HEARTBEAT_TIMEOUT_MS",
     "MAINTENANCE_CHANCE",
+    "actor_broker",
     "build_broker",
     "get_broker",
     "install_broker",
@@ -61,6 +65,7 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _installed: dramatiq.Broker | None = None
+_waiting: _Declarations | None = None
 
 
 class ExpiredConnectMessages(dramatiq.Middleware):
@@ -137,15 +142,43 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     raise ConfigError(f"BROKER_URL must start with redis://, amqp:// or memory:// (got {scheme}://)")
 
 
+class _Declarations(StubBroker):
+    """Holds the actors declared before any broker is installed, with our middleware (so their
+    options validate as on the real broker). Sending through it is a wiring error, never a
+    message silently kept in memory."""
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        raise RuntimeError(
+            f"no broker installed: cannot send {message.actor_name} "
+            "(call workers.runtime.Runtime.install_broker at start)"
+        )
+
+
+def actor_broker() -> dramatiq.Broker:
+    """The broker to declare an actor on: ``@dramatiq.actor(..., broker=actor_broker())``.
+
+    The installed broker, or the holder :func:`install_broker` empties, never Dramatiq's implicit
+    default.
+    """
+    global _waiting
+    with _lock:
+        if _installed is not None:
+            return _installed
+        if _waiting is None:
+            _waiting = _Declarations(middleware=_middleware())
+        return _waiting
+
+
 def install_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """Make ``broker`` the global one, moving every actor already declared onto it.
 
-    Actors bind to a broker when they are declared; moving them lets a test (or ``run``) install
-    its broker after ``workers.actors`` was imported, without declaring actors twice.
+    Actors bind to a broker when they are declared; moving them lets an entry point (or a test)
+    install its broker before or after the actor modules are imported, and install another one
+    later, without declaring actors twice.
     """
     global _installed
     with _lock:
-        previous, _installed = _installed, broker
+        previous, _installed = _installed or _waiting, broker
         if previous is not None and previous is not broker:
             for actor in list(previous.actors.values()):
                 actor.broker = broker
@@ -160,10 +193,7 @@ def setup(settings: Settings) -> dramatiq.Broker:
 
 
 def get_broker() -> dramatiq.Broker:
-    """The installed broker, built from the runtime's settings the first time."""
+    """The installed broker; when none is yet, the process runtime's, installed now."""
     with _lock:
         broker = _installed
-    return broker if broker is not None else setup(runtime.current().settings)
-
-
-get_broker()
+    return broker if broker is not None else runtime.current().install_broker()

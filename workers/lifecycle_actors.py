@@ -16,18 +16,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import workers.broker  # noqa: F401  (installs the broker before any actor is declared)
+import dramatiq
+from dramatiq.broker import MessageProxy
+from sqlalchemy.orm import Session
 
-import dramatiq  # isort: skip
-from dramatiq.broker import MessageProxy  # isort: skip
-from sqlalchemy.orm import Session  # isort: skip
-
-from models.repository import load_account, record_event  # isort: skip
-from social_accounts.errors import NotNow, SocialAccountsError  # isort: skip
-from workers import disconnect, messages, ratelimits, retrying, runtime  # isort: skip
-from workers.disconnect import disconnect_now  # isort: skip
-from workers.refresh import REFRESH_STEP, refresh_now  # isort: skip
-from workers.sync import SYNC_STEP, sync_now  # isort: skip
+from models.repository import load_account, record_event
+from social_accounts.errors import NotNow, SocialAccountsError
+from workers import disconnect, messages, ratelimits, retrying, runtime
+from workers.broker import actor_broker
+from workers.disconnect import disconnect_now
+from workers.refresh import REFRESH_STEP, refresh_now
+from workers.sync import SYNC_STEP, sync_now
 
 __all__ = ["disconnect_account", "refresh_account", "sync_account"]
 
@@ -109,6 +108,7 @@ def _run(step: str, account_id: str, fn: Any) -> None:
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.REFRESH_ACCOUNT,
     queue_name=messages.QUEUE_REFRESH,
     time_limit=120_000,
@@ -146,6 +146,7 @@ def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> st
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.SYNC_ACCOUNT,
     queue_name=messages.QUEUE_SYNC,
     time_limit=180_000,
@@ -160,6 +161,7 @@ def sync_account(account_id: str) -> None:
 
 
 @dramatiq.actor(
+    broker=actor_broker(),
     actor_name=messages.DISCONNECT_ACCOUNT,
     queue_name=messages.QUEUE_MAINTENANCE,
     time_limit=120_000,

@@ -1,10 +1,16 @@
-"""The process-wide things actors need, created lazily after the worker process forks.
+"""The composition root: one ``Runtime`` per process builds everything the code paths share.
 
-Dramatiq imports ``workers.actors`` in every worker process after forking, so nothing here opens
-a connection at import time: the engine, the HTTP client and the Redis client are built on first
-use, and rebuilt when the process id changes (a pool inherited across ``fork`` must never be
-shared). Tests and ``social-accounts run`` call :func:`configure` to inject their own settings,
-engine, clock or HTTP client; everything else calls :func:`current`.
+Every entry point takes its settings, engine, key ring, HTTP client, Redis client and broker from
+a ``Runtime``: the worker processes (``service.cli.boot_worker_process``), the scheduler
+(``scheduler.main.run``), the web app (``web_callback.app.create_app``) and ``social-accounts
+run`` (``service.embedded``), which hands one runtime to its worker threads, its scheduler and its
+web app alike, so the token API refreshes through the very client the workers use.
+
+Nothing is built at import or construction: each resource is built on first use, and
+:func:`current` rebuilds them when the process id changes (a pool inherited across ``fork`` must
+never be shared). Any resource may be injected instead (tests: settings, engine, clock, HTTP
+client, broker); the runtime closes what it holds on :meth:`Runtime.close`, except what it was
+lent (``lent``: the web app's injected engine and broker belong to the test that made them).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from social_accounts.settings import Settings, get_settings
 from workers.retrying import CONNECT_POLICY, RetryPolicy
 
 if TYPE_CHECKING:
+    import dramatiq
     import redis
     from sqlalchemy.engine import Engine
 
@@ -35,9 +42,13 @@ __all__ = ["Runtime", "configure", "current", "platform_client", "reset"]
 PING_AFTER_IDLE_SECONDS = 5.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Runtime:
-    """Settings plus lazily built resources; every attribute may be injected instead."""
+    """Settings plus lazily built resources; every resource may be injected instead.
+
+    Build one with :func:`configure` (the process's own) or ``Runtime(settings, ...)`` (a web app
+    in a test). The ``_x`` fields hold what was injected or built; read the properties.
+    """
 
     settings: Settings
     clock: Clock = utcnow
@@ -47,6 +58,9 @@ class Runtime:
     _ring: KeyRing | None = None
     _http: httpx.Client | None = None
     _redis: redis.Redis | None = None
+    _broker: dramatiq.Broker | None = None
+    #: names of injected resources that belong to someone else: never closed here
+    lent: frozenset[str] = frozenset()
     _pid: int = field(default_factory=os.getpid)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: adapters built on this runtime's client, by platform (``workers.adapters.adapter_for``)
@@ -64,6 +78,7 @@ class Runtime:
 
     @property
     def ring(self) -> KeyRing:
+        """TOKEN_KEYS parsed (``ConfigError`` when it is missing or malformed)."""
         with self._lock:
             if self._ring is None:
                 from models.crypto import KeyRing
@@ -81,7 +96,11 @@ class Runtime:
 
     @property
     def redis(self) -> redis.Redis:
-        """A Redis client on the broker's server (locks, cooldowns); only for ``redis://`` brokers."""
+        """A Redis client for locks, cooldowns and the scheduler leader (``coordination_redis_url``).
+
+        Raises:
+          RuntimeError: no Redis is configured (the embedded ``run`` keeps those in memory).
+        """
         with self._lock:
             if self._redis is None:
                 import redis as redis_lib
@@ -92,23 +111,53 @@ class Runtime:
                 self._redis = redis_lib.Redis.from_url(url)
             return self._redis
 
-    def close_redis(self) -> None:
-        """Close the Redis client alone: the web app's runtime borrows the app's engine and HTTP
-        client, which the app closes itself."""
+    @property
+    def broker(self) -> dramatiq.Broker:
+        """The broker for ``BROKER_URL`` (``workers.broker.build_broker``); built, not installed.
+
+        Sending needs only this. Consuming needs it installed as well (:meth:`install_broker`),
+        which the worker, the scheduler and ``run`` do; the web app only sends.
+        """
         with self._lock:
-            client, self._redis = self._redis, None
-        if client is not None:
-            client.close()
+            if self._broker is None:
+                from workers.broker import build_broker
+
+                self._broker = build_broker(self.settings)
+            return self._broker
+
+    def install_broker(self) -> dramatiq.Broker:
+        """Make :attr:`broker` the process's broker: every actor moves onto it, and
+        ``dramatiq.get_broker()`` returns it (``workers.broker.install_broker``)."""
+        from workers.broker import install_broker
+
+        return install_broker(self.broker)
 
     def close(self) -> None:
-        """Release what this process built (called at worker shutdown and by tests)."""
-        self.close_redis()
+        """Release what this runtime holds and does not borrow (worker shutdown, app shutdown, tests).
+
+        Each resource is built again on its next use.
+        """
         with self._lock:
-            if self._http is not None:
-                self._http.close()
-            if self._engine is not None:
-                self._engine.dispose()
-            self._http = self._engine = None
+            redis_client = None if "redis" in self.lent else self._redis
+            http = None if "http" in self.lent else self._http
+            engine = None if "engine" in self.lent else self._engine
+            broker = None if "broker" in self.lent else self._broker
+            if redis_client is not None:
+                self._redis = None
+            if http is not None:
+                self._http = None
+            if engine is not None:
+                self._engine = None
+            if broker is not None:
+                self._broker = None
+        if redis_client is not None:
+            redis_client.close()
+        if http is not None:
+            http.close()
+        if engine is not None:
+            engine.dispose()
+        if broker is not None:
+            broker.close()
 
     def forget_inherited(self) -> None:
         """After a fork: drop the parent's pools without closing the parent's sockets."""
@@ -137,25 +186,33 @@ _current: Runtime | None = None
 _current_lock = threading.Lock()
 
 
-def configure(settings: Settings, **resources: Any) -> Runtime:
-    """Install this process's runtime (tests, ``run``).
+def configure(
+    settings: Settings,
+    *,
+    clock: Clock = utcnow,
+    retry_policy: RetryPolicy = CONNECT_POLICY,
+    engine: Engine | None = None,
+    ring: KeyRing | None = None,
+    http: httpx.Client | None = None,
+    redis: redis.Redis | None = None,
+    broker: dramatiq.Broker | None = None,
+) -> Runtime:
+    """Build this process's runtime from ``settings`` and make it :func:`current`.
 
-    Parameters:
-      settings(Settings): replaces ``get_settings()``.
-      **resources: optional ``clock`` and ``retry_policy``, and ``engine``, ``ring``, ``http``,
-        ``redis`` to inject instead of building them (the runtime closes them on ``reset``).
+    Every entry point calls this once at start; tests call it to inject resources. What is
+    injected here is handed over: :func:`reset` closes it with the rest.
     """
     global _current
     runtime = Runtime(
         settings=settings,
-        clock=resources.pop("clock", utcnow),
-        retry_policy=resources.pop("retry_policy", CONNECT_POLICY),
+        clock=clock,
+        retry_policy=retry_policy,
+        _engine=engine,
+        _ring=ring,
+        _http=http,
+        _redis=redis,
+        _broker=broker,
     )
-    for name in ("engine", "ring", "http", "redis"):
-        if name in resources:
-            setattr(runtime, f"_{name}", resources.pop(name))
-    if resources:
-        raise TypeError(f"unknown runtime resources: {', '.join(sorted(resources))}")
     with _current_lock:
         _current = runtime
     return runtime
@@ -174,7 +231,7 @@ def current() -> Runtime:
 
 
 def reset() -> None:
-    """Close and forget the runtime (tests)."""
+    """Close and forget the runtime (tests, and the end of ``run``)."""
     global _current
     with _current_lock:
         runtime, _current = _current, None
