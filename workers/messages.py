@@ -35,7 +35,6 @@ __all__ = [
     "BLUESKY_LOGIN",
     "CODE_RECEIVED",
     "CODE_MAX_AGE_MS",
-    "CONNECT_RETRY_EXHAUSTED",
     "DISCONNECT_ACCOUNT",
     "QUEUES",
     "QUEUE_CONNECT",
@@ -67,7 +66,6 @@ CODE_RECEIVED = "code_received"
 #: ``bluesky_login(attempt_id)``
 BLUESKY_LOGIN = "bluesky_login"
 #: internal: Dramatiq's ``on_retry_exhausted`` target for the connect actors
-CONNECT_RETRY_EXHAUSTED = "connect_retry_exhausted"
 #: public: ``refresh_account(account_id, reason="requested")``
 REFRESH_ACCOUNT = "refresh_account"
 #: public: ``sync_account(account_id)``
@@ -79,7 +77,6 @@ DISCONNECT_ACCOUNT = "disconnect_account"
 ACTOR_QUEUES: dict[str, str] = {
     CODE_RECEIVED: QUEUE_CONNECT,
     BLUESKY_LOGIN: QUEUE_CONNECT,
-    CONNECT_RETRY_EXHAUSTED: QUEUE_CONNECT,
     REFRESH_ACCOUNT: QUEUE_REFRESH,
     SYNC_ACCOUNT: QUEUE_SYNC,
     DISCONNECT_ACCOUNT: QUEUE_MAINTENANCE,
