@@ -1,4 +1,4 @@
-"""Fake Threads API (``graph.threads.net``) under ``/threads``.
+"""Fake Threads API (``graph.threads.com``, ``threads.com/oauth/authorize``) under ``/threads``.
 
 Routes, shaped as ``shared/platforms.md`` §8 documents them:
 
