@@ -183,10 +183,23 @@ def usage_near_limit(response: httpx.Response) -> float | None:
     return regain if regain is not None else NEAR_LIMIT_WAIT_SECONDS
 
 
+def _app_usage_near_limit(response: httpx.Response) -> bool:
+    app = _header_json(response, "x-app-usage")
+    return isinstance(app, dict) and _percent(app) >= NEAR_LIMIT_PERCENT
+
+
 def meta_rate_hint(response: httpx.Response) -> RateHint | None:
-    """:func:`usage_near_limit` as an app-wide hint (Facebook, Instagram and Threads alike)."""
+    """Usage near its limit, scoped as Meta scopes the limit itself.
+
+    ``X-App-Usage`` counts the whole app: at ≥ 95 % every account waits (``"app"``).
+    ``X-Business-Use-Case-Usage`` counts one business object (the Page or Instagram account the
+    token acts for): at ≥ 95 % only that account waits (``"account"``), the others keep going
+    (https://developers.facebook.com/docs/graph-api/overview/rate-limiting#buc-rate-limits).
+    """
     seconds = usage_near_limit(response)
-    return None if seconds is None else RateHint(seconds, "app")
+    if seconds is None:
+        return None
+    return RateHint(seconds, "app" if _app_usage_near_limit(response) else "account")
 
 
 def classify_meta(response: httpx.Response, platform: str) -> PlatformError | None:
@@ -261,7 +274,7 @@ class MetaOAuth2Adapter(OAuth2Adapter):
         return classify_meta(response, self.platform)
 
     def rate_hint(self, response: httpx.Response) -> RateHint | None:
-        """Usage headers near their limit: hold every account of the app back (app-wide)."""
+        """Usage headers near their limit: the app (``X-App-Usage``) or one account (BUC)."""
         return meta_rate_hint(response)
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
