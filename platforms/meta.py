@@ -13,8 +13,9 @@ the *code*, not the HTTP status, says what happened (``shared/platforms.md`` §1
   permissions, which retrying will not grant).
 
 :class:`MetaGraphAdapter` is the base of the Facebook and Instagram adapters: the Meta dialog,
-the ``/oauth/access_token`` endpoint with its ``fb_exchange_token`` follow-up, paginated
-``/me/accounts``, and revocation with ``DELETE /{user-id}/permissions``.
+the ``/oauth/access_token`` endpoint with its ``fb_exchange_token`` follow-up (short-lived → long-lived,
+once, at connect), paginated ``/me/accounts`` plus Business Manager Pages, and revocation with
+``DELETE /{user-id}/permissions``.
 
 Tokens always travel in the ``Authorization`` header (or a POST body), never in a query string,
 so a logged URL never carries one. ``appsecret_proof`` is added to every Graph read so apps
@@ -404,26 +405,69 @@ class MetaGraphAdapter(MetaOAuth2Adapter):
             raise Permanent("Graph /me returned no id", platform=self.platform)
         return str(uid)
 
-    def list_pages(self, tokens: TokenSet, fields: str) -> list[dict[str, Any]]:
-        """Every Page of ``/me/accounts``, following ``paging.next`` to the end.
+    def granted_permissions(self, tokens: TokenSet) -> tuple[str, ...]:
+        """The permissions the user granted (``GET /me/permissions``, status ``granted``).
+
+        Meta's token answers carry no ``scope``, and a user may decline some permissions in the
+        dialog: this is the documented way to know
+        (https://developers.facebook.com/docs/graph-api/reference/user/permissions/).
+        """
+        body = self.graph_get(self.api("me/permissions"), tokens.access_token)
+        data = body.get("data")
+        items = data if isinstance(data, list) else []
+        return tuple(
+            str(item["permission"])
+            for item in items
+            if isinstance(item, dict) and item.get("status") == "granted" and item.get("permission")
+        )
+
+    def list_pages(self, tokens: TokenSet, fields: str, granted: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every Page the user can act for: ``/me/accounts``, then, with ``business_management``
+        granted, the Pages of each business (``/me/businesses`` → ``owned_pages`` and
+        ``client_pages``), which ``/me/accounts`` does not list. A Page seen twice counts once
+        (the first answer wins).
+
+        https://developers.facebook.com/docs/graph-api/reference/business/owned_pages/ and
+        https://developers.facebook.com/docs/marketing-api/reference/business/client_pages/.
+        A business edge refused for a missing permission (the user has no role on that asset)
+        is skipped: those Pages are not reachable, the others are.
+        """
+        pages: dict[str, dict[str, Any]] = {}
+        for page in self.list_edge(tokens, "me/accounts", fields):
+            pages.setdefault(str(page["id"]), page)
+        if "business_management" in granted:
+            for business in self.list_edge(tokens, "me/businesses", "id,name"):
+                for edge in ("owned_pages", "client_pages"):
+                    try:
+                        found = self.list_edge(tokens, f"{business['id']}/{edge}", fields)
+                    except Permanent as exc:
+                        if is_permission_error(exc):
+                            continue
+                        raise
+                    for page in found:
+                        pages.setdefault(str(page["id"]), page)
+        return list(pages.values())
+
+    def list_edge(self, tokens: TokenSet, path: str, fields: str) -> list[dict[str, Any]]:
+        """Every item of a Graph edge, following ``paging.next`` to the end.
 
         ``paging.next`` is an absolute URL chosen by Meta; it is followed only on the API's own
         origin (our token must not travel elsewhere), with any ``access_token`` it carries
         removed from the query and sent in the header instead.
         """
-        pages: list[dict[str, Any]] = []
-        url: str | None = self.api("me/accounts")
+        items: list[dict[str, Any]] = []
+        url: str | None = self.api(path)
         params: dict[str, str] | None = {"fields": fields, "limit": str(self.page_limit)}
         for _ in range(MAX_PAGES):
             if url is None:
-                return pages
+                return items
             body = self.graph_get(url, tokens.access_token, params)
             data = body.get("data")
             if isinstance(data, list):
-                pages.extend(item for item in data if isinstance(item, dict) and item.get("id"))
+                items.extend(item for item in data if isinstance(item, dict) and item.get("id"))
             paging = body.get("paging")
             url, params = self._next_page(paging.get("next") if isinstance(paging, dict) else None)
-        raise Permanent(f"/me/accounts has more than {MAX_PAGES} result pages", platform=self.platform)
+        raise Permanent(f"/{path} has more than {MAX_PAGES} result pages", platform=self.platform)
 
     def _next_page(self, next_url: object) -> tuple[str | None, dict[str, str] | None]:
         if not isinstance(next_url, str) or not next_url:
