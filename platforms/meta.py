@@ -82,7 +82,7 @@ MAX_PAGES = 100
 
 
 def graph_base(version: str) -> str:
-    """The default Graph API base for a version (``v21.0``)."""
+    """The default Graph API base for a version (``v27.0``)."""
     return f"https://graph.facebook.com/{version}"
 
 

@@ -20,7 +20,7 @@ from tests.fakeplatform.facebook import META, buc_header, follow_dialog, meta_er
 from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
 from tests.platform_support import meta_connect as connect
 
-GRAPH = "/meta/graph/v21.0"
+GRAPH = "/meta/graph/v27.0"
 
 
 http = platform_support.http
@@ -36,7 +36,7 @@ def test_authorization_url_is_meta_dialog_with_comma_scopes_and_no_pkce(settings
     adapter = FacebookAdapter(settings_factory(facebook_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="challenge-value")
     base, query = split_url(url)
-    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
+    assert base == "https://www.facebook.com/v27.0/dialog/oauth"
     assert query["client_id"] == fakemeta.APP_ID
     assert query["redirect_uri"] == REDIRECT
     assert query["state"] == "abc"
@@ -356,7 +356,7 @@ def test_server_errors_are_transient(
 
 
 def test_connection_refused_is_transient(settings_factory: Any, http: httpx.Client, page: Any):
-    dead = f"http://127.0.0.1:{closed_port()}/v21.0"
+    dead = f"http://127.0.0.1:{closed_port()}/v27.0"
     adapter = FacebookAdapter(settings_factory(facebook_api_url=dead, facebook_token_url=None), http)
     assert_transient(lambda: adapter.fetch_stats("201", page.tokens))
     with pytest.raises(Transient):  # the token endpoint follows the API base

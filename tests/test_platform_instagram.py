@@ -19,7 +19,7 @@ from tests.fakeplatform.facebook import META, buc_header, meta_error
 from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
 from tests.platform_support import meta_connect as connect
 
-GRAPH = "/meta/graph/v21.0"
+GRAPH = "/meta/graph/v27.0"
 IG_BAKERY = "17841400000001"
 IG_BOOKS = "17841400000003"
 
@@ -42,7 +42,7 @@ def test_authorization_url_uses_meta_dialog_with_instagram_scopes(settings_facto
     adapter = InstagramAdapter(settings_factory(instagram_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
     base, query = split_url(url)
-    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
+    assert base == "https://www.facebook.com/v27.0/dialog/oauth"
     scopes = query["scope"].split(",")
     assert {"instagram_basic", "pages_show_list", "pages_read_engagement"} <= set(scopes)
     assert query["client_id"] == fakemeta.APP_ID and query["state"] == "abc" and query["response_type"] == "code"
@@ -167,7 +167,7 @@ def test_legacy_refresh_on_connection_refused_is_transient(
 ):
     user = connect(adapter, http)
     legacy = user.replace(metadata={**user.metadata, "page_id": "201"})
-    dead = InstagramAdapter(settings_factory(instagram_api_url=f"{unused_port_url()}/v21.0"), http)
+    dead = InstagramAdapter(settings_factory(instagram_api_url=f"{unused_port_url()}/v27.0"), http)
     assert_transient(lambda: dead.refresh(legacy))
 
 

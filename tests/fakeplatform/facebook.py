@@ -4,7 +4,7 @@ Facebook and Instagram (via Facebook Login) are one platform at Meta: the same d
 endpoint, ``fb_exchange_token`` and Graph. So one module serves both, and ``settings_env`` points
 the ``FACEBOOK_*`` and the ``INSTAGRAM_*`` overrides at the same routes.
 
-Routes (``{ver}`` is any Graph version, e.g. ``v21.0``):
+Routes (``{ver}`` is any Graph version, e.g. ``v27.0``):
 
 * ``GET /meta/dialog/oauth`` - the login dialog. It never shows a page: it answers ``302`` to
   ``redirect_uri`` with ``code`` and ``state`` at once.
@@ -50,7 +50,7 @@ from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeRespons
 
 APP_ID = "meta-test-app-id"
 APP_SECRET = "meta-test-app-secret-0123456789"
-GRAPH_VERSION = "v21.0"
+GRAPH_VERSION = "v27.0"
 
 SHORT_LIVED = 3600
 LONG_LIVED = 5184000
