@@ -2,7 +2,7 @@
 
 The user token only serves to list Pages: each Page of ``/me/accounts`` comes with its own Page
 token, and a Page token obtained with a *long-lived* user token does not expire
-(``shared/platforms.md`` §1, the newer "Access Tokens" guide), so Page accounts have
+(https://developers.facebook.com/docs/pages/access-tokens; docs/platforms.md), so Page accounts have
 ``refresh_model="none"``. When Meta invalidates one (password change, lost role, app removed)
 the Graph answers code 190 and the account needs a reconnect.
 """

@@ -1,4 +1,4 @@
-"""LinkedIn: OpenID Connect sign-in plus the member follower count (platforms.md §4).
+"""LinkedIn: OpenID Connect sign-in plus the member follower count (docs/platforms.md).
 
 What is particular here:
 

@@ -2,7 +2,8 @@
 
 Meta does not speak RFC 6749 errors. Every Graph failure (token endpoint included) is
 ``{"error": {"message", "type": "OAuthException", "code", "error_subcode", "fbtrace_id"}}`` and
-the *code*, not the HTTP status, says what happened (``shared/platforms.md`` §1):
+the *code*, not the HTTP status, says what happened
+(https://developers.facebook.com/docs/graph-api/guides/error-handling; docs/platforms.md):
 
 * 190 (any subcode: 458 app removed, 460 password changed, 463 expired, 467 logged out...) and
   102 mean the grant is gone → :class:`NeedsReconnect`;
@@ -60,7 +61,7 @@ __all__ = [
 
 #: codes that mean the token or the app authorization is gone (only the user can fix it)
 RECONNECT_CODES = frozenset({190, 102})
-#: throttling codes (Mixpost's list, shared/platforms.md §1)
+#: throttling codes (Mixpost's list; docs/platforms.md, Facebook Pages)
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80010), 80014})
 #: code 4 is the app-wide limit: it holds back every account of the platform, not just one
 APP_THROTTLE_CODES = frozenset({4})

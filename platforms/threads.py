@@ -1,6 +1,6 @@
 """Threads: Meta's separate API on ``graph.threads.com`` with its own app id and secret.
 
-Not Facebook's flow (``shared/platforms.md`` §8, "known mistake" 1): the code yields a short-lived
+Not Facebook's flow (docs/platforms.md, Threads): the code yields a short-lived
 token plus ``user_id``; ``th_exchange_token`` turns it into a 60-day token and
 ``th_refresh_token`` extends that one (it must be at least 24 h old and not expired), hence
 ``refresh_model="extend"``. Errors are Meta-shaped and read by :func:`platforms.meta.classify_meta`.

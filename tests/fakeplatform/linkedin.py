@@ -1,4 +1,4 @@
-"""Fake LinkedIn OAuth 2.0, OIDC userinfo and member follower count, under ``/linkedin/`` (platforms.md §4).
+"""Fake LinkedIn OAuth 2.0, OIDC userinfo and member follower count, under ``/linkedin/`` (docs/platforms.md).
 
 * Client credentials in the form body (no Basic, no PKCE); 60-day access tokens.
 * Refresh tokens only for partner apps: here, only for the fake user ``partner``. They do not
