@@ -2,7 +2,7 @@
 
 The user token only serves to list Pages: each Page of ``/me/accounts`` comes with its own Page
 token, and a Page token obtained with a *long-lived* user token does not expire
-(``shared/platforms.md`` §1, the newer "Access Tokens" guide), so Page accounts have
+(https://developers.facebook.com/docs/pages/access-tokens; docs/platforms.md), so Page accounts have
 ``refresh_model="none"``. When Meta invalidates one (password change, lost role, app removed)
 the Graph answers code 190 and the account needs a reconnect.
 """
@@ -33,15 +33,17 @@ class FacebookAdapter(MetaGraphAdapter):
     )
 
     def fetch_accounts(self, tokens: TokenSet) -> list[AccountProfile]:
-        """Every Page of ``/me/accounts`` (all result pages), each with its own Page token.
+        """Every Page of ``/me/accounts`` and, with ``business_management``, of the user's
+        businesses (all result pages), each with its own Page token.
 
         A Page listed without an ``access_token`` (the user lacks a task on it) cannot be acted
         for, so it is left out. Counts are not fetched here: the first sync fills them.
         """
         tokens = self.ensure_long_lived(tokens)
         user_id = self.user_id(tokens)
+        granted = self.granted_permissions(tokens)
         profiles = []
-        for page in self.list_pages(tokens, PAGE_FIELDS):
+        for page in self.list_pages(tokens, PAGE_FIELDS, granted):
             page_token = page.get("access_token")
             if not isinstance(page_token, str) or not page_token:
                 continue
@@ -55,7 +57,7 @@ class FacebookAdapter(MetaGraphAdapter):
                     tokens=TokenSet(
                         access_token=page_token,
                         expires_at=None,
-                        scopes=tokens.scopes,
+                        scopes=granted or tokens.scopes,
                         metadata={"meta_user_id": user_id, "token_type": "page"},
                     ),
                     refresh_model="none",

@@ -1,4 +1,4 @@
-"""LinkedIn: OpenID Connect sign-in plus the member follower count (platforms.md §4).
+"""LinkedIn: OpenID Connect sign-in plus the member follower count (docs/platforms.md).
 
 What is particular here:
 
@@ -7,11 +7,17 @@ What is particular here:
   refresh model is per account: ``reuse`` when the token answer carried a refresh token, else
   ``none`` (the user reconnects before the 60 days end). It is also kept in
   ``TokenSet.metadata["refresh_model"]`` so later code can tell without the profile.
+* Scopes are ``LINKEDIN_SCOPES`` (space-separated; default ``openid profile email
+  w_member_social``).
 * Followers come from the versioned ``/rest`` API, which lives next to ``/v2``: the ``/rest``
   base is ``P_API_URL`` with a trailing ``/v2`` replaced by ``/rest`` (any other base simply gets
-  ``/rest`` appended). It needs ``r_member_profileAnalytics``, which most apps lack: a refusal
-  there leaves the count ``None`` and never fails the connect. Following and post counts do not
-  exist for members.
+  ``/rest`` appended). ``memberFollowersCount`` needs ``r_member_profileAnalytics``
+  (https://learn.microsoft.com/en-us/linkedin/marketing/community-management/members/follower-statistics),
+  a Community Management API product most apps lack. It is requested only when
+  ``LINKEDIN_SCOPES`` names it, and the count is asked for only when the token answer's
+  ``scope`` shows it granted; otherwise followers are ``None`` without a request. A refusal
+  there still leaves the count ``None`` and never fails the connect. Following and post counts
+  do not exist for members.
 * Revocation: ``POST https://www.linkedin.com/oauth/v2/revoke`` is used by several open-source
   clients but is not in LinkedIn's stored documentation (UNCONFIRMED). So by default there is
   none (``revoke`` answers ``"none"``); setting ``LINKEDIN_REVOKE_URL`` turns on RFC 7009
@@ -47,7 +53,10 @@ from social_accounts.errors import (
 )
 from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
 
-__all__ = ["LinkedInAdapter"]
+__all__ = ["FOLLOWERS_SCOPE", "LinkedInAdapter"]
+
+#: the scope memberFollowersCount needs
+FOLLOWERS_SCOPE = "r_member_profileAnalytics"
 
 #: LinkedIn's serviceErrorCode values meaning the token is gone for good
 RECONNECT_SERVICE_CODES = {65600: "INVALID_ACCESS_TOKEN", 65601: "REVOKED_ACCESS_TOKEN"}
@@ -70,6 +79,18 @@ class LinkedInAdapter(OAuth2Adapter):
     use_pkce = False
     client_id_setting = "linkedin_client_id"
     client_secret_setting = "linkedin_client_secret"
+
+    # ---- scopes -----------------------------------------------------------------------------
+
+    def requested_scopes(self) -> tuple[str, ...]:
+        """``LINKEDIN_SCOPES`` split on spaces (or commas); the class default when it is empty."""
+        configured = tuple(s for s in self.settings.linkedin_scopes.replace(",", " ").split() if s)
+        return configured or self.scopes
+
+    def authorization_params(self, *, state: str, redirect_uri: str, code_challenge: str | None) -> dict[str, str]:
+        params = super().authorization_params(state=state, redirect_uri=redirect_uri, code_challenge=code_challenge)
+        params["scope"] = self.scope_separator.join(self.requested_scopes())
+        return params
 
     # ---- reading failures -------------------------------------------------------------------
 
@@ -148,6 +169,9 @@ class LinkedInAdapter(OAuth2Adapter):
         return Stats(followers=followers)
 
     def _followers(self, tokens: TokenSet) -> int | None:
+        """``memberFollowersCount``, only when the granted scope allows it (no request otherwise)."""
+        if FOLLOWERS_SCOPE not in tokens.scopes:
+            return None
         body = self.get_json(
             self.rest("memberFollowersCount"),
             tokens,

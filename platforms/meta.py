@@ -2,7 +2,8 @@
 
 Meta does not speak RFC 6749 errors. Every Graph failure (token endpoint included) is
 ``{"error": {"message", "type": "OAuthException", "code", "error_subcode", "fbtrace_id"}}`` and
-the *code*, not the HTTP status, says what happened (``shared/platforms.md`` §1):
+the *code*, not the HTTP status, says what happened
+(https://developers.facebook.com/docs/graph-api/guides/error-handling; docs/platforms.md):
 
 * 190 (any subcode: 458 app removed, 460 password changed, 463 expired, 467 logged out...) and
   102 mean the grant is gone → :class:`NeedsReconnect`;
@@ -13,8 +14,9 @@ the *code*, not the HTTP status, says what happened (``shared/platforms.md`` §1
   permissions, which retrying will not grant).
 
 :class:`MetaGraphAdapter` is the base of the Facebook and Instagram adapters: the Meta dialog,
-the ``/oauth/access_token`` endpoint with its ``fb_exchange_token`` follow-up, paginated
-``/me/accounts``, and revocation with ``DELETE /{user-id}/permissions``.
+the ``/oauth/access_token`` endpoint with its ``fb_exchange_token`` follow-up (short-lived → long-lived,
+once, at connect), paginated ``/me/accounts`` plus Business Manager Pages, and revocation with
+``DELETE /{user-id}/permissions``.
 
 Tokens always travel in the ``Authorization`` header (or a POST body), never in a query string,
 so a logged URL never carries one. ``appsecret_proof`` is added to every Graph read so apps
@@ -59,7 +61,7 @@ __all__ = [
 
 #: codes that mean the token or the app authorization is gone (only the user can fix it)
 RECONNECT_CODES = frozenset({190, 102})
-#: throttling codes (Mixpost's list, shared/platforms.md §1)
+#: throttling codes (Mixpost's list; docs/platforms.md, Facebook Pages)
 THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80010), 80014})
 #: code 4 is the app-wide limit: it holds back every account of the platform, not just one
 APP_THROTTLE_CODES = frozenset({4})
@@ -81,7 +83,7 @@ MAX_PAGES = 100
 
 
 def graph_base(version: str) -> str:
-    """The default Graph API base for a version (``v21.0``)."""
+    """The default Graph API base for a version (``v27.0``)."""
     return f"https://graph.facebook.com/{version}"
 
 
@@ -183,10 +185,23 @@ def usage_near_limit(response: httpx.Response) -> float | None:
     return regain if regain is not None else NEAR_LIMIT_WAIT_SECONDS
 
 
+def _app_usage_near_limit(response: httpx.Response) -> bool:
+    app = _header_json(response, "x-app-usage")
+    return isinstance(app, dict) and _percent(app) >= NEAR_LIMIT_PERCENT
+
+
 def meta_rate_hint(response: httpx.Response) -> RateHint | None:
-    """:func:`usage_near_limit` as an app-wide hint (Facebook, Instagram and Threads alike)."""
+    """Usage near its limit, scoped as Meta scopes the limit itself.
+
+    ``X-App-Usage`` counts the whole app: at ≥ 95 % every account waits (``"app"``).
+    ``X-Business-Use-Case-Usage`` counts one business object (the Page or Instagram account the
+    token acts for): at ≥ 95 % only that account waits (``"account"``), the others keep going
+    (https://developers.facebook.com/docs/graph-api/overview/rate-limiting#buc-rate-limits).
+    """
     seconds = usage_near_limit(response)
-    return None if seconds is None else RateHint(seconds, "app")
+    if seconds is None:
+        return None
+    return RateHint(seconds, "app" if _app_usage_near_limit(response) else "account")
 
 
 def classify_meta(response: httpx.Response, platform: str) -> PlatformError | None:
@@ -261,7 +276,7 @@ class MetaOAuth2Adapter(OAuth2Adapter):
         return classify_meta(response, self.platform)
 
     def rate_hint(self, response: httpx.Response) -> RateHint | None:
-        """Usage headers near their limit: hold every account of the app back (app-wide)."""
+        """Usage headers near their limit: the app (``X-App-Usage``) or one account (BUC)."""
         return meta_rate_hint(response)
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
@@ -391,26 +406,69 @@ class MetaGraphAdapter(MetaOAuth2Adapter):
             raise Permanent("Graph /me returned no id", platform=self.platform)
         return str(uid)
 
-    def list_pages(self, tokens: TokenSet, fields: str) -> list[dict[str, Any]]:
-        """Every Page of ``/me/accounts``, following ``paging.next`` to the end.
+    def granted_permissions(self, tokens: TokenSet) -> tuple[str, ...]:
+        """The permissions the user granted (``GET /me/permissions``, status ``granted``).
+
+        Meta's token answers carry no ``scope``, and a user may decline some permissions in the
+        dialog: this is the documented way to know
+        (https://developers.facebook.com/docs/graph-api/reference/user/permissions/).
+        """
+        body = self.graph_get(self.api("me/permissions"), tokens.access_token)
+        data = body.get("data")
+        items = data if isinstance(data, list) else []
+        return tuple(
+            str(item["permission"])
+            for item in items
+            if isinstance(item, dict) and item.get("status") == "granted" and item.get("permission")
+        )
+
+    def list_pages(self, tokens: TokenSet, fields: str, granted: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every Page the user can act for: ``/me/accounts``, then, with ``business_management``
+        granted, the Pages of each business (``/me/businesses`` → ``owned_pages`` and
+        ``client_pages``), which ``/me/accounts`` does not list. A Page seen twice counts once
+        (the first answer wins).
+
+        https://developers.facebook.com/docs/graph-api/reference/business/owned_pages/ and
+        https://developers.facebook.com/docs/marketing-api/reference/business/client_pages/.
+        A business edge refused for a missing permission (the user has no role on that asset)
+        is skipped: those Pages are not reachable, the others are.
+        """
+        pages: dict[str, dict[str, Any]] = {}
+        for page in self.list_edge(tokens, "me/accounts", fields):
+            pages.setdefault(str(page["id"]), page)
+        if "business_management" in granted:
+            for business in self.list_edge(tokens, "me/businesses", "id,name"):
+                for edge in ("owned_pages", "client_pages"):
+                    try:
+                        found = self.list_edge(tokens, f"{business['id']}/{edge}", fields)
+                    except Permanent as exc:
+                        if is_permission_error(exc):
+                            continue
+                        raise
+                    for page in found:
+                        pages.setdefault(str(page["id"]), page)
+        return list(pages.values())
+
+    def list_edge(self, tokens: TokenSet, path: str, fields: str) -> list[dict[str, Any]]:
+        """Every item of a Graph edge, following ``paging.next`` to the end.
 
         ``paging.next`` is an absolute URL chosen by Meta; it is followed only on the API's own
         origin (our token must not travel elsewhere), with any ``access_token`` it carries
         removed from the query and sent in the header instead.
         """
-        pages: list[dict[str, Any]] = []
-        url: str | None = self.api("me/accounts")
+        items: list[dict[str, Any]] = []
+        url: str | None = self.api(path)
         params: dict[str, str] | None = {"fields": fields, "limit": str(self.page_limit)}
         for _ in range(MAX_PAGES):
             if url is None:
-                return pages
+                return items
             body = self.graph_get(url, tokens.access_token, params)
             data = body.get("data")
             if isinstance(data, list):
-                pages.extend(item for item in data if isinstance(item, dict) and item.get("id"))
+                items.extend(item for item in data if isinstance(item, dict) and item.get("id"))
             paging = body.get("paging")
             url, params = self._next_page(paging.get("next") if isinstance(paging, dict) else None)
-        raise Permanent(f"/me/accounts has more than {MAX_PAGES} result pages", platform=self.platform)
+        raise Permanent(f"/{path} has more than {MAX_PAGES} result pages", platform=self.platform)
 
     def _next_page(self, next_url: object) -> tuple[str | None, dict[str, str] | None]:
         if not isinstance(next_url, str) or not next_url:

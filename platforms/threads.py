@@ -1,11 +1,16 @@
-"""Threads: Meta's separate API on ``graph.threads.net`` with its own app id and secret.
+"""Threads: Meta's separate API on ``graph.threads.com`` with its own app id and secret.
 
-Not Facebook's flow (``shared/platforms.md`` §8, "known mistake" 1): the code yields a short-lived
+Not Facebook's flow (docs/platforms.md, Threads): the code yields a short-lived
 token plus ``user_id``; ``th_exchange_token`` turns it into a 60-day token and
 ``th_refresh_token`` extends that one (it must be at least 24 h old and not expired), hence
 ``refresh_model="extend"``. Errors are Meta-shaped and read by :func:`platforms.meta.classify_meta`.
 
-``THREADS_API_URL`` is the host base (default ``https://graph.threads.net``, no version): the
+The dialog is ``https://threads.com/oauth/authorize`` and the API ``https://graph.threads.com``, as
+the current documentation shows
+(https://developers.facebook.com/documentation/threads/get-started/get-access-tokens-and-permissions);
+``threads.net`` still answers but is the older host.
+
+``THREADS_API_URL`` is the host base (default ``https://graph.threads.com``, no version): the
 versioned profile paths (``/v1.0/me``) and the unversioned token paths (``/access_token``,
 ``/refresh_access_token``) are both joined to it, exactly as the documented URLs read. The
 token-exchange calls are GETs with the token in the query string because that is the only
@@ -38,9 +43,9 @@ class ThreadsAdapter(MetaOAuth2Adapter):
     required_env = ("THREADS_APP_ID", "THREADS_APP_SECRET")
     client_id_setting = "threads_app_id"
     client_secret_setting = "threads_app_secret"
-    authorize_url = "https://threads.net/oauth/authorize"
-    token_url = "https://graph.threads.net/oauth/access_token"
-    api_url = "https://graph.threads.net"
+    authorize_url = "https://threads.com/oauth/authorize"
+    token_url = "https://graph.threads.com/oauth/access_token"
+    api_url = "https://graph.threads.com"
     scopes = ("threads_basic", "threads_content_publish", "threads_manage_insights")
 
     # ---- tokens ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import collections
 import contextlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -323,6 +324,29 @@ def check_platforms(settings: Settings, out: list[Check]) -> None:
                 out.append(Check(f"platform {status.platform}", "info", f"not configured: set {missing}"))
 
 
+def check_api_versions(settings: Settings, out: list[Check], today: date | None = None) -> None:
+    """META_GRAPH_VERSION near its published expiry, LINKEDIN_API_VERSION unpublished or over a
+    year old (``platforms/versions.py`` holds the published tables and their sources)."""
+    from platforms.versions import graph_version_warning, linkedin_version_warning
+    from social_accounts.clock import utcnow
+
+    with _guard("api versions", out):
+        day = today or utcnow().date()
+        items = [
+            warning
+            for warning in (
+                graph_version_warning(settings.meta_graph_version, day),
+                linkedin_version_warning(settings.linkedin_api_version, day),
+            )
+            if warning
+        ]
+        if items:
+            out.append(Check("api versions", "warn", f"{len(items)} API version setting(s) need attention", items))
+        else:
+            detail = f"Graph API {settings.meta_graph_version}, LinkedIn-Version {settings.linkedin_api_version}"
+            out.append(Check("api versions", "ok", detail))
+
+
 # ---- all of it ------------------------------------------------------------------------------
 
 
@@ -346,6 +370,7 @@ def run_checks(settings: Settings) -> list[Check]:
     with _guard("redis", out):
         check_redis_state(settings, out, instance)
     check_platforms(settings, out)
+    check_api_versions(settings, out)
     return out
 
 

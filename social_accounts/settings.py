@@ -95,9 +95,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9191, ge=0, le=65535)
     #: loopback by default: metrics name platforms and queues, not for the open internet
     worker_metrics_host: str = "127.0.0.1"
-    meta_graph_version: str = "v21.0"
-    #: LinkedIn-Version header of /rest calls (YYYYMM); LinkedIn sunsets each version after about a year
-    linkedin_api_version: str = "202610"
+    #: the one Graph API version of every Meta call (platforms/versions.py: expiry dates, doctor warns)
+    meta_graph_version: str = "v27.0"
+    #: LinkedIn-Version header of /rest calls (YYYYMM, a published one); sunset after about a year
+    linkedin_api_version: str = "202607"
+    #: LinkedIn scopes, space-separated; add r_member_profileAnalytics for member follower counts
+    linkedin_scopes: str = "openid profile email w_member_social"
     #: read and write timeout of every platform call (connect: at most 3 s); 0 < value <= 120
     http_timeout_seconds: float = 10.0
     #: a connect attempt still pending after this long (lost message, Redis restart) ends as failed/timeout

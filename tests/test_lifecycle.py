@@ -376,7 +376,7 @@ CASES: list[tuple[str, dict[str, str], str, str, str | None]] = [
     ("youtube", {}, "refreshed", "kept", "/youtube/revoke"),
     ("pinterest", {}, "refreshed", "rotates", None),
     ("facebook", {}, "nothing_to_do", "none", "/meta/graph/*"),
-    ("instagram", {}, "refreshed", "none", "/meta/graph/*"),
+    ("instagram", {}, "nothing_to_do", "none", "/meta/graph/*"),
     ("threads", {}, "refreshed", "none", None),
 ]
 

@@ -20,7 +20,7 @@ from tests.fakeplatform.facebook import META, buc_header, follow_dialog, meta_er
 from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
 from tests.platform_support import meta_connect as connect
 
-GRAPH = "/meta/graph/v21.0"
+GRAPH = "/meta/graph/v27.0"
 
 
 http = platform_support.http
@@ -36,7 +36,7 @@ def test_authorization_url_is_meta_dialog_with_comma_scopes_and_no_pkce(settings
     adapter = FacebookAdapter(settings_factory(facebook_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="challenge-value")
     base, query = split_url(url)
-    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
+    assert base == "https://www.facebook.com/v27.0/dialog/oauth"
     assert query["client_id"] == fakemeta.APP_ID
     assert query["redirect_uri"] == REDIRECT
     assert query["state"] == "abc"
@@ -181,6 +181,45 @@ def test_fetch_accounts_returns_every_page_across_result_pages(
     assert all(r.headers.get("authorization", "").startswith("Bearer ") for r in fake.requests)
 
 
+def test_business_manager_pages_are_added_and_deduplicated(
+    adapter: FacebookAdapter, http: httpx.Client, fake: FakePlatformServer
+):
+    tokens = connect(adapter, http, "dora")
+    META.page_size = 1  # every edge answers one Page per result page
+    fake.reset_log()
+    accounts = adapter.fetch_accounts(tokens)
+    # 301 from /me/accounts (also owned by the business: once), 302 owned, 303 a client's Page
+    assert [a.platform_account_id for a in accounts] == ["301", "302", "303"]
+    assert [a.name for a in accounts] == ["Dora Shop", "Dora Outlet", "Client Co"]
+    assert fake.count(f"{GRAPH}/me/businesses") == 1
+    assert fake.count(f"{GRAPH}/9001/owned_pages") == 2  # two result pages, followed
+    assert fake.count(f"{GRAPH}/9001/client_pages") == 1
+    for account in accounts:
+        assert fakemeta.META.tokens[account.tokens.access_token].page_id == account.platform_account_id
+        assert "business_management" in account.tokens.scopes
+    assert adapter.fetch_stats("302", accounts[1].tokens).followers == 450  # its Page token works
+
+
+def test_without_business_management_no_business_is_walked(
+    adapter: FacebookAdapter, http: httpx.Client, fake: FakePlatformServer
+):
+    tokens = connect(adapter, http, "erin")  # declines business_management in the dialog
+    fake.reset_log()
+    accounts = adapter.fetch_accounts(tokens)
+    assert [a.platform_account_id for a in accounts] == ["301"]
+    assert "business_management" not in accounts[0].tokens.scopes
+    assert fake.count(f"{GRAPH}/me/businesses") == 0
+    assert fake.count(f"{GRAPH}/9001/*") == 0
+
+
+def test_a_business_edge_refused_for_a_permission_is_skipped(
+    adapter: FacebookAdapter, http: httpx.Client, fake: FakePlatformServer
+):
+    tokens = connect(adapter, http, "dora")
+    fake.fail(f"{GRAPH}/9001/client_pages", meta_error(200, "(#200) Permissions error", status=403))
+    assert [a.platform_account_id for a in adapter.fetch_accounts(tokens)] == ["301", "302"]
+
+
 def test_appsecret_proof_is_sent_and_valid(adapter: FacebookAdapter, http: httpx.Client, fake: FakePlatformServer):
     tokens = connect(adapter, http)
     META.require_proof = True  # the fake now refuses Graph reads without a correct proof
@@ -317,7 +356,7 @@ def test_server_errors_are_transient(
 
 
 def test_connection_refused_is_transient(settings_factory: Any, http: httpx.Client, page: Any):
-    dead = f"http://127.0.0.1:{closed_port()}/v21.0"
+    dead = f"http://127.0.0.1:{closed_port()}/v27.0"
     adapter = FacebookAdapter(settings_factory(facebook_api_url=dead, facebook_token_url=None), http)
     assert_transient(lambda: adapter.fetch_stats("201", page.tokens))
     with pytest.raises(Transient):  # the token endpoint follows the API base

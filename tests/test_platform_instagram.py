@@ -19,7 +19,7 @@ from tests.fakeplatform.facebook import META, buc_header, meta_error
 from tests.platform_support import REDIRECT, assert_no_secret, assert_transient, split_url
 from tests.platform_support import meta_connect as connect
 
-GRAPH = "/meta/graph/v21.0"
+GRAPH = "/meta/graph/v27.0"
 IG_BAKERY = "17841400000001"
 IG_BOOKS = "17841400000003"
 
@@ -42,7 +42,7 @@ def test_authorization_url_uses_meta_dialog_with_instagram_scopes(settings_facto
     adapter = InstagramAdapter(settings_factory(instagram_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
     base, query = split_url(url)
-    assert base == "https://www.facebook.com/v21.0/dialog/oauth"
+    assert base == "https://www.facebook.com/v27.0/dialog/oauth"
     scopes = query["scope"].split(",")
     assert {"instagram_basic", "pages_show_list", "pages_read_engagement"} <= set(scopes)
     assert query["client_id"] == fakemeta.APP_ID and query["state"] == "abc" and query["response_type"] == "code"
@@ -64,7 +64,7 @@ def test_exchange_returns_long_lived_user_token(
 # ---- accounts and stats ------------------------------------------------------------------------
 
 
-def test_fetch_accounts_returns_each_linked_instagram_account(
+def test_fetch_accounts_returns_each_linked_instagram_account_with_its_page_token(
     adapter: InstagramAdapter, http: httpx.Client, fake: FakePlatformServer
 ):
     tokens = connect(adapter, http)
@@ -78,11 +78,17 @@ def test_fetch_accounts_returns_each_linked_instagram_account(
     assert bakery.avatar_url == f"https://cdn.example.test/ig/{IG_BAKERY}.jpg"
     assert (bakery.stats.followers, bakery.stats.following, bakery.stats.posts) == (1200, 80, 45)
     for profile in accounts:
-        assert profile.refresh_model == "extend"
-        assert profile.tokens.access_token == tokens.access_token  # the long-lived user token
-        assert profile.tokens.expires_at == tokens.expires_at
+        assert profile.refresh_model == "none"  # a Page token from a long-lived user token never expires
+        assert profile.tokens.access_token != tokens.access_token  # the user token is not kept
+        assert profile.tokens.expires_at is None and profile.tokens.refresh_token is None
         assert profile.tokens.metadata["meta_user_id"] == "10001"
+        assert profile.tokens.metadata["token_type"] == "page"
+        assert META.tokens[profile.tokens.access_token].kind == "page"
     assert [a.tokens.metadata["page_id"] for a in accounts] == ["201", "203"]
+    assert META.tokens[bakery.tokens.access_token].page_id == "201"
+    # the Instagram account was read with its Page's token
+    (ig_read,) = [r for r in fake.requests if r.path == f"{GRAPH}/{IG_BAKERY}"]
+    assert ig_read.headers["authorization"] == f"Bearer {bakery.tokens.access_token}"
     assert all("access_token" not in r.query for r in fake.requests)
 
 
@@ -98,48 +104,80 @@ def test_fetch_stats(adapter: InstagramAdapter, account: AccountProfile, fake: F
     assert request.query["fields"] == "followers_count,follows_count,media_count"
 
 
-# ---- refresh (extend) --------------------------------------------------------------------------
+# ---- refresh: nothing to do -------------------------------------------------------------------
 
 
-def test_refresh_exchanges_the_current_token_for_a_new_long_lived_one(
-    adapter: InstagramAdapter, account: AccountProfile, fake: FakePlatformServer
-):
-    fake.reset_log()
-    fresh = adapter.refresh(account.tokens)
-    assert fresh.access_token != account.tokens.access_token
-    assert fresh.access_token.startswith("EAAl")
-    assert fresh.expires_at is not None and account.tokens.expires_at is not None
-    assert fresh.expires_at >= account.tokens.expires_at
-    assert fresh.metadata["meta_user_id"] == "10001" and fresh.metadata["page_id"] == "201"
-    (request,) = fake.requests
-    assert request.form["grant_type"] == "fb_exchange_token"
-    assert request.form["fb_exchange_token"] == account.tokens.access_token
-    assert adapter.fetch_stats(IG_BAKERY, fresh).followers == 1200  # the new token works
-
-
-def test_refresh_of_an_expired_token_needs_reconnect_without_a_call(
+def test_sixty_one_days_later_the_page_token_still_works_and_nothing_is_exchanged(
     settings_factory: Any, http: httpx.Client, account: AccountProfile, fake: FakePlatformServer
 ):
+    """What killed accounts at day 60: the stored token was the 60-day user token."""
+    later = InstagramAdapter(settings_factory(), http, clock=lambda: datetime.now(UTC) + timedelta(days=61))
+    fake.reset_log()
+    with pytest.raises(Permanent):  # the worker never asks (refresh_model "none"); if asked, nothing to do
+        later.refresh(account.tokens)
+    assert fake.requests == []
+    assert later.fetch_stats(IG_BAKERY, account.tokens).followers == 1200
+    assert not [r for r in fake.requests if r.form.get("grant_type") == "fb_exchange_token"]
+
+
+def test_a_page_token_only_reads_its_own_instagram_account(adapter: InstagramAdapter, account: AccountProfile):
+    with pytest.raises(Permanent) as info:
+        adapter.fetch_stats(IG_BOOKS, account.tokens)  # Books hangs on Page 203, not 201
+    assert info.value.code == "100/33"
+
+
+def test_lost_page_role_or_revoked_app_is_code_190_needs_reconnect(
+    adapter: InstagramAdapter, account: AccountProfile, fake: FakePlatformServer
+):
+    fake.fail(
+        f"{GRAPH}/{IG_BAKERY}", meta_error(190, "Error validating access token: user is not an admin", subcode=460)
+    )
+    with pytest.raises(NeedsReconnect) as info:
+        adapter.fetch_stats(IG_BAKERY, account.tokens)
+    assert info.value.code == "190/460"
+
+
+def test_account_still_on_a_user_token_swaps_it_for_the_page_token_on_refresh(
+    adapter: InstagramAdapter, http: httpx.Client, fake: FakePlatformServer
+):
+    user = connect(adapter, http)
+    legacy = user.replace(metadata={**user.metadata, "meta_user_id": "10001", "page_id": "201"})
+    fake.reset_log()
+    fresh = adapter.refresh(legacy)
+    assert fresh.access_token != user.access_token and META.tokens[fresh.access_token].kind == "page"
+    assert fresh.expires_at is None and fresh.metadata["token_type"] == "page" and fresh.metadata["page_id"] == "201"
+    assert [r.form.get("grant_type") for r in fake.requests if r.method == "POST"] == []  # no fb_exchange_token
+    assert adapter.fetch_stats(IG_BAKERY, fresh).followers == 1200
+
+
+def test_legacy_user_token_that_expired_needs_reconnect_without_a_call(
+    settings_factory: Any, http: httpx.Client, adapter: InstagramAdapter, fake: FakePlatformServer
+):
+    user = connect(adapter, http)
+    legacy = user.replace(metadata={**user.metadata, "page_id": "201"})
     later = InstagramAdapter(settings_factory(), http, clock=lambda: datetime.now(UTC) + timedelta(days=61))
     fake.reset_log()
     with pytest.raises(NeedsReconnect):
-        later.refresh(account.tokens)
+        later.refresh(legacy)
     assert fake.requests == []
 
 
-def test_refresh_refused_by_meta_as_expired_needs_reconnect(
-    adapter: InstagramAdapter, account: AccountProfile, fake: FakePlatformServer
+def test_legacy_refresh_on_connection_refused_is_transient(
+    settings_factory: Any, http: httpx.Client, adapter: InstagramAdapter
 ):
-    fake.grants.expire_access(account.tokens.access_token)
-    with pytest.raises(NeedsReconnect) as info:
-        adapter.refresh(account.tokens)
-    assert info.value.code == "190/463"
-    assert_no_secret(info.value, account.tokens.access_token)
+    user = connect(adapter, http)
+    legacy = user.replace(metadata={**user.metadata, "page_id": "201"})
+    dead = InstagramAdapter(settings_factory(instagram_api_url=f"{unused_port_url()}/v27.0"), http)
+    assert_transient(lambda: dead.refresh(legacy))
 
 
-def test_refresh_on_connection_refused_is_transient(settings_factory: Any, http: httpx.Client, account: AccountProfile):
-    dead = InstagramAdapter(settings_factory(instagram_token_url=f"{unused_port_url()}/oauth/access_token"), http)
-    assert_transient(lambda: dead.refresh(account.tokens))
+# ---- Business Manager ---------------------------------------------------------------------------
+
+
+def test_instagram_accounts_of_business_manager_pages_are_found(adapter: InstagramAdapter, http: httpx.Client):
+    accounts = adapter.fetch_accounts(connect(adapter, http, "dora"))
+    assert [a.platform_account_id for a in accounts] == ["17841400000301", "17841400000302"]
+    assert [a.tokens.metadata["page_id"] for a in accounts] == ["301", "302"]
 
 
 # ---- revoke ------------------------------------------------------------------------------------
@@ -172,11 +210,12 @@ def test_buc_throttle_on_instagram_account(
 
 
 def test_app_throttle_code_4_holds_back_the_whole_app(
-    adapter: InstagramAdapter, account: AccountProfile, fake: FakePlatformServer
+    adapter: InstagramAdapter, http: httpx.Client, fake: FakePlatformServer
 ):
+    tokens = connect(adapter, http)
     fake.fail(f"{GRAPH}/me/accounts", meta_error(4, "Application request limit reached"))
     with pytest.raises(RateLimited) as info:
-        adapter.fetch_accounts(account.tokens)
+        adapter.fetch_accounts(tokens)
     assert info.value.scope == "app"
     assert info.value.retry_after == 3600
 

@@ -29,11 +29,44 @@ from tests.platform_support import (
 )
 
 STATE = "state-li"
+#: LINKEDIN_SCOPES of an app that has the Community Management product (member follower counts)
+ANALYTICS_SCOPES = "openid profile email w_member_social r_member_profileAnalytics"
 
 
 http = platform_support.http
 make = platform_support.adapter_factory(LinkedInAdapter)
 adapter = platform_support.adapter
+
+
+@pytest.fixture
+def analytics(make: Any) -> LinkedInAdapter:
+    """An adapter whose LINKEDIN_SCOPES ask for r_member_profileAnalytics."""
+    built: LinkedInAdapter = make(linkedin_scopes=ANALYTICS_SCOPES)
+    return built
+
+
+def test_follower_scope_is_requested_only_when_linkedin_scopes_names_it(
+    adapter: LinkedInAdapter, analytics: LinkedInAdapter
+) -> None:
+    plain = split_url(
+        adapter.authorization_url(state=STATE, redirect_uri="https://a.example/oauth/callback", code_challenge=None)
+    )
+    assert "r_member_profileAnalytics" not in plain[1]["scope"].split(" ")
+    wanted = split_url(
+        analytics.authorization_url(state=STATE, redirect_uri="https://a.example/oauth/callback", code_challenge=None)
+    )
+    assert wanted[1]["scope"] == ANALYTICS_SCOPES
+
+
+def test_without_the_granted_scope_followers_are_null_and_never_requested(
+    adapter: LinkedInAdapter, fake: FakePlatformServer
+) -> None:
+    tokens = connect(adapter, user="partner")  # the member's app has the product, the scope was not asked
+    assert "r_member_profileAnalytics" not in tokens.scopes
+    [profile] = adapter.fetch_accounts(tokens)
+    assert profile.stats.followers is None
+    assert adapter.fetch_stats(profile.platform_account_id, tokens).followers is None
+    assert fake.count("/linkedin/rest/*") == 0  # no request at all, not a refused one
 
 
 def test_authorization_url_has_no_pkce_and_space_separated_scopes(
@@ -60,8 +93,11 @@ def test_rest_base_is_derived_from_the_api_url(make: Any) -> None:
 
 
 def test_member_without_refresh_token_connects_with_refresh_model_none(
-    adapter: LinkedInAdapter, fake: FakePlatformServer
+    adapter: LinkedInAdapter, analytics: LinkedInAdapter, fake: FakePlatformServer
 ) -> None:
+    [granted] = analytics.fetch_accounts(connect(analytics))
+    assert granted.stats.followers is None  # scope granted, but 403 from /rest (no product): not a failure
+    assert fake.count("/linkedin/rest/memberFollowersCount") == 1
     tokens = connect(adapter)
     token_call = next(r for r in fake.requests if r.path == "/linkedin/oauth/v2/accessToken")
     assert token_call.form["client_secret"] == fake_li.CLIENT_SECRET
@@ -78,7 +114,7 @@ def test_member_without_refresh_token_connects_with_refresh_model_none(
         None,
         fake_li.USERS["alice"]["picture"],
     )
-    assert profile.stats.followers is None  # 403 from /rest: no analytics product, not a failure
+    assert profile.stats.followers is None  # the scope was not asked: no /rest call
     assert (profile.stats.following, profile.stats.posts) == (None, None)
     assert profile.refresh_model == "none"
     assert adapter.fetch_stats(profile.platform_account_id, tokens).followers is None
@@ -87,9 +123,11 @@ def test_member_without_refresh_token_connects_with_refresh_model_none(
 
 
 def test_partner_member_gets_refresh_token_and_follower_count(
-    adapter: LinkedInAdapter, fake: FakePlatformServer
+    analytics: LinkedInAdapter, fake: FakePlatformServer
 ) -> None:
+    adapter = analytics
     tokens = connect(adapter, user="partner")
+    assert "r_member_profileAnalytics" in tokens.scopes
     assert tokens.refresh_token and tokens.refresh_expires_at is not None
     [profile] = adapter.fetch_accounts(tokens)
     assert profile.refresh_model == "reuse"
@@ -100,7 +138,8 @@ def test_partner_member_gets_refresh_token_and_follower_count(
     assert adapter.fetch_stats(profile.platform_account_id, tokens).followers == 5400
 
 
-def test_refresh_keeps_the_fixed_refresh_token(adapter: LinkedInAdapter) -> None:
+def test_refresh_keeps_the_fixed_refresh_token(analytics: LinkedInAdapter) -> None:
+    adapter = analytics
     first = connect(adapter, user="partner")
     second = adapter.refresh(first)
     assert second.refresh_token == first.refresh_token
@@ -123,8 +162,9 @@ def test_refresh_answer_without_refresh_token_keeps_the_old_one(
 
 
 def test_revoked_grant_needs_reconnect_but_is_retried_during_connect(
-    adapter: LinkedInAdapter, fake: FakePlatformServer
+    analytics: LinkedInAdapter, fake: FakePlatformServer
 ) -> None:
+    adapter = analytics
     tokens = connect(adapter, user="partner")
     fake.grants.revoke_token(tokens.access_token)
     with pytest.raises(NeedsReconnect) as info:
@@ -159,8 +199,9 @@ def test_429_waits_until_midnight_utc(make: Any, fake: FakePlatformServer) -> No
 
 
 def test_429_on_followers_does_not_fail_connect_but_does_fail_sync(
-    adapter: LinkedInAdapter, fake: FakePlatformServer
+    analytics: LinkedInAdapter, fake: FakePlatformServer
 ) -> None:
+    adapter = analytics
     tokens = connect(adapter, user="partner")
     fake.fail("/linkedin/rest/", fake_li.rate_limited())
     assert adapter.fetch_accounts(tokens)[0].stats.followers is None

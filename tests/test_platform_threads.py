@@ -42,7 +42,7 @@ def test_authorization_url_uses_threads_app_and_comma_scopes(settings_factory: A
     adapter = ThreadsAdapter(settings_factory(threads_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
     base, query = split_url(url)
-    assert base == "https://threads.net/oauth/authorize"
+    assert base == "https://threads.com/oauth/authorize"  # the current host, not threads.net
     assert query["client_id"] == fakethreads.APP_ID  # the Threads app id, not META_APP_ID
     assert query["scope"].split(",")[0] == "threads_basic"
     assert "threads_manage_insights" in query["scope"].split(",")
@@ -51,10 +51,20 @@ def test_authorization_url_uses_threads_app_and_comma_scopes(settings_factory: A
     assert ThreadsAdapter.required_env == ("THREADS_APP_ID", "THREADS_APP_SECRET")
 
 
-def test_default_endpoints_are_graph_threads_net(settings_factory: Any, http: httpx.Client):
+def test_default_endpoints_are_graph_threads_com(settings_factory: Any, http: httpx.Client):
     adapter = ThreadsAdapter(settings_factory(threads_api_url=None, threads_token_url=None), http)
-    assert adapter.api("v1.0/me") == "https://graph.threads.net/v1.0/me"
-    assert adapter.api("refresh_access_token") == "https://graph.threads.net/refresh_access_token"
+    assert adapter.api("v1.0/me") == "https://graph.threads.com/v1.0/me"
+    assert adapter.api("refresh_access_token") == "https://graph.threads.com/refresh_access_token"
+    assert adapter.endpoint("token_url", adapter.api("oauth/access_token")) == (
+        "https://graph.threads.com/oauth/access_token"
+    )
+
+
+def test_endpoint_overrides_still_move_every_threads_call(adapter: ThreadsAdapter, fake: FakePlatformServer):
+    """The fake is reached through THREADS_AUTHORIZE_URL / THREADS_API_URL, never threads.com."""
+    url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge=None)
+    assert url.startswith(f"{fake.base_url}/threads/oauth/authorize?")
+    assert adapter.api("v1.0/me") == f"{fake.base_url}/threads/v1.0/me"
 
 
 def test_denying_user_comes_back_with_access_denied(adapter: ThreadsAdapter, http: httpx.Client):

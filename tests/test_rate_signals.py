@@ -25,7 +25,7 @@ from platforms.meta import NEAR_LIMIT_WAIT_SECONDS
 from platforms.registry import get_adapter
 from social_accounts.settings import Settings
 from tests import pipeline_support
-from tests.lifecycle_support import FAST_LIFECYCLE, LIFECYCLE_SETTINGS, connect, connect_mastodon, wait_until
+from tests.lifecycle_support import FAST_LIFECYCLE, LIFECYCLE_SETTINGS, connect, connect_mastodon, raw_row, wait_until
 from tests.pipeline_support import Pipeline, events
 from workers import lifecycle_actors, messages, runtime
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown
@@ -56,7 +56,7 @@ def test_x_remaining_zero_is_an_account_pause_until_the_reset(settings_factory: 
     assert adapter.rate_hint(_response({})) is None
 
 
-def test_meta_usage_near_the_limit_is_an_app_wide_pause(settings_factory: Any) -> None:
+def test_meta_app_usage_pauses_the_app_but_buc_usage_only_its_account(settings_factory: Any) -> None:
     settings = _settings(settings_factory)
     for platform in ("facebook", "instagram", "threads"):
         adapter = get_adapter(platform, settings, httpx.Client())
@@ -67,7 +67,14 @@ def test_meta_usage_near_the_limit_is_an_app_wide_pause(settings_factory: Any) -
     hint = get_adapter("facebook", settings, httpx.Client()).rate_hint(
         _response({"x-business-use-case-usage": json.dumps(buc)})
     )
-    assert hint == RateHint(7 * 60.0, "app")  # Meta's own regain estimate wins
+    assert hint == RateHint(7 * 60.0, "account")  # one business object: that account only; Meta's estimate wins
+    near = {"201": [{"type": "pages", "call_count": 96, "total_cputime": 2, "total_time": 3}]}
+    for platform in ("facebook", "instagram"):
+        adapter = get_adapter(platform, settings, httpx.Client())
+        headers = {"x-business-use-case-usage": json.dumps(near)}
+        assert adapter.rate_hint(_response(headers)) == RateHint(NEAR_LIMIT_WAIT_SECONDS, "account"), platform
+        headers["x-app-usage"] = json.dumps({"call_count": 95})
+        assert adapter.rate_hint(_response(headers)) == RateHint(NEAR_LIMIT_WAIT_SECONDS, "app"), platform
 
 
 def test_bluesky_and_mastodon_remaining_zero(settings_factory: Any) -> None:
@@ -181,6 +188,24 @@ def test_meta_usage_at_97_percent_pauses_the_whole_app(life: Pipeline) -> None:
     assert wait_before_call(rt, "facebook", "some-other-account") > 0
     found = active_cooldowns(client, ns)
     assert [(c.platform, c.scope, c.reason) for c in found] == [("facebook", "app", "near_limit")]
+    client.close()
+
+
+def test_meta_buc_usage_at_97_percent_pauses_that_page_only(life: Pipeline) -> None:
+    from tests.fakeplatform.facebook import buc_header
+
+    account_ids = connect(life, "facebook")
+    rt = runtime.current()
+    by_page = {raw_row(life, i).platform_account_id: i for i in account_ids}
+    life.fake.add_headers("/meta/graph/", buc_header("201", 97))
+    _sync(life, by_page["201"])
+    client = _redis(life)
+    ns = life.settings.redis_namespace
+    wait_until(lambda: client.pttl(cooldown_key(ns, "facebook", by_page["201"])) > 0, what="the Page's cooldown")
+    assert client.exists(cooldown_key(ns, "facebook")) == 0  # the app goes on
+    assert wait_before_call(rt, "facebook", by_page["202"]) == 0  # and so does another Page
+    found = active_cooldowns(client, ns)
+    assert [(c.platform, c.scope, c.reason) for c in found] == [("facebook", f"account:{by_page['201']}", "near_limit")]
     client.close()
 
 

@@ -4,7 +4,7 @@ Facebook and Instagram (via Facebook Login) are one platform at Meta: the same d
 endpoint, ``fb_exchange_token`` and Graph. So one module serves both, and ``settings_env`` points
 the ``FACEBOOK_*`` and the ``INSTAGRAM_*`` overrides at the same routes.
 
-Routes (``{ver}`` is any Graph version, e.g. ``v21.0``):
+Routes (``{ver}`` is any Graph version, e.g. ``v27.0``):
 
 * ``GET /meta/dialog/oauth`` - the login dialog. It never shows a page: it answers ``302`` to
   ``redirect_uri`` with ``code`` and ``state`` at once.
@@ -50,7 +50,7 @@ from tests.fakeplatform.core import FakePlatformServer, FakeRequest, FakeRespons
 
 APP_ID = "meta-test-app-id"
 APP_SECRET = "meta-test-app-secret-0123456789"
-GRAPH_VERSION = "v21.0"
+GRAPH_VERSION = "v27.0"
 
 SHORT_LIVED = 3600
 LONG_LIVED = 5184000
@@ -88,11 +88,42 @@ class FakePage:
 
 
 @dataclass
+class FakeBusiness:
+    """A Business Manager business: Pages it owns and its clients' Pages it may act for."""
+
+    id: str
+    name: str
+    owned: list[FakePage] = field(default_factory=list)
+    client: list[FakePage] = field(default_factory=list)
+
+
+@dataclass
 class FakeUser:
     name: str
     id: str
     pages: list[FakePage] = field(default_factory=list)
     deny: bool = False
+    businesses: list[FakeBusiness] = field(default_factory=list)
+    declined: tuple[str, ...] = ()
+
+    def all_pages(self) -> list[FakePage]:
+        """Every Page this user can reach: their own, then those of their businesses."""
+        seen: dict[str, FakePage] = {}
+        for page in [*self.pages, *(p for b in self.businesses for p in (*b.owned, *b.client))]:
+            seen.setdefault(page.id, page)
+        return list(seen.values())
+
+
+def _business_world(name: str, user_id: str, declined: tuple[str, ...] = ()) -> FakeUser:
+    """One Page of their own (also owned by the business), one owned only through Business
+    Manager (with an Instagram account), one client Page."""
+    shop = FakePage("301", "Dora Shop", "dorashop", 900, 850, FakeIG("17841400000301", "dora.shop", "Shop", 300, 20, 7))
+    outlet = FakePage(
+        "302", "Dora Outlet", "doraoutlet", 450, 400, FakeIG("17841400000302", "dora.outlet", "Outlet", 150, 9, 3)
+    )
+    client = FakePage("303", "Client Co", None, 70, 60)
+    business = FakeBusiness("9001", "Dora Group", owned=[shop, outlet], client=[client])
+    return FakeUser(name, user_id, [shop], businesses=[business], declined=declined)
 
 
 def _world() -> dict[str, FakeUser]:
@@ -122,6 +153,9 @@ def _world() -> dict[str, FakeUser]:
         ),
         "bob": FakeUser("bob", "10002", []),
         "carol": FakeUser("carol", "10003", [], deny=True),
+        # Pages reached through Business Manager; erin declines business_management
+        "dora": _business_world("dora", "10004"),
+        "erin": _business_world("erin", "10005", declined=("business_management",)),
     }
 
 
@@ -292,7 +326,7 @@ def install(server: FakePlatformServer) -> None:
         user = META.user(q.get("fake_user") or META.default_user)
         if user is None:
             return FakeResponse(400, "unknown fake_user")
-        return consent_redirect(q, grants, app_id=APP_ID, user=user.name, deny=user.deny)
+        return consent_redirect(q, grants, app_id=APP_ID, user=user.name, deny=user.deny, declined=user.declined)
 
     # -- the token endpoint
 
@@ -333,22 +367,15 @@ def install(server: FakePlatformServer) -> None:
         user = META.users[info.user]
         return FakeResponse(200, {"id": user.id, "name": user.name.title()}, _usage())
 
-    @server.route("GET", "/meta/graph/{ver}/me/accounts")
-    def accounts(req: FakeRequest) -> FakeResponse:
-        auth = authenticate(req)
-        if isinstance(auth, FakeResponse):
-            return auth
-        info, grant = auth
-        if info.kind != "user":
-            return meta_error(100, "(#100) Tried accessing nonexisting field (accounts) on node type (Page)")
-        user = META.users[info.user]
+    def page_edge(req: FakeRequest, info: TokenInfo, grant: Grant, pages: list[FakePage]) -> FakeResponse:
+        """A paginated edge of Page nodes (``/me/accounts``, ``owned_pages``, ``client_pages``)."""
         fields = set((req.query.get("fields") or "id,name").split(","))
         try:
             start = int(req.query.get("after") or 0)
             limit = min(int(req.query.get("limit") or 25), META.page_size)
         except ValueError:
             return meta_error(100, "Invalid paging parameter")
-        chunk = user.pages[start : start + limit]
+        chunk = pages[start : start + limit]
         data = []
         for page in chunk:
             item: dict[str, Any] = {"id": page.id}
@@ -364,7 +391,7 @@ def install(server: FakePlatformServer) -> None:
                 item["instagram_business_account"] = {"id": page.ig.id}
             data.append(item)
         paging: dict[str, Any] = {"cursors": {"before": str(start), "after": str(start + len(chunk))}}
-        if start + limit < len(user.pages):
+        if start + limit < len(pages):
             query = {
                 "access_token": req.bearer() or "",
                 "fields": req.query.get("fields") or "id,name",
@@ -374,17 +401,86 @@ def install(server: FakePlatformServer) -> None:
             paging["next"] = f"http://{req.headers['host']}{req.path}?{urlencode(query)}"
         return FakeResponse(200, {"data": data, "paging": paging}, _usage())
 
+    def user_only(req: FakeRequest) -> tuple[TokenInfo, Grant] | FakeResponse:
+        auth = authenticate(req)
+        if isinstance(auth, FakeResponse):
+            return auth
+        if auth[0].kind != "user":
+            return meta_error(100, "(#100) Tried accessing nonexisting field on node type (Page)")
+        return auth
+
+    @server.route("GET", "/meta/graph/{ver}/me/accounts")
+    def accounts(req: FakeRequest) -> FakeResponse:
+        auth = user_only(req)
+        if isinstance(auth, FakeResponse):
+            return auth
+        info, grant = auth
+        return page_edge(req, info, grant, META.users[info.user].pages)
+
+    @server.route("GET", "/meta/graph/{ver}/me/permissions")
+    def permissions(req: FakeRequest) -> FakeResponse:
+        """What the user granted: ``{"data": [{"permission", "status"}]}`` (declined ones too)."""
+        auth = user_only(req)
+        if isinstance(auth, FakeResponse):
+            return auth
+        info, grant = auth
+        data = [{"permission": "public_profile", "status": "granted"}]
+        data += [{"permission": p, "status": "granted"} for p in grant.scopes]
+        data += [{"permission": p, "status": "declined"} for p in META.users[info.user].declined]
+        return FakeResponse(200, {"data": data}, _usage())
+
+    def business_of(req: FakeRequest) -> tuple[TokenInfo, Grant, FakeBusiness] | FakeResponse:
+        auth = user_only(req)
+        if isinstance(auth, FakeResponse):
+            return auth
+        info, grant = auth
+        if "business_management" not in grant.scopes:
+            return meta_error(200, "(#200) Requires business_management permission to manage the object", status=403)
+        for business in META.users[info.user].businesses:
+            if business.id == req.match.get("node"):
+                return info, grant, business
+        return meta_error(100, "Unsupported get request.", subcode=33)
+
+    @server.route("GET", "/meta/graph/{ver}/me/businesses")
+    def businesses(req: FakeRequest) -> FakeResponse:
+        auth = user_only(req)
+        if isinstance(auth, FakeResponse):
+            return auth
+        info, grant = auth
+        if "business_management" not in grant.scopes:
+            return meta_error(200, "(#200) Requires business_management permission to manage the object", status=403)
+        data = [{"id": b.id, "name": b.name} for b in META.users[info.user].businesses]
+        return FakeResponse(200, {"data": data, "paging": {"cursors": {}}}, _usage())
+
+    @server.route("GET", "/meta/graph/{ver}/{node}/owned_pages")
+    def owned_pages(req: FakeRequest) -> FakeResponse:
+        found = business_of(req)
+        if isinstance(found, FakeResponse):
+            return found
+        info, grant, business = found
+        return page_edge(req, info, grant, business.owned)
+
+    @server.route("GET", "/meta/graph/{ver}/{node}/client_pages")
+    def client_pages(req: FakeRequest) -> FakeResponse:
+        found = business_of(req)
+        if isinstance(found, FakeResponse):
+            return found
+        info, grant, business = found
+        return page_edge(req, info, grant, business.client)
+
     @server.route("GET", "/meta/graph/{ver}/{node}")
     def node(req: FakeRequest) -> FakeResponse:
         auth = authenticate(req)
         if isinstance(auth, FakeResponse):
             return auth
-        info, _ = auth
+        info, grant = auth
         user = META.users[info.user]
         node_id = req.match["node"]
         fields = [f for f in (req.query.get("fields") or "id").split(",") if f]
-        for page in user.pages:
-            if page.id == node_id and (info.kind == "user" or info.page_id == page.id):
+        for page in user.all_pages():
+            # a Page token reads its own Page and that Page's Instagram account, nothing else
+            own = info.kind == "user" or info.page_id == page.id
+            if page.id == node_id and own:
                 values: dict[str, Any] = {
                     "id": page.id,
                     "name": page.name,
@@ -395,8 +491,10 @@ def install(server: FakePlatformServer) -> None:
                 }
                 body = {k: values[k] for k in fields if values.get(k) is not None}
                 body["id"] = page.id
+                if "access_token" in fields and info.kind == "user":
+                    body["access_token"] = page_token(grant, page, info.long_lived)
                 return FakeResponse(200, body, _usage(buc_header(page.id, META.usage_percent, META.regain_minutes)))
-            if page.ig is not None and page.ig.id == node_id:
+            if page.ig is not None and page.ig.id == node_id and own:
                 ig = page.ig
                 values = {
                     "id": ig.id,

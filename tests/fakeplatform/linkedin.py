@@ -1,12 +1,13 @@
-"""Fake LinkedIn OAuth 2.0, OIDC userinfo and member follower count, under ``/linkedin/`` (platforms.md §4).
+"""Fake LinkedIn OAuth 2.0, OIDC userinfo and member follower count, under ``/linkedin/`` (docs/platforms.md).
 
 * Client credentials in the form body (no Basic, no PKCE); 60-day access tokens.
 * Refresh tokens only for partner apps: here, only for the fake user ``partner``. They do not
   rotate and their lifetime is fixed from the first authorization (``refresh_token_expires_in``
   shrinks on each refresh).
 * ``/rest/memberFollowersCount?q=me`` insists on the ``LinkedIn-Version`` and
-  ``X-Restli-Protocol-Version: 2.0.0`` headers, and answers 403 to members whose app lacks the
-  analytics product (every user but ``partner``).
+  ``X-Restli-Protocol-Version: 2.0.0`` headers, and answers 403 unless the grant holds
+  ``r_member_profileAnalytics`` and the member's app has the analytics product (only
+  ``partner``).
 * 401 bodies: ``serviceErrorCode`` 65601 ``REVOKED_ACCESS_TOKEN`` for a revoked grant, 65600 for
   an unknown token; an expired token gets ``EXPIRED_ACCESS_TOKEN`` (that code string is
   UNCONFIRMED upstream). 429 (see :func:`rate_limited`) carries no headers at all.
@@ -38,7 +39,7 @@ CLIENT_SECRET = "linkedin-test-secret"
 CLIENT = OAuthClient(CLIENT_ID, CLIENT_SECRET, "body")
 ACCESS_LIFETIME = 60 * 24 * 3600
 REFRESH_LIFETIME = 365 * 24 * 3600
-SCOPES = frozenset({"openid", "profile", "email", "w_member_social", "r_basicprofile"})
+SCOPES = frozenset({"openid", "profile", "email", "w_member_social", "r_basicprofile", "r_member_profileAnalytics"})
 
 USERS: dict[str, dict[str, Any]] = {
     "alice": {
@@ -148,7 +149,7 @@ def install(server: FakePlatformServer) -> None:
         grant, reason = bearer_grant(request, grants, CLIENT_ID)
         if grant is None:
             return None, unauthorized(reason)
-        return USERS[grant.user], None
+        return {**USERS[grant.user], "scopes": tuple(grant.scopes)}, None
 
     @server.route("GET", "/linkedin/v2/userinfo")
     def userinfo(request: FakeRequest) -> FakeResponse:
@@ -156,7 +157,7 @@ def install(server: FakePlatformServer) -> None:
         if user is None:
             assert failure is not None
             return failure
-        return FakeResponse(200, {k: v for k, v in user.items() if k not in {"partner", "followers"}})
+        return FakeResponse(200, {k: v for k, v in user.items() if k not in {"partner", "followers", "scopes"}})
 
     @server.route("GET", "/linkedin/rest/memberFollowersCount")
     def followers(request: FakeRequest) -> FakeResponse:
@@ -168,7 +169,7 @@ def install(server: FakePlatformServer) -> None:
         if user is None:
             assert failure is not None
             return failure
-        if user["followers"] is None:
+        if user["followers"] is None or "r_member_profileAnalytics" not in user["scopes"]:
             return FakeResponse(
                 403,
                 {

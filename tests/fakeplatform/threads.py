@@ -1,6 +1,6 @@
-"""Fake Threads API (``graph.threads.net``) under ``/threads``.
+"""Fake Threads API (``graph.threads.com``, ``threads.com/oauth/authorize``) under ``/threads``.
 
-Routes, shaped as ``shared/platforms.md`` §8 documents them:
+Routes, shaped as docs/platforms.md (Threads) documents them:
 
 * ``GET /threads/oauth/authorize`` - the consent screen: ``302`` to ``redirect_uri`` with
   ``code`` and ``state`` at once (``error=access_denied`` for a denying user).
