@@ -1,7 +1,17 @@
-"""Shared fixtures: real PostgreSQL, real Redis, the fake platform server, settings.
+"""Shared fixtures: real PostgreSQL, real Redis, the fake platform, settings; and the two tiers.
 
 PostgreSQL and Redis are real. Locally a test that needs one skips when it does not answer; under
 CI (``CI=true``) it fails instead, so a green CI run always means the real services were used.
+
+Tiers: a test marked ``unit`` (``scripts/test --fast`` runs ``-m unit``) touches no service. It
+may not ask for a service fixture (a collection error says which), and while it runs, opening a
+connection, connecting to PostgreSQL or starting a process fails it. The fake platform answers a
+unit test in-process (``httpx.MockTransport``), any other test over loopback: the ``fake`` and
+``http`` fixtures pick the right one.
+
+Redis: each test gets its own key namespace (``redis_namespace``; ``settings_factory`` uses it), and
+``redis_url`` deletes only that namespace's keys afterwards, so two runs on one Redis database never
+wipe each other's queues.
 """
 
 from __future__ import annotations
@@ -10,14 +20,21 @@ import base64
 import importlib
 import os
 import pkgutil
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
+
+#: fixture modules shared through this conftest: the real pipeline (``pipeline``,
+#: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)
+pytest_plugins = ["tests.pipeline_support", "tests.lifecycle_support"]
 
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -37,6 +54,73 @@ CONTRACT_CODES = (
     "instance_unreachable",
     "timeout",
 )
+
+
+# ---- the unit tier ---------------------------------------------------------------------------
+
+#: fixtures that reach a service (directly or through the fixtures that use them)
+SERVICE_FIXTURES = frozenset({"pg_url", "redis_url", "fake_platform", "pds"})
+
+
+def is_unit(node: pytest.Item | pytest.Collector) -> bool:
+    return node.get_closest_marker("unit") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A unit test that asks for a service fixture is an error, found before anything runs."""
+    wrong = [
+        f"{item.nodeid} uses {', '.join(sorted(SERVICE_FIXTURES.intersection(item.fixturenames)))}"  # type: ignore[attr-defined]
+        for item in items
+        if is_unit(item) and SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError("unit tests must not use a service fixture:\n  " + "\n  ".join(wrong))
+
+
+class ServiceTouched(AssertionError):
+    """A unit test reached for the network, PostgreSQL or a process."""
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """While a unit test runs, no socket connects, no PostgreSQL connection opens, no process starts.
+
+    Each attempt raises :class:`ServiceTouched`; the test also fails at teardown when it (or the
+    code under test) caught that error, so a swallowed attempt still shows.
+    """
+    if not is_unit(request.node):
+        yield
+        return
+    touched: list[str] = []
+
+    def refuse(what: str) -> ServiceTouched:
+        touched.append(what)
+        return ServiceTouched(f"a unit test must not touch services: {what}")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        raise refuse(f"socket connect to {address!r}")
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        raise refuse(f"socket connect to {address!r}")
+
+    def popen(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+        raise refuse(f"process {args!r}")
+
+    def pg_connect(*args: Any, **kwargs: Any) -> Any:
+        raise refuse("a PostgreSQL connection")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    else:
+        monkeypatch.setattr(psycopg.Connection, "connect", classmethod(pg_connect))
+    yield
+    if touched:
+        pytest.fail(f"a unit test touched services: {touched}")
 
 
 def unavailable(what: str) -> None:
@@ -79,8 +163,16 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The test Redis database, flushed before and after."""
+def redis_namespace() -> str:
+    """This test's own Redis key namespace (``REDIS_NAMESPACE``): broker queues, locks, cooldowns
+    and the leader key all live under it, and ``redis_url`` deletes them afterwards."""
+    return f"sa-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_url(redis_namespace: str) -> Iterator[str]:
+    """The test Redis database; afterwards the keys of this test's namespace are deleted (only
+    those: another run may be using the same database)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
@@ -88,10 +180,13 @@ def redis_url() -> Iterator[str]:
         client.ping()
     except redis.RedisError:
         unavailable("Redis")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
+    try:
+        yield REDIS_URL
+    finally:
+        keys = list(client.scan_iter(match=f"{redis_namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 # ---- the fake platform -----------------------------------------------------------------------
@@ -106,7 +201,7 @@ def _platform_modules() -> list[Any]:
 
 @pytest.fixture(scope="session")
 def fake_platform() -> Iterator[FakePlatformServer]:
-    """One fake server for the whole session, every platform module installed on it."""
+    """One fake server on loopback for the whole session, every platform module installed on it."""
     server = FakePlatformServer()
     for module in _platform_modules():
         module.install(server)
@@ -115,15 +210,34 @@ def fake_platform() -> Iterator[FakePlatformServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def fake_in_process() -> FakePlatformServer:
+    """The same fake platforms, answering in-process only (the unit tier's)."""
+    server = FakePlatformServer(listen=False)
+    for module in _platform_modules():
+        module.install(server)
+    return server
+
+
 @pytest.fixture
-def fake(fake_platform: FakePlatformServer) -> Iterator[FakePlatformServer]:
-    """The session's fake server with a clean request log and no leftover faults."""
-    fake_platform.clear_faults()
-    fake_platform.reset_log()
-    fake_platform.delay = 0.0
-    yield fake_platform
-    fake_platform.clear_faults()
-    fake_platform.delay = 0.0
+def fake(request: pytest.FixtureRequest) -> Iterator[FakePlatformServer]:
+    """The fake platform with a clean request log and no leftover faults: in-process for a unit
+    test, the loopback server for any other."""
+    which = "fake_in_process" if is_unit(request.node) else "fake_platform"
+    server: FakePlatformServer = request.getfixturevalue(which)
+    server.clear_faults()
+    server.reset_log()
+    server.delay = 0.0
+    yield server
+    server.clear_faults()
+    server.delay = 0.0
+
+
+@pytest.fixture
+def http(fake: FakePlatformServer) -> Iterator[httpx.Client]:
+    """An HTTP client that reaches the fake platform (in-process for a unit test)."""
+    with fake.client() as client:
+        yield client
 
 
 def fake_env(server: FakePlatformServer) -> dict[str, str]:
@@ -135,8 +249,9 @@ def fake_env(server: FakePlatformServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def settings_factory(fake_platform: FakePlatformServer) -> Any:
-    """Build a Settings pointing at the fake platform; keyword arguments override anything."""
+def settings_factory(fake: FakePlatformServer, redis_namespace: str) -> Any:
+    """Build a Settings pointing at the fake platform, in this test's Redis namespace; keyword
+    arguments override anything."""
 
     def build(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -145,38 +260,59 @@ def settings_factory(fake_platform: FakePlatformServer) -> Any:
             "token_keys": f"k1:{new_key()}",
             "allow_private_network": True,
             "public_url": "http://127.0.0.1:8000",
+            "redis_namespace": redis_namespace,
         }
-        values.update({k.lower(): v for k, v in fake_env(fake_platform).items()})
+        values.update({k.lower(): v for k, v in fake_env(fake).items()})
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
 
 
+# ---- platform adapters ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make(request: pytest.FixtureRequest, settings_factory: Any, http: httpx.Client) -> Any:
+    """Build the module's adapter (``@pytest.mark.adapter.with_args(TwitterAdapter)``: a class alone would be taken for the decorated test) on the fake's settings.
+
+    ``make(**overrides)`` overrides settings; ``make(clock=...)`` fixes the adapter's clock.
+    """
+    marker = request.node.get_closest_marker("adapter")
+    if marker is None:
+        pytest.fail("`make` needs @pytest.mark.adapter.with_args(<adapter class>) on the test or its module")
+    adapter_class = marker.args[0]
+
+    def build(clock: Any = None, **overrides: Any) -> Any:
+        settings = settings_factory(**overrides)
+        return adapter_class(settings, http, clock) if clock else adapter_class(settings, http)
+
+    return build
+
+
+@pytest.fixture
+def adapter(make: Any) -> Any:
+    """The module's adapter with default test settings."""
+    return make()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake_worlds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Reset the fake worlds a test names (``@pytest.mark.fake_world.with_args(META)``) before and after it."""
+    marker = request.node.get_closest_marker("fake_world")
+    worlds = marker.args if marker is not None else ()
+    for world in worlds:
+        world.reset()
+    yield
+    for world in worlds:
+        world.reset()
+
+
 # ---- the reference Bluesky PDS (tests/peers) --------------------------------------------------
 
 from tests.peers.pds import pds  # noqa: E402,F401  (session fixture: the real PDS on loopback)
 
-# ---- the scheduler tests' own Redis DB and a migrated engine ----------------------------------
-
-
-#: Redis DB for the scheduler tests. Other suites ``FLUSHDB`` the shared test DB (``redis_url``) before
-#: and after each test; run at the same time on one machine, they would wipe our queues mid-test.
-#: Same server, a DB of our own, and every key under a ``sched-test-`` namespace we delete after.
-SCHED_REDIS_DB = 13
-
-
-@pytest.fixture
-def sched_redis_url(redis_url: str) -> Iterator[str]:
-    import redis
-
-    url = redis_url.rsplit("/", 1)[0] + f"/{SCHED_REDIS_DB}"
-    yield url
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match="sched-test-*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+# ---- a migrated engine ------------------------------------------------------------------------
 
 
 @pytest.fixture

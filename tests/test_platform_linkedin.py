@@ -15,7 +15,6 @@ from social_accounts.errors import (
     Transient,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import linkedin as fake_li
 from tests.fakeplatform.core import unused_port_url
@@ -31,9 +30,7 @@ from tests.platform_support import (
 STATE = "state-li"
 
 
-http = platform_support.http
-make = platform_support.adapter_factory(LinkedInAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(LinkedInAdapter)]
 
 
 def test_authorization_url_has_no_pkce_and_space_separated_scopes(
