@@ -274,7 +274,8 @@ def settings_factory(fake: FakePlatformServer, redis_namespace: str) -> Any:
 
 @pytest.fixture
 def make(request: pytest.FixtureRequest, settings_factory: Any, http: httpx.Client) -> Any:
-    """Build the module's adapter (``@pytest.mark.adapter.with_args(TwitterAdapter)``: a class alone would be taken for the decorated test) on the fake's settings.
+    """Build the module's adapter on the fake's settings: the class comes from the test's marker
+    ``@pytest.mark.adapter.with_args(TwitterAdapter)`` (a class alone would be taken for a decorated test).
 
     ``make(**overrides)`` overrides settings; ``make(clock=...)`` fixes the adapter's clock.
     """

@@ -22,7 +22,11 @@ from tests.platform_support import meta_connect as connect
 DAY = 24 * 3600
 
 
-pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(ThreadsAdapter), pytest.mark.fake_world.with_args(THREADS)]
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.adapter.with_args(ThreadsAdapter),
+    pytest.mark.fake_world.with_args(THREADS),
+]
 
 
 @pytest.fixture
