@@ -583,6 +583,7 @@ def test_a_malformed_site_id_is_not_found(page: Page) -> None:
 # ---- the demo platform's registration ------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_the_demo_platform_exists_only_when_enabled(settings_factory: Any) -> None:
     off = settings_factory()
     assert [s.platform for s in platform_statuses(off)] == list(PLATFORMS)

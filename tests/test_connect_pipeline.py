@@ -428,6 +428,7 @@ def test_no_token_code_or_client_secret_ever_reaches_redis(pipeline: Pipeline, r
     assert not leaked, f"{len(leaked)} secrets found in Redis"
 
 
+@pytest.mark.unit
 def test_next_refresh_at_keeps_margin_but_never_more_than_half_the_lifetime() -> None:
     from social_accounts.values import TokenSet
 

@@ -563,6 +563,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
 # ---- the token API -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_short_lived_token_is_refreshed_at_half_its_lifetime_not_in_a_loop() -> None:
     from social_accounts.values import TokenSet
     from workers.refresh import is_due

@@ -94,6 +94,7 @@ def test_postgres_concurrent_upgrades_do_not_race(pg_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.unit
 def test_sqlite_upgrade_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may depend on the working directory
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
@@ -115,6 +116,7 @@ def test_sqlite_upgrade_from_another_directory(tmp_path: Path, monkeypatch: pyte
         engine.dispose()
 
 
+@pytest.mark.unit
 def test_migrations_are_package_data() -> None:
     """Every file Alembic needs at run time is matched by pyproject's package-data patterns."""
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["models"]
@@ -129,6 +131,7 @@ def test_migrations_are_package_data() -> None:
 # ---- engine --------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_postgresql_url_uses_psycopg3() -> None:
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     engine = make_engine("postgresql://postgres@127.0.0.1:1/x")
@@ -136,6 +139,7 @@ def test_postgresql_url_uses_psycopg3() -> None:
     engine.dispose()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "url",
     [
@@ -154,6 +158,7 @@ def test_database_that_does_not_answer_is_one_clear_line(url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url"])
 def test_unsupported_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
@@ -169,6 +174,7 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     return engine
 
 
+@pytest.mark.unit
 def test_timestamps_come_back_aware_utc(any_engine: Engine) -> None:
     paris = timezone(timedelta(hours=2))
     local = datetime(2026, 5, 1, 14, 0, tzinfo=paris)
@@ -181,12 +187,14 @@ def test_timestamps_come_back_aware_utc(any_engine: Engine) -> None:
         assert row.created_at.utcoffset() == timedelta(0)
 
 
+@pytest.mark.unit
 def test_naive_datetimes_are_refused(any_engine: Engine) -> None:
     with Session(any_engine) as s, pytest.raises(StatementError, match="naive datetime"):
         s.add(SocialAccountEvent(id="e1", kind="synced", created_at=datetime(2026, 1, 1)))
         s.flush()
 
 
+@pytest.mark.unit
 def test_json_edits_in_place_persist(any_engine: Engine) -> None:
     now = datetime.now(UTC)
     with Session(any_engine) as s, s.begin():

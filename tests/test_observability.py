@@ -293,6 +293,7 @@ def _proxy(**fields: Any) -> MessageProxy:
     return MessageProxy(message.copy(**fields))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("fields", "now_ms", "expected"),
     [
@@ -315,6 +316,7 @@ def test_latency_is_measured_from_when_the_message_became_due(
     assert due_at_ms(proxy) == fields.get("options", {}).get("eta", fields["message_timestamp"])
 
 
+@pytest.mark.unit
 def test_the_broker_times_every_message() -> None:
     from workers.broker import _middleware
 

@@ -46,6 +46,7 @@ def _settings(settings_factory: Any) -> Settings:
     return settings
 
 
+@pytest.mark.unit
 def test_x_remaining_zero_is_an_account_pause_until_the_reset(settings_factory: Any) -> None:
     adapter = get_adapter("twitter", _settings(settings_factory), httpx.Client())
     reset = str(int(time.time()) + 30)
@@ -56,6 +57,7 @@ def test_x_remaining_zero_is_an_account_pause_until_the_reset(settings_factory: 
     assert adapter.rate_hint(_response({})) is None
 
 
+@pytest.mark.unit
 def test_meta_usage_near_the_limit_is_an_app_wide_pause(settings_factory: Any) -> None:
     settings = _settings(settings_factory)
     for platform in ("facebook", "instagram", "threads"):
@@ -70,6 +72,7 @@ def test_meta_usage_near_the_limit_is_an_app_wide_pause(settings_factory: Any) -
     assert hint == RateHint(7 * 60.0, "app")  # Meta's own regain estimate wins
 
 
+@pytest.mark.unit
 def test_bluesky_and_mastodon_remaining_zero(settings_factory: Any) -> None:
     settings = _settings(settings_factory)
     bsky = BlueskyAdapter(settings, httpx.Client())
@@ -85,6 +88,7 @@ def test_bluesky_and_mastodon_remaining_zero(settings_factory: Any) -> None:
     assert masto.rate_hint(_response({"x-ratelimit-remaining": "299", "x-ratelimit-reset": at})) is None
 
 
+@pytest.mark.unit
 def test_success_observers_see_2xx_only_and_a_broken_one_never_fails_the_call() -> None:
     from platforms.http import observe_success, send
     from social_accounts.errors import Transient

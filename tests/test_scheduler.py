@@ -204,6 +204,7 @@ def test_claim_respects_batch_order_and_the_sync_column(engine: Engine) -> None:
     assert column_of(engine, oldest, "next_refresh_at") is None
 
 
+@pytest.mark.unit
 def test_claim_works_on_sqlite_for_the_embedded_run(tmp_path: Any) -> None:
     """``social-accounts run`` runs the same scheduler on SQLite: the claim must work there too."""
     url = f"sqlite:///{tmp_path}/embedded.db"
@@ -370,6 +371,7 @@ def test_enqueue_many_chunks_pipelines_and_handles_empty_input(
     assert "redis_message_id" not in message.options
 
 
+@pytest.mark.unit
 def test_enqueue_many_falls_back_to_enqueue_on_other_brokers(settings_factory: Any) -> None:
     stub = build_broker(settings_factory(broker_url="memory://"))
     stub.declare_queue("refresh")

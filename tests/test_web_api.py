@@ -281,6 +281,7 @@ def test_attempt_view_and_error_messages(api: Api) -> None:
     assert api.get("/v1/attempts/not-a-uuid").status_code == 404
 
 
+@pytest.mark.unit
 def test_every_contract_error_code_has_a_sentence() -> None:
     for code in CONTRACT_CODES:
         sentence = error_message(code)
