@@ -22,20 +22,17 @@ from starlette.testclient import TestClient
 from models.tables import SocialAccount
 from social_accounts.errors import Transient
 from social_accounts.health import compute_health
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import (
     FAST_LIFECYCLE,
     LIFECYCLE_SETTINGS,
     ShiftedClock,
-    api,
     bluesky_settings,
     calls,
     connect,
     connect_bluesky,
     connect_mastodon,
     events,
-    life,
     load,
     login_bluesky,
     make_due,
@@ -53,9 +50,6 @@ from workers.publish import request_disconnect, request_refresh, request_sync
 from workers.refresh import CooledDown, refresh_now
 from workers.sync import sync_now
 from workers.tokens import get_valid_token
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["api", "life", "pipeline_factory"]  # fixtures used by name below
 
 
 def status_of(pipe: Pipeline, account_id: str) -> str:

@@ -31,7 +31,6 @@ from models.engine import make_engine
 from models.migrate import upgrade
 from social_accounts.logs import configure_logging
 from social_accounts.metrics import MESSAGE_LATENCY
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due, wait_until
 from tests.pipeline_support import Pipeline
@@ -40,9 +39,6 @@ from workers.broker import build_broker
 from workers.cooldowns import set_cooldown
 from workers.metrics_middleware import MessageLatency, due_at_ms
 from workers.publish import request_refresh, request_sync
-
-pipeline = pipeline_support.pipeline
-pipeline_factory = pipeline_support.pipeline_factory
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -24,15 +24,12 @@ from platforms.mastodon import MastodonAdapter
 from platforms.meta import NEAR_LIMIT_WAIT_SECONDS
 from platforms.registry import get_adapter
 from social_accounts.settings import Settings
-from tests import pipeline_support
 from tests.lifecycle_support import FAST_LIFECYCLE, LIFECYCLE_SETTINGS, connect, connect_mastodon, wait_until
 from tests.pipeline_support import Pipeline, events
 from workers import lifecycle_actors, messages, runtime
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown
 from workers.publish import enqueue_bluesky_login
 from workers.ratelimits import BLUESKY_LOGIN_BUDGET, CALL_BUDGETS, login_budget_wait, wait_before_call
-
-pipeline_factory = pipeline_support.pipeline_factory  # the real-worker fixture
 
 # ---- reading the headers (no network) -----------------------------------------------------------
 

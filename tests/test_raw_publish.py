@@ -13,12 +13,8 @@ import uuid
 
 import redis
 
-from tests import pipeline_support
-from tests.lifecycle_support import connect, events, life, load, make_due, raw_row, refresh_calls, wait_until
+from tests.lifecycle_support import connect, events, load, make_due, raw_row, refresh_calls, wait_until
 from tests.pipeline_support import Pipeline
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["life", "pipeline_factory"]
 
 
 def publish_raw(client: redis.Redis, namespace: str, queue: str, actor: str, kwargs: dict[str, str]) -> str:
