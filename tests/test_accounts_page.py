@@ -153,10 +153,10 @@ def set_cookie_headers(response: httpx2.Response) -> list[str]:
 
 
 @pytest.fixture
-def page(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Iterator[Page]:
+def page(pg_url: str, redis_url: str, redis_namespace: str, settings_factory: Any, fake: Any) -> Iterator[Page]:
     upgrade(pg_url)
     engine = make_engine(pg_url)
-    namespace = f"sa-page-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     brokers: list[Any] = []
     stack = contextlib.ExitStack()
 

@@ -200,7 +200,7 @@ def test_metrics_count_connects_refreshes_errors_and_latency(pipeline: Pipeline,
 
 @pytest.fixture
 def scrape_app(
-    pg_url: str, redis_url: str, settings_factory: Any, opened: Opener
+    pg_url: str, redis_url: str, redis_namespace: str, settings_factory: Any, opened: Opener
 ) -> Iterator[Callable[..., TestClient]]:
     """A web app on its own Redis namespace, without a worker (messages stay queued)."""
     from web_callback.app import create_app
@@ -213,7 +213,7 @@ def scrape_app(
         values: dict[str, Any] = {
             "database_url": pg_url,
             "broker_url": redis_url,
-            "redis_namespace": f"sa-test-{uuid.uuid4().hex[:8]}",
+            "redis_namespace": f"{redis_namespace}-{len(brokers)}",  # one per app, all the test's
         }
         settings = settings_factory(**{**values, **overrides})
         broker = build_broker(settings)
@@ -226,7 +226,9 @@ def scrape_app(
     engine.dispose()
 
 
-def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redis_url: str) -> None:
+def test_queue_depth_and_cooldowns_are_read_at_scrape_time(
+    scrape_app: Any, redis_url: str, redis_namespace: str
+) -> None:
     client = scrape_app()
     settings = client.app.state.services.settings  # type: ignore[attr-defined]
     broker = client.app.state.services.get_broker()  # type: ignore[attr-defined]
@@ -240,7 +242,7 @@ def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redi
         set_cooldown(store, namespace, "twitter", 60)
         set_cooldown(store, namespace, "mastodon", 60, account_id="acct-1")
         set_cooldown(store, namespace, "mastodon", 60, account_id="acct-2")
-        set_cooldown(store, "another-namespace", "facebook", 60)
+        set_cooldown(store, f"{redis_namespace}-another", "facebook", 60)  # the test's, not the app's
 
         samples = scrape(client)
 

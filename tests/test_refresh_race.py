@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,9 +107,7 @@ def two_workers(
     if sys.platform == "win32" or not CLI.exists():
         pytest.skip("needs the installed social-accounts console script")
     upgrade(pg_url)
-    settings = settings_factory(
-        database_url=pg_url, broker_url=redis_url, redis_namespace=f"sa-race-{uuid.uuid4().hex[:8]}"
-    )
+    settings = settings_factory(database_url=pg_url, broker_url=redis_url)  # in the test's own namespace
     engine = make_engine(pg_url)
     rt = runtime.configure(settings, engine=engine)
     broker = broker_mod.setup(settings)

@@ -76,10 +76,10 @@ class Api:
 
 
 @pytest.fixture
-def api(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Iterator[Api]:
+def api(pg_url: str, redis_url: str, redis_namespace: str, settings_factory: Any, fake: Any) -> Iterator[Api]:
     upgrade(pg_url)
     engine = make_engine(pg_url)
-    namespace = f"sa-api-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     cleanup: list[Any] = []
     stack = contextlib.ExitStack()
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,9 +87,7 @@ def dead_engine() -> Iterator[Engine]:
 
 @pytest.fixture
 def env(redis_url: str, settings_factory: Any, dead_engine: Engine) -> Iterator[CallbackEnv]:
-    settings = settings_factory(
-        broker_url=redis_url, database_url=DEAD_DB, redis_namespace=f"sa-web-{uuid.uuid4().hex[:8]}"
-    )
+    settings = settings_factory(broker_url=redis_url, database_url=DEAD_DB)
     broker = build_broker(settings)
     conn = redis.Redis.from_url(redis_url)
     try:
@@ -200,8 +197,8 @@ def test_error_that_is_not_an_oauth_code_is_refused(env: CallbackEnv) -> None:
 def test_broker_down_is_503_and_the_user_can_simply_retry(
     redis_url: str, settings_factory: Any, dead_engine: Engine
 ) -> None:
-    namespace = f"sa-web-{uuid.uuid4().hex[:8]}"
-    down = settings_factory(broker_url=DEAD_REDIS, database_url=DEAD_DB, redis_namespace=namespace)
+    down = settings_factory(broker_url=DEAD_REDIS, database_url=DEAD_DB)
+    namespace = down.redis_namespace
     state = sign_state(
         SignedState(ATTEMPT, "twitter", datetime.now(UTC) + timedelta(minutes=5), RETURN_TO), "test-state-secret"
     )
@@ -278,9 +275,7 @@ def test_connect_then_platform_redirect_then_callback(
     from models.migrate import upgrade
 
     upgrade(pg_url)
-    settings = settings_factory(
-        broker_url=redis_url, database_url=pg_url, redis_namespace=f"sa-web-{uuid.uuid4().hex[:8]}"
-    )
+    settings = settings_factory(broker_url=redis_url, database_url=pg_url)
     engine = make_engine(pg_url)
     broker = build_broker(settings)
     conn = redis.Redis.from_url(redis_url)
