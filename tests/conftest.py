@@ -16,10 +16,6 @@ wipe each other's queues.
 
 from __future__ import annotations
 
-import base64
-import importlib
-import os
-import pkgutil
 import socket
 import subprocess
 import uuid
@@ -31,30 +27,22 @@ import pytest
 
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
+from tests.support import (
+    CONTRACT_CODES,
+    IN_CI,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    fake_env,
+    new_key,
+    platform_modules,
+    unavailable,
+)
+
+__all__ = ["CONTRACT_CODES", "IN_CI", "fake_env", "new_key", "unavailable"]  # older imports from conftest
 
 #: fixture modules shared through this conftest: the real pipeline (``pipeline``,
 #: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)
 pytest_plugins = ["tests.pipeline_support", "tests.lifecycle_support"]
-
-PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-#: every attempt error code of CONTRACT.md (written out here, not read from the code under test)
-CONTRACT_CODES = (
-    "access_denied",
-    "state_invalid",
-    "state_expired",
-    "state_reused",
-    "token_exchange_failed",
-    "exchange_uncertain",
-    "profile_fetch_failed",
-    "save_failed",
-    "login_failed",
-    "instance_unreachable",
-    "timeout",
-)
-
 
 # ---- the unit tier ---------------------------------------------------------------------------
 
@@ -123,16 +111,6 @@ def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
         pytest.fail(f"a unit test touched services: {touched}")
 
 
-def unavailable(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI but does not answer")
-    pytest.skip(f"{what} does not answer")
-
-
-def new_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).decode()
-
-
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -192,18 +170,11 @@ def redis_url(redis_namespace: str) -> Iterator[str]:
 # ---- the fake platform -----------------------------------------------------------------------
 
 
-def _platform_modules() -> list[Any]:
-    import tests.fakeplatform as pkg
-
-    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "core"]
-    return [importlib.import_module(f"tests.fakeplatform.{name}") for name in sorted(names)]
-
-
 @pytest.fixture(scope="session")
 def fake_platform() -> Iterator[FakePlatformServer]:
     """One fake server on loopback for the whole session, every platform module installed on it."""
     server = FakePlatformServer()
-    for module in _platform_modules():
+    for module in platform_modules():
         module.install(server)
     server.start()
     yield server
@@ -214,7 +185,7 @@ def fake_platform() -> Iterator[FakePlatformServer]:
 def fake_in_process() -> FakePlatformServer:
     """The same fake platforms, answering in-process only (the unit tier's)."""
     server = FakePlatformServer(listen=False)
-    for module in _platform_modules():
+    for module in platform_modules():
         module.install(server)
     return server
 
@@ -238,14 +209,6 @@ def http(fake: FakePlatformServer) -> Iterator[httpx.Client]:
     """An HTTP client that reaches the fake platform (in-process for a unit test)."""
     with fake.client() as client:
         yield client
-
-
-def fake_env(server: FakePlatformServer) -> dict[str, str]:
-    """Settings values that point every OAuth platform at the fake server, with test credentials."""
-    env: dict[str, str] = {}
-    for module in _platform_modules():
-        env.update(module.settings_env(server.base_url))
-    return env
 
 
 @pytest.fixture

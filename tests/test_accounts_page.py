@@ -37,7 +37,7 @@ from platforms.registry import adapter_class, platform_statuses
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
 from social_accounts.values import AccountProfile, Stats, TokenSet
-from tests.conftest import CONTRACT_CODES
+from tests.support import CONTRACT_CODES
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES
 from web_callback.pages import BLUESKY_APP_PASSWORDS_URL

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from models.engine import make_engine
-from tests.conftest import unavailable
+from tests.support import unavailable
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

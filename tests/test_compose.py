@@ -21,7 +21,7 @@ import yaml
 
 from service.cli import app
 from social_accounts.settings import Settings
-from tests.conftest import unavailable
+from tests.support import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("migrate", "web", "worker", "scheduler")

@@ -21,10 +21,10 @@ from models.repository import load_account
 from models.tables import SocialAccountEvent
 from platforms.registry import adapter_class
 from social_accounts.settings import OAUTH_PLATFORMS
-from tests.conftest import _platform_modules
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import api_client
 from tests.pipeline_support import Pipeline, account_rows, bluesky_attempt, code_exchanges, events, token_path
+from tests.support import platform_modules
 from tests.waiting import wait_until
 from workers import connect, retrying
 
@@ -32,7 +32,7 @@ from workers import connect, retrying
 def _faked_oauth_platforms() -> list[str]:
     """OAuth platforms that have an adapter and whose endpoints a fake module serves."""
     env: dict[str, str] = {}
-    for module in _platform_modules():
+    for module in platform_modules():
         env.update(module.settings_env("http://fake"))
     return [
         p

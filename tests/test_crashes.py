@@ -42,8 +42,8 @@ from models.tables import SocialAccount, SocialAccountEvent, SocialOAuthState, t
 from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
 from social_accounts.settings import Settings
-from tests.conftest import fake_env, new_key, unavailable
 from tests.fakeplatform import FakePlatformServer, FakeResponse
+from tests.support import fake_env, new_key, unavailable
 from tests.waiting import wait_until
 from workers import messages
 from workers.broker import build_broker

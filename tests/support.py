@@ -1,0 +1,59 @@
+"""Plain helpers the tests share (fixtures are in ``conftest.py``): where the services are, the
+contract's error codes, skipping or failing when a service does not answer, the fake platforms'
+settings."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import pkgutil
+from typing import Any
+
+import pytest
+
+from tests.fakeplatform import FakePlatformServer
+
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+#: every attempt error code the README documents (written out here, not read from the code under test)
+CONTRACT_CODES = (
+    "access_denied",
+    "state_invalid",
+    "state_expired",
+    "state_reused",
+    "token_exchange_failed",
+    "exchange_uncertain",
+    "profile_fetch_failed",
+    "save_failed",
+    "login_failed",
+    "instance_unreachable",
+    "timeout",
+)
+
+
+def unavailable(what: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} is required in CI but does not answer")
+    pytest.skip(f"{what} does not answer")
+
+
+def new_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def platform_modules() -> list[Any]:
+    import tests.fakeplatform as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name != "core"]
+    return [importlib.import_module(f"tests.fakeplatform.{name}") for name in sorted(names)]
+
+
+def fake_env(server: FakePlatformServer) -> dict[str, str]:
+    """Settings values that point every OAuth platform at the fake server, with test credentials."""
+    env: dict[str, str] = {}
+    for module in platform_modules():
+        env.update(module.settings_env(server.base_url))
+    return env
