@@ -32,6 +32,7 @@ from tests.support import (
     IN_CI,
     PG_ADMIN_URL,
     REDIS_URL,
+    delete_namespace,
     fake_env,
     new_key,
     platform_modules,
@@ -65,21 +66,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("unit tests must not use a service fixture:\n  " + "\n  ".join(wrong))
 
 
-class ServiceTouched(AssertionError):
-    """A unit test reached for the network, PostgreSQL or a process."""
+class ServiceTouched(OSError):
+    """A unit test reached for the network, PostgreSQL or a process.
+
+    An ``OSError``, as a refused connection is, so that callers clean up as they would (a socket
+    closed, a pool discarded); the guard fails the test at teardown all the same.
+    """
 
 
 @pytest.fixture(autouse=True)
-def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def service_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """While a unit test runs, no socket connects, no PostgreSQL connection opens, no process starts.
 
     Each attempt raises :class:`ServiceTouched`; the test also fails at teardown when it (or the
-    code under test) caught that error, so a swallowed attempt still shows.
+    code under test) caught that error, so a swallowed attempt still shows. Yields the list of
+    attempts (empty outside the unit tier).
     """
-    if not is_unit(request.node):
-        yield
-        return
     touched: list[str] = []
+    if not is_unit(request.node):
+        yield touched
+        return
 
     def refuse(what: str) -> ServiceTouched:
         touched.append(what)
@@ -105,8 +111,9 @@ def _unit_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     except ImportError:  # pragma: no cover - psycopg is a dependency
         pass
     else:
+        monkeypatch.setattr(psycopg, "connect", pg_connect)  # the module's alias of Connection.connect
         monkeypatch.setattr(psycopg.Connection, "connect", classmethod(pg_connect))
-    yield
+    yield touched
     if touched:
         pytest.fail(f"a unit test touched services: {touched}")
 
@@ -161,9 +168,7 @@ def redis_url(redis_namespace: str) -> Iterator[str]:
     try:
         yield REDIS_URL
     finally:
-        keys = list(client.scan_iter(match=f"{redis_namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_namespace(client, redis_namespace)
         client.close()
 
 

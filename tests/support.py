@@ -57,3 +57,15 @@ def fake_env(server: FakePlatformServer) -> dict[str, str]:
     for module in platform_modules():
         env.update(module.settings_env(server.base_url))
     return env
+
+
+def delete_namespace(client: Any, namespace: str) -> int:
+    """Delete every key of ``namespace`` (and of its sub-namespaces ``<namespace>-...``) from the
+    Redis ``client``'s database, and no other; returns how many went."""
+    keys = [k for k in client.scan_iter(match=f"{namespace}*", count=1000) if _in_namespace(k, namespace)]
+    return int(client.delete(*keys)) if keys else 0
+
+
+def _in_namespace(key: bytes | str, namespace: str) -> bool:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text == namespace or text.startswith((f"{namespace}:", f"{namespace}-", f"{namespace}."))
