@@ -46,7 +46,6 @@ def test_a_unit_test_cannot_reach_postgresql_or_start_a_process(service_guard: l
 def test_redis_py_against_the_guard_fails_loudly(service_guard: list[str]) -> None:
     """A client library that wraps the error (redis-py) still cannot hide the attempt."""
     import redis
-
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
