@@ -130,9 +130,16 @@ def _admin_connect() -> Any:
         unavailable("PostgreSQL")
 
 
+def refuse_in_unit_tier(request: pytest.FixtureRequest, what: str) -> None:
+    """Fail a unit test that reaches a service fixture at run time (``getfixturevalue``)."""
+    if is_unit(request.node):
+        pytest.fail(f"a unit test must not use {what}", pytrace=False)
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    refuse_in_unit_tier(request, "PostgreSQL (pg_url)")
     name = f"sa_test_{uuid.uuid4().hex[:12]}"
     with _admin_connect() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -155,9 +162,10 @@ def redis_namespace() -> str:
 
 
 @pytest.fixture
-def redis_url(redis_namespace: str) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest, redis_namespace: str) -> Iterator[str]:
     """The test Redis database; afterwards the keys of this test's namespace are deleted (only
     those: another run may be using the same database)."""
+    refuse_in_unit_tier(request, "Redis (redis_url)")
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)

@@ -139,12 +139,11 @@ def test_postgresql_url_uses_psycopg3() -> None:
     engine.dispose()
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql+psycopg://postgres:hunter2pw@127.0.0.1:1/x",
-        "sqlite:////nonexistent-dir/sub/db.sqlite",
+        "postgresql+psycopg://postgres:hunter2pw@127.0.0.1:1/x",  # a connection refused: the full tier
+        pytest.param("sqlite:////nonexistent-dir/sub/db.sqlite", marks=pytest.mark.unit),
     ],
 )
 def test_database_that_does_not_answer_is_one_clear_line(url: str) -> None:
@@ -165,7 +164,7 @@ def test_unsupported_url_is_a_config_error(url: str) -> None:
         make_engine(url)
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", pytest.param("sqlite", marks=pytest.mark.unit)])
 def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'x.db'}"
     migrate.upgrade(url)
@@ -174,7 +173,6 @@ def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     return engine
 
 
-@pytest.mark.unit
 def test_timestamps_come_back_aware_utc(any_engine: Engine) -> None:
     paris = timezone(timedelta(hours=2))
     local = datetime(2026, 5, 1, 14, 0, tzinfo=paris)
@@ -187,14 +185,12 @@ def test_timestamps_come_back_aware_utc(any_engine: Engine) -> None:
         assert row.created_at.utcoffset() == timedelta(0)
 
 
-@pytest.mark.unit
 def test_naive_datetimes_are_refused(any_engine: Engine) -> None:
     with Session(any_engine) as s, pytest.raises(StatementError, match="naive datetime"):
         s.add(SocialAccountEvent(id="e1", kind="synced", created_at=datetime(2026, 1, 1)))
         s.flush()
 
 
-@pytest.mark.unit
 def test_json_edits_in_place_persist(any_engine: Engine) -> None:
     now = datetime.now(UTC)
     with Session(any_engine) as s, s.begin():
