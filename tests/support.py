@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import json
 import os
 import pkgutil
 from typing import Any
@@ -69,3 +70,29 @@ def delete_namespace(client: Any, namespace: str) -> int:
 def _in_namespace(key: bytes | str, namespace: str) -> bool:
     text = key.decode() if isinstance(key, bytes) else key
     return text == namespace or text.startswith((f"{namespace}:", f"{namespace}-", f"{namespace}."))
+
+
+def queued_messages(broker: Any, queue: str) -> list[dict[str, Any]]:
+    """The messages waiting on ``queue``: a ``RedisBroker``'s (its list and payload hash, in its
+    namespace) or a ``StubBroker``'s (its in-memory queue), as Dramatiq's message dicts."""
+    from dramatiq.brokers.stub import StubBroker
+
+    if isinstance(broker, StubBroker):
+        waiting = broker.queues.get(queue)
+        return [json.loads(data) for data in list(waiting.queue)] if waiting is not None else []
+    client, namespace = broker.client, broker.namespace
+    ids = client.lrange(f"{namespace}:{queue}", 0, -1)
+    return [json.loads(p) for p in client.hmget(f"{namespace}:{queue}.msgs", ids) if p] if ids else []
+
+
+#: the backends of a test of the web app: SQLite and Dramatiq's in-memory ``StubBroker`` (the
+#: unit tier), and PostgreSQL and Redis; ``web_backend`` gives ``(database_url, broker_url)``
+WEB_BACKENDS = [pytest.param("memory", marks=pytest.mark.unit), "services"]
+
+
+def web_backend(request: Any, tmp_path: Any) -> tuple[str, str]:
+    """``(database_url, broker_url)`` for ``request.param`` (default ``services``); the database
+    is empty (not migrated)."""
+    if getattr(request, "param", "services") == "memory":
+        return f"sqlite:///{tmp_path / 'web.db'}", "memory://"
+    return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")

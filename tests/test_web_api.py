@@ -8,7 +8,6 @@ row in the database, no message in Redis.
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -32,7 +30,7 @@ from models.tables import SocialAccount, SocialMastodonApp, SocialOAuthState
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import PLATFORMS, Settings
 from social_accounts.values import AccountProfile, Stats, TokenSet
-from tests.conftest import CONTRACT_CODES
+from tests.support import CONTRACT_CODES, WEB_BACKENDS, queued_messages, web_backend
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES, error_message
 from web_callback.state import verify_state
@@ -49,10 +47,9 @@ class Api:
     client: TestClient
     settings: Settings
     engine: Engine
-    redis: redis.Redis | None  # None on the in-memory broker
+    broker: Any  # the app's: a RedisBroker, or the StubBroker of the unit tier
     ring: KeyRing
     build: Any  # make another client on the same database: build(**settings_overrides)
-    broker: Any = None
 
     def post(self, path: str, body: Any = None, **kw: Any) -> httpx2.Response:
         return self.client.post(path, json=body, headers=AUTH, **kw)
@@ -65,12 +62,7 @@ class Api:
             return list(session.execute(sa.select(SocialOAuthState)).scalars())
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
-        if self.redis is None:  # the StubBroker's queue holds the encoded messages
-            stub = self.broker.queues.get(queue)
-            return [json.loads(m) for m in list(stub.queue)] if stub is not None else []
-        ns = self.settings.redis_namespace
-        ids = self.redis.lrange(f"{ns}:{queue}", 0, -1)
-        return [json.loads(p) for p in self.redis.hmget(f"{ns}:{queue}.msgs", ids) if p] if ids else []
+        return queued_messages(self.broker, queue)
 
     def all_queued(self) -> list[dict[str, Any]]:
         return [m for q in ("connect", "refresh", "sync", "maintenance") for m in self.queued(q)]
@@ -81,18 +73,14 @@ class Api:
 
 
 #: run a test on both backends: SQLite with the in-memory broker (unit tier), and the real services
-BOTH = pytest.mark.parametrize("api", [pytest.param("memory", marks=pytest.mark.unit), "services"], indirect=True)
+BOTH = pytest.mark.parametrize("api", WEB_BACKENDS, indirect=True)
 
 
 @pytest.fixture
 def api(request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, fake: Any) -> Iterator[Api]:
     """The app on PostgreSQL and Redis (``services``, the default), or on SQLite and a ``StubBroker``
     (``memory``: ``@BOTH``)."""
-    memory = getattr(request, "param", "services") == "memory"
-    if memory:
-        db_url, broker_url = f"sqlite:///{tmp_path / 'api.db'}", "memory://"
-    else:
-        db_url, broker_url = request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
+    db_url, broker_url = web_backend(request, tmp_path)
     upgrade(db_url)
     engine = make_engine(db_url)
     cleanup: list[Any] = []
@@ -110,15 +98,12 @@ def api(request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, fa
         return client, settings
 
     client, settings = build()
-    conn = None if memory else redis.Redis.from_url(broker_url)
     try:
-        yield Api(client, settings, engine, conn, KeyRing.from_settings(settings), build, cleanup[0])
+        yield Api(client, settings, engine, cleanup[0], KeyRing.from_settings(settings), build)
     finally:
         stack.close()
         for item in cleanup:
             item.close()
-        if conn is not None:
-            conn.close()
         engine.dispose()
 
 
