@@ -2,7 +2,8 @@
 
 Most tests give the app an engine pointing at a closed port: the callback must work without the
 database, so any database access would fail them. The broker is the real Redis (fixture
-``redis_url``), and the queue is inspected in Redis itself.
+``redis_url``), and the queue is inspected in Redis itself; the tests marked ``@BOTH`` also run on
+Dramatiq's in-memory ``StubBroker`` (the unit tier).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.testclient import TestClient
 from models.crypto import KeyRing
 from models.engine import make_engine
 from social_accounts.settings import Settings
+from tests.support import WEB_BACKENDS, queued_messages, web_backend
 from web_callback.app import DropQueryString, create_app
 from web_callback.state import SignedState, sign_state
 from workers.broker import build_broker
@@ -42,7 +44,7 @@ ATTEMPT = "0b8e4c52-2d3f-4a1e-9c7b-6f5a4d3c2b1a"
 class CallbackEnv:
     client: TestClient
     settings: Settings
-    redis: redis.Redis
+    broker: Any  # a RedisBroker, or the unit tier's StubBroker
     ring: KeyRing
 
     @property
@@ -50,25 +52,27 @@ class CallbackEnv:
         return self.settings.redis_namespace
 
     def stored(self) -> bytes:
-        """Every value under our namespace, concatenated (to search for secrets)."""
+        """Every value under our namespace (every queued message in memory), concatenated (to
+        search for secrets)."""
+        if isinstance(self.broker, StubBroker):
+            return b"\n".join(data for queue in self.broker.queues.values() for data in list(queue.queue))
+        client = self.broker.client
         out = []
-        for key in self.redis.scan_iter(f"{self.namespace}:*"):
-            kind = self.redis.type(key)
+        for key in client.scan_iter(f"{self.namespace}:*"):
+            kind = client.type(key)
             if kind == b"hash":
-                out += [k + v for k, v in self.redis.hgetall(key).items()]
+                out += [k + v for k, v in client.hgetall(key).items()]
             elif kind == b"list":
-                out += self.redis.lrange(key, 0, -1)
+                out += client.lrange(key, 0, -1)
             elif kind == b"zset":
-                out += self.redis.zrange(key, 0, -1)
+                out += client.zrange(key, 0, -1)
             elif kind == b"string":
-                out.append(self.redis.get(key) or b"")
+                out.append(client.get(key) or b"")
         return b"\n".join(out)
 
     def queued(self, queue: str = "connect") -> list[dict[str, Any]]:
-        """The messages waiting on ``queue``, read straight from Redis."""
-        ids = self.redis.lrange(f"{self.namespace}:{queue}", 0, -1)
-        payloads = self.redis.hmget(f"{self.namespace}:{queue}.msgs", ids) if ids else []
-        return [json.loads(p) for p in payloads if p is not None]
+        """The messages waiting on ``queue``, read straight from Redis (or the StubBroker)."""
+        return queued_messages(self.broker, queue)
 
     def state(self, *, expires_in: timedelta = timedelta(minutes=10), return_to: str | None = RETURN_TO) -> str:
         signed = SignedState(ATTEMPT, "twitter", datetime.now(UTC) + expires_in, return_to)
@@ -85,22 +89,28 @@ def dead_engine() -> Iterator[Engine]:
     engine.dispose()
 
 
+#: run a test on Redis and on the in-memory broker (unit tier)
+BOTH = pytest.mark.parametrize("env", WEB_BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def env(redis_url: str, settings_factory: Any, dead_engine: Engine) -> Iterator[CallbackEnv]:
-    settings = settings_factory(broker_url=redis_url, database_url=DEAD_DB)
+def env(
+    request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, dead_engine: Engine
+) -> Iterator[CallbackEnv]:
+    _, broker_url = web_backend(request, tmp_path)
+    settings = settings_factory(broker_url=broker_url, database_url=DEAD_DB)
     broker = build_broker(settings)
-    conn = redis.Redis.from_url(redis_url)
     try:
         with TestClient(create_app(settings, broker=broker, engine=dead_engine), follow_redirects=False) as client:
-            yield CallbackEnv(client, settings, conn, KeyRing.from_settings(settings))
+            yield CallbackEnv(client, settings, broker, KeyRing.from_settings(settings))
     finally:
-        conn.close()
         broker.close()
 
 
 # ---- the happy paths ------------------------------------------------------------------------
 
 
+@BOTH
 def test_valid_callback_enqueues_one_encrypted_message_and_redirects(env: CallbackEnv) -> None:
     code = "the-authorization-code-0123456789"
     response = env.callback(code=code, state=env.state())
@@ -126,6 +136,7 @@ def test_valid_callback_enqueues_one_encrypted_message_and_redirects(env: Callba
     assert code.encode() not in env.stored()
 
 
+@BOTH
 def test_access_denied_with_valid_state_is_enqueued_too(env: CallbackEnv) -> None:
     response = env.callback(error="access_denied", error_description="The user said no", state=env.state())
     assert response.status_code == 303
@@ -136,6 +147,7 @@ def test_access_denied_with_valid_state_is_enqueued_too(env: CallbackEnv) -> Non
     assert message["kwargs"]["error_description"] == "The user said no"
 
 
+@BOTH
 def test_existing_attempt_parameter_is_replaced_not_duplicated(env: CallbackEnv) -> None:
     response = env.callback(code="c0de", state=env.state(return_to="http://127.0.0.1:8000/x?attempt=old&a=1#frag"))
     location = urlsplit(response.headers["location"])
@@ -143,6 +155,7 @@ def test_existing_attempt_parameter_is_replaced_not_duplicated(env: CallbackEnv)
     assert location.fragment == "frag"
 
 
+@BOTH
 def test_without_return_to_a_plain_page_answers(env: CallbackEnv) -> None:
     response = env.callback(code="c0de", state=env.state(return_to=None))
     assert response.status_code == 200
@@ -159,37 +172,44 @@ def refused(env: CallbackEnv, response: httpx2.Response, *phrases: str) -> None:
     for phrase in phrases:
         assert phrase in response.text
     assert env.queued() == []
-    assert env.redis.llen(f"{env.namespace}:connect") == 0
+    assert env.stored() == b""  # not even a dangling message id
 
 
+@BOTH
 def test_forged_state_is_refused(env: CallbackEnv) -> None:
     forged = sign_state(SignedState(ATTEMPT, "twitter", datetime.now(UTC) + timedelta(minutes=5)), "not-our-secret")
     refused(env, env.callback(code="c0de", state=forged), "not valid", "signature")
 
 
+@BOTH
 def test_malformed_state_is_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(code="c0de", state="garbage"), "not valid", "malformed")
 
 
+@BOTH
 def test_expired_state_is_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(code="c0de", state=env.state(expires_in=timedelta(seconds=-1))), "expired")
 
 
+@BOTH
 def test_missing_state_is_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(code="c0de"), "no state")
 
 
+@BOTH
 def test_missing_code_and_error_is_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(state=env.state()), "neither an authorization code nor an error")
     refused(env, env.callback(state=env.state(), code=""), "neither")
 
 
+@BOTH
 def test_oversized_parameters_are_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(code="c" * 5000, state=env.state()), "'code' parameter is too long")
     refused(env, env.callback(error="x" * 500, state=env.state()), "'error' parameter is too long")
     refused(env, env.callback(code="c0de", state=env.state(), junk="j" * 9000), "too large")
 
 
+@BOTH
 def test_error_that_is_not_an_oauth_code_is_refused(env: CallbackEnv) -> None:
     refused(env, env.callback(error="access denied\n", state=env.state()), "not a valid OAuth error code")
 
@@ -311,6 +331,7 @@ def test_connect_then_platform_redirect_then_callback(
 # ---- logging --------------------------------------------------------------------------------
 
 
+@BOTH
 def test_uvicorn_access_log_drops_the_query_string(env: CallbackEnv, caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("uvicorn.access")
     assert any(isinstance(f, DropQueryString) for f in logger.filters)  # installed by create_app
@@ -323,6 +344,7 @@ def test_uvicorn_access_log_drops_the_query_string(env: CallbackEnv, caplog: pyt
     assert '"GET /oauth/callback HTTP/1.1" 303' in record.getMessage()
 
 
+@BOTH
 def test_callback_logs_never_carry_the_code_or_state(env: CallbackEnv, caplog: pytest.LogCaptureFixture) -> None:
     code, state = "a-code-nobody-may-log-0123456789", env.state()
     with caplog.at_level(logging.DEBUG):
