@@ -289,6 +289,17 @@ def _fresh_fake_worlds(request: pytest.FixtureRequest) -> Iterator[None]:
 
 from tests.peers.pds import pds  # noqa: E402,F401  (session fixture: the real PDS on loopback)
 
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A SQLite database file migrated to head, once per session: copy it, never write to it."""
+    from models.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 # ---- a migrated engine ------------------------------------------------------------------------
 
 

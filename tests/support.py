@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import pkgutil
+import shutil
 from typing import Any
 
 import pytest
@@ -91,8 +92,11 @@ WEB_BACKENDS = [pytest.param("memory", marks=pytest.mark.unit), "services"]
 
 
 def web_backend(request: Any, tmp_path: Any) -> tuple[str, str]:
-    """``(database_url, broker_url)`` for ``request.param`` (default ``services``); the database
-    is empty (not migrated)."""
+    """``(database_url, broker_url)`` for ``request.param`` (default ``services``): a fresh empty
+    PostgreSQL database and Redis, or a copy of the session's migrated SQLite database (migrating
+    one per test would take most of the unit tier's time) and ``memory://``."""
     if getattr(request, "param", "services") == "memory":
-        return f"sqlite:///{tmp_path / 'web.db'}", "memory://"
+        copy = tmp_path / "web.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), copy)
+        return f"sqlite:///{copy}", "memory://"
     return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
