@@ -9,7 +9,6 @@ the token is never touched unless a test says so.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,6 +23,7 @@ from models.repository import LoadedAccount, load_account
 from models.tables import SocialAccount, SocialAccountEvent
 from tests.fakeplatform import FakePlatformServer
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until as wait_until  # re-exported: lifecycle tests import it from here
 from workers import lifecycle_actors, retrying
 
 #: lifecycle retries in milliseconds instead of seconds, same budgets' shape
@@ -138,17 +138,6 @@ def events(pipe: Pipeline, account_id: str, kind: str | None = None) -> list[Soc
         query = sa.select(SocialAccountEvent).where(SocialAccountEvent.account_id == account_id)  # type: ignore[arg-type]
         found = list(session.scalars(query.order_by(SocialAccountEvent.created_at)))  # type: ignore[arg-type]
     return [e for e in found if kind is None or e.kind == kind]
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def path_of(pipe: Pipeline, platform: str, kind: str) -> str:

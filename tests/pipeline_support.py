@@ -1,15 +1,14 @@
 """Helpers for tests that run the real pipeline: a Dramatiq Worker on a real RedisBroker,
 PostgreSQL migrated to head, and the fake platform server.
 
-Use the ``pipeline`` fixture (import it into a test module, or from conftest): it configures
-``workers.runtime`` with test settings, installs a Redis broker under a fresh namespace, starts a
-worker with two threads and stops everything afterwards.
+The ``pipeline`` and ``pipeline_factory`` fixtures reach every test through ``tests/conftest.py``
+(``pytest_plugins``): they configure ``workers.runtime`` with test settings, install a Redis broker
+in the test's own namespace, start a worker with two threads and stop everything afterwards.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from platforms.oauth2 import pkce_pair
 from platforms.registry import get_adapter
 from social_accounts.settings import Settings
 from tests.fakeplatform import FakePlatformServer
+from tests.waiting import WAIT_SECONDS, wait_until
 
 #: quick retries so failure paths finish in seconds (budgets as in production)
 FAST_POLICY_KW = {"min_backoff_ms": 100, "max_backoff_ms": 1000}
@@ -127,18 +127,21 @@ class Pipeline:
         return row
 
     def wait_for(
-        self, attempt_id: str, done: Callable[[SocialOAuthState], bool] | None = None, timeout: float = 30.0
+        self, attempt_id: str, done: Callable[[SocialOAuthState], bool] | None = None, timeout: float = WAIT_SECONDS
     ) -> SocialOAuthState:
-        """Poll the attempt until ``done`` (default: no longer pending)."""
+        """Wait until the attempt is ``done`` (default: no longer pending); returns its row."""
         done = done or (lambda row: row.status != "pending")
-        deadline = time.monotonic() + timeout
-        while True:
-            row = self.attempt(attempt_id)
-            if done(row):
-                return row
-            if time.monotonic() > deadline:
-                raise AssertionError(f"attempt {attempt_id} still {row.status}/{row.stage}: {row.history}")
-            time.sleep(0.05)
+        seen: list[SocialOAuthState] = []
+
+        def check() -> SocialOAuthState | None:
+            seen[:] = [self.attempt(attempt_id)]
+            return seen[0] if done(seen[0]) else None
+
+        try:
+            return wait_until(check, what=f"attempt {attempt_id}", timeout=timeout)
+        except AssertionError:
+            row = seen[0]
+            raise AssertionError(f"attempt {attempt_id} still {row.status}/{row.stage}: {row.history}") from None
 
     def sent_to(self, path: str) -> list[float]:
         """Monotonic send times of the requests to ``path``."""
@@ -189,7 +192,7 @@ def account_rows(pipe: Pipeline) -> list[SocialAccount]:
 
 @pytest.fixture
 def pipeline_factory(
-    pg_url: str, redis_url: str, settings_factory: Any, fake: FakePlatformServer
+    pg_url: str, redis_url: str, redis_namespace: str, settings_factory: Any, fake: FakePlatformServer
 ) -> Iterator[Callable[..., Pipeline]]:
     """Build the pipeline with extra settings (``http_timeout_seconds=...``); one per test."""
     import workers.actors  # noqa: F401  (declares the actors, so the broker moves them)
@@ -203,9 +206,9 @@ def pipeline_factory(
     started: list[tuple[dramatiq.Worker, dramatiq.Broker]] = []
 
     def build(**overrides: Any) -> Pipeline:
-        settings = settings_factory(
-            database_url=pg_url, broker_url=redis_url, redis_namespace=f"sa-test-{uuid.uuid4().hex[:8]}", **overrides
-        )
+        # the test's Redis namespace; a sub-namespace of it for each further pipeline of the test
+        namespace = redis_namespace + (f"-{len(started)}" if started else "")
+        settings = settings_factory(database_url=pg_url, broker_url=redis_url, redis_namespace=namespace, **overrides)
         engine = make_engine(pg_url)
         pipe_sent: list[tuple[float, str, str]] = []
 

@@ -1,22 +1,21 @@
-"""What the platform adapter tests share: one HTTP client, adapter factories, a connect through
-the fake platform, and the checks every adapter must pass the same way.
+"""What the platform adapter tests share: a connect through the fake platform, and the checks
+every adapter must pass the same way.
 
 The checks live here once so that a property (no secret in an error, a refused connection is
 ``Transient``, a spent rotating refresh token revokes the grant...) means the same thing for
-every platform. Fixtures are taken into a test module by assignment, as ``pipeline_support``'s
-are: ``http = platform_support.http``.
+every platform. The fixtures (``http``, ``make``, ``adapter``, fresh fake worlds) are in
+``tests/conftest.py``; a module names its adapter with ``@pytest.mark.adapter.with_args(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from platforms.base import PlatformAdapter
 from platforms.oauth2 import pkce_pair
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, RequestMaybeSent, Transient
 from social_accounts.values import TokenSet
@@ -24,58 +23,10 @@ from tests.fakeplatform import FakePlatformServer
 from tests.fakeplatform.core import follow_authorization
 from tests.fakeplatform.facebook import follow_dialog
 
-A = TypeVar("A", bound=PlatformAdapter)
-
 #: the redirect URI the Meta-family tests register (any ``.../oauth/callback`` passes the fakes)
 REDIRECT = "http://127.0.0.1:8000/oauth/callback"
 #: the ``state`` a test connect sends and expects back
 CONNECT_STATE = "state-connect"
-
-
-# ---- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    """A real client: every adapter test talks HTTP to the loopback fake."""
-    with httpx.Client() as client:
-        yield client
-
-
-def adapter_factory(adapter_class: type[A]) -> Any:
-    """A ``make`` fixture building ``adapter_class`` on the fake's settings.
-
-    ``make(**overrides)`` overrides settings; ``make(clock=...)`` fixes the adapter's clock.
-    """
-
-    @pytest.fixture
-    def make(settings_factory: Any, http: httpx.Client, fake: FakePlatformServer) -> Callable[..., A]:
-        def build(clock: Any = None, **overrides: Any) -> A:
-            settings = settings_factory(**overrides)
-            return adapter_class(settings, http, clock) if clock else adapter_class(settings, http)
-
-        return build
-
-    return make
-
-
-def fresh_world(world: Any) -> Any:
-    """An autouse fixture resetting a fake's ``world`` (``META``, ``THREADS``: users, knobs)
-    before and after each test of the module."""
-
-    @pytest.fixture(autouse=True)
-    def _fresh_world(fake: FakePlatformServer) -> Iterator[None]:
-        world.reset()
-        yield
-        world.reset()
-
-    return _fresh_world
-
-
-@pytest.fixture
-def adapter(make: Any) -> Any:
-    """The module's adapter with default test settings (needs the module's ``make``)."""
-    return make()
 
 
 # ---- driving the flow --------------------------------------------------------------------------
@@ -91,7 +42,7 @@ def authorize(adapter: Any, challenge: str | None = None, **fake_params: str) ->
     url = adapter.authorization_url(
         state=CONNECT_STATE, redirect_uri=adapter.settings.redirect_uri, code_challenge=challenge
     )
-    back = follow_authorization(url, **fake_params)
+    back = follow_authorization(url, browser=adapter.http, **fake_params)
     assert back["state"] == CONNECT_STATE
     return back
 

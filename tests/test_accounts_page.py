@@ -22,7 +22,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -37,7 +36,7 @@ from platforms.registry import adapter_class, platform_statuses
 from social_accounts.errors import UnknownPlatform
 from social_accounts.settings import PLATFORMS, Settings
 from social_accounts.values import AccountProfile, Stats, TokenSet
-from tests.conftest import CONTRACT_CODES
+from tests.support import CONTRACT_CODES, WEB_BACKENDS, queued_messages, web_backend
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES
 from web_callback.pages import BLUESKY_APP_PASSWORDS_URL
@@ -55,7 +54,7 @@ class Page:
     client: TestClient
     settings: Settings
     engine: Engine
-    redis: redis.Redis
+    broker: Any  # the app's: a RedisBroker, or the StubBroker of the unit tier
     ring: KeyRing
     build: Any  # another client on the same database and broker: build(**settings_overrides)
 
@@ -70,9 +69,7 @@ class Page:
         return field_value(self.client.get(PAGE).text, "csrf_token")
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
-        ns = self.settings.redis_namespace
-        ids = self.redis.lrange(f"{ns}:{queue}", 0, -1)
-        return [json.loads(p) for p in self.redis.hmget(f"{ns}:{queue}.msgs", ids) if p] if ids else []
+        return queued_messages(self.broker, queue)
 
     def all_queued(self) -> list[dict[str, Any]]:
         return [m for q in ("connect", "refresh", "sync", "maintenance") for m in self.queued(q)]
@@ -152,18 +149,24 @@ def set_cookie_headers(response: httpx2.Response) -> list[str]:
     return response.headers.get_list("set-cookie")
 
 
+#: run a test on both backends: SQLite with the in-memory broker (unit tier), and the real services
+BOTH = pytest.mark.parametrize("page", WEB_BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def page(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Iterator[Page]:
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    namespace = f"sa-page-{uuid.uuid4().hex[:8]}"
+def page(request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, fake: Any) -> Iterator[Page]:
+    """The page on PostgreSQL and Redis (``services``, the default), or on SQLite and a
+    ``StubBroker`` (``memory``: ``@BOTH``)."""
+    db_url, broker_url = web_backend(request, tmp_path)
+    upgrade(db_url)
+    engine = make_engine(db_url)
     brokers: list[Any] = []
     stack = contextlib.ExitStack()
 
     def build(**overrides: Any) -> tuple[TestClient, Settings]:
-        values = {"database_url": pg_url, "broker_url": redis_url, "redis_namespace": namespace, **overrides}
-        settings = settings_factory(**values)
-        broker = build_broker(settings)
+        settings = settings_factory(database_url=db_url, broker_url=broker_url, **overrides)
+        # every client on one broker: Redis shares it through the namespace, memory needs the object
+        broker = brokers[0] if brokers and broker_url == "memory://" else build_broker(settings)
         brokers.append(broker)
         client = stack.enter_context(
             TestClient(create_app(settings, broker=broker, engine=engine), follow_redirects=False)
@@ -171,20 +174,19 @@ def page(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Itera
         return client, settings
 
     client, settings = build()
-    conn = redis.Redis.from_url(redis_url)
     try:
-        yield Page(client, settings, engine, conn, KeyRing.from_settings(settings), build)
+        yield Page(client, settings, engine, brokers[0], KeyRing.from_settings(settings), build)
     finally:
         stack.close()
-        for broker in brokers:
+        for broker in {id(b): b for b in brokers}.values():
             broker.close()
-        conn.close()
         engine.dispose()
 
 
 # ---- signing in ----------------------------------------------------------------------------------
 
 
+@BOTH
 def test_without_a_session_the_page_shows_only_the_token_form(page: Page) -> None:
     account_id = page.add_account()
     answer = page.client.get(PAGE)
@@ -198,6 +200,7 @@ def test_without_a_session_the_page_shows_only_the_token_form(page: Page) -> Non
     assert "HttpOnly" in login_cookie and "SameSite=strict" in login_cookie
 
 
+@BOTH
 def test_a_wrong_token_is_refused_and_sets_no_session(page: Page) -> None:
     token = field_value(page.client.get(PAGE).text, "login_token")
     answer = page.client.post(f"{PAGE}/login", data={"api_token": "not-the-token", "login_token": token})
@@ -208,6 +211,7 @@ def test_a_wrong_token_is_refused_and_sets_no_session(page: Page) -> None:
     assert page.client.get(PAGE).status_code == 401
 
 
+@BOTH
 def test_the_login_form_is_csrf_protected(page: Page) -> None:
     page.client.get(PAGE)  # a pre-login cookie exists, but the form token is missing or forged
     for forged in ("", "forged-token"):
@@ -220,6 +224,7 @@ def test_the_login_form_is_csrf_protected(page: Page) -> None:
     assert fresh.post(f"{PAGE}/login", data={"api_token": TOKEN, "login_token": token}).status_code == 403
 
 
+@BOTH
 def test_the_right_token_starts_a_session_with_safe_cookie_flags(page: Page) -> None:
     token = field_value(page.client.get(PAGE).text, "login_token")
     answer = page.client.post(f"{PAGE}/login", data={"api_token": TOKEN, "login_token": token})
@@ -233,6 +238,7 @@ def test_the_right_token_starts_a_session_with_safe_cookie_flags(page: Page) -> 
     assert page.client.get(PAGE).status_code == 200
 
 
+@BOTH
 def test_on_https_the_cookie_is_secure_and_host_prefixed(page: Page) -> None:
     client, _ = page.build(public_url="https://accounts.example.com")
     form = client.get(PAGE)
@@ -250,6 +256,7 @@ def test_on_https_the_cookie_is_secure_and_host_prefixed(page: Page) -> None:
     assert "Domain" not in session
 
 
+@BOTH
 def test_the_login_keeps_the_attempt_being_shown(page: Page) -> None:
     attempt_id = page.add_attempt(status="failed", stage="failed", error_code="access_denied")
     form = page.client.get(f"{PAGE}?attempt={attempt_id}")
@@ -269,6 +276,7 @@ def test_the_login_keeps_the_attempt_being_shown(page: Page) -> None:
     assert answer.headers["location"] == PAGE
 
 
+@BOTH
 def test_forged_expired_and_foreign_sessions_are_refused(page: Page) -> None:
     signer = SessionSigner(page.settings)
     value, _ = signer.new_session()
@@ -289,6 +297,7 @@ def test_forged_expired_and_foreign_sessions_are_refused(page: Page) -> None:
     assert page.client.get(PAGE).status_code == 401
 
 
+@BOTH
 def test_signing_out_clears_the_cookie(page: Page) -> None:
     page.login()
     answer = page.client.post(f"{PAGE}/logout", data={"csrf_token": page.csrf()})
@@ -300,6 +309,7 @@ def test_signing_out_clears_the_cookie(page: Page) -> None:
 # ---- cards -------------------------------------------------------------------------------------
 
 
+@BOTH
 def test_a_card_per_platform_and_the_not_configured_tooltip_names_the_env_vars(page: Page) -> None:
     client, _ = page.build(twitter_client_id=None, meta_app_secret="")
     page.login(client)
@@ -324,6 +334,7 @@ def test_a_card_per_platform_and_the_not_configured_tooltip_names_the_env_vars(p
     assert 'name="instance"' in card(text, "mastodon")
 
 
+@BOTH
 def test_connected_accounts_show_profile_counts_health_and_sync_time(page: Page) -> None:
     account_id = page.add_account(stats=Stats(followers=1200, following=0, posts=410))
     page.login()
@@ -340,6 +351,7 @@ def test_connected_accounts_show_profile_counts_health_and_sync_time(page: Page)
     assert f'href="/sites/site-1/accounts/{account_id}/disconnect"' in block
 
 
+@BOTH
 def test_unknown_counts_are_shown_as_unknown_never_as_zero(page: Page) -> None:
     account_id = page.add_account(stats=Stats(followers=None, following=12, posts=None), last_synced_at=None)
     page.login()
@@ -355,6 +367,7 @@ def test_unknown_counts_are_shown_as_unknown_never_as_zero(page: Page) -> None:
 @pytest.mark.parametrize(
     ("score", "status", "colour"), [(100, "active", "green"), (60, "error", "yellow"), (0, "expired", "red")]
 )
+@BOTH
 def test_health_is_a_colour_a_score_and_a_reason(page: Page, score: int, status: str, colour: str) -> None:
     account_id = page.add_account(health_score=score, status=status, last_error="the platform said no")
     page.login()
@@ -365,6 +378,7 @@ def test_health_is_a_colour_a_score_and_a_reason(page: Page, score: int, status:
     assert html.escape(reason) in block
 
 
+@BOTH
 def test_the_page_never_shows_a_token_or_another_sites_accounts(page: Page) -> None:
     mine = page.add_account()
     theirs = page.add_account(site_id="site-2", account="2002", name="Bob Other")
@@ -377,6 +391,7 @@ def test_the_page_never_shows_a_token_or_another_sites_accounts(page: Page) -> N
 # ---- attempts ----------------------------------------------------------------------------------
 
 
+@BOTH
 def test_every_error_code_has_a_banner_a_person_understands(page: Page) -> None:
     page.login()
     for code in CONTRACT_CODES:
@@ -389,6 +404,7 @@ def test_every_error_code_has_a_banner_a_person_understands(page: Page) -> None:
     assert set(CONTRACT_CODES) <= set(ERROR_MESSAGES)
 
 
+@BOTH
 def test_a_pending_attempt_shows_connecting_and_reloads(page: Page) -> None:
     attempt_id = page.add_attempt()
     page.login()
@@ -397,6 +413,7 @@ def test_a_pending_attempt_shows_connecting_and_reloads(page: Page) -> None:
     assert '<meta http-equiv="refresh" content="2">' in text
 
 
+@BOTH
 def test_a_connected_attempt_names_the_accounts(page: Page) -> None:
     first = page.add_account()
     second = page.add_account(account="1002", name="Shop Page", handle=None)
@@ -409,6 +426,7 @@ def test_a_connected_attempt_names_the_accounts(page: Page) -> None:
 
 
 @pytest.mark.parametrize("which", ["other-site", "unknown", "malformed"])
+@BOTH
 def test_an_attempt_of_another_site_or_unknown_is_not_shown(page: Page, which: str) -> None:
     attempt_id = {
         "other-site": page.add_attempt(site_id="site-2", status="connected", stage="connected"),
@@ -423,6 +441,7 @@ def test_an_attempt_of_another_site_or_unknown_is_not_shown(page: Page, which: s
 # ---- connecting from the page --------------------------------------------------------------------
 
 
+@BOTH
 def test_connect_starts_an_attempt_and_sends_the_browser_to_the_platform(page: Page) -> None:
     page.login()
     answer = page.client.post(f"{PAGE}/connect/twitter", data={"csrf_token": page.csrf()})
@@ -439,6 +458,7 @@ def test_connect_starts_an_attempt_and_sends_the_browser_to_the_platform(page: P
     assert location.netloc.startswith("127.0.0.1:")  # the fake platform's authorize endpoint
 
 
+@BOTH
 def test_connecting_an_unconfigured_platform_names_the_env_vars_and_writes_nothing(page: Page) -> None:
     client, _ = page.build(tiktok_client_secret=None)
     page.login(client)
@@ -450,6 +470,7 @@ def test_connecting_an_unconfigured_platform_names_the_env_vars_and_writes_nothi
     assert page.attempts() == [] and page.all_queued() == []
 
 
+@BOTH
 def test_bluesky_connect_enqueues_the_login_and_returns_to_the_attempt(page: Page) -> None:
     page.login()
     answer = page.client.post(
@@ -465,6 +486,7 @@ def test_bluesky_connect_enqueues_the_login_and_returns_to_the_attempt(page: Pag
     assert "abcd-efgh" not in json.dumps(message)
 
 
+@BOTH
 def test_bluesky_connect_without_a_password_explains_and_writes_nothing(page: Page) -> None:
     page.login()
     answer = page.client.post(
@@ -475,6 +497,7 @@ def test_bluesky_connect_without_a_password_explains_and_writes_nothing(page: Pa
     assert page.attempts() == [] and page.all_queued() == []
 
 
+@BOTH
 def test_mastodon_needs_a_server(page: Page) -> None:
     page.login()
     answer = page.client.post(f"{PAGE}/connect/mastodon", data={"csrf_token": page.csrf(), "instance": ""})
@@ -483,6 +506,7 @@ def test_mastodon_needs_a_server(page: Page) -> None:
     assert page.attempts() == []
 
 
+@BOTH
 def test_an_unknown_platform_is_not_found(page: Page) -> None:
     page.login()
     answer = page.client.post(f"{PAGE}/connect/demo", data={"csrf_token": page.csrf()})
@@ -494,6 +518,7 @@ def test_an_unknown_platform_is_not_found(page: Page) -> None:
 
 
 @pytest.mark.parametrize("path", ["sync", "refresh", "disconnect"])
+@BOTH
 def test_posts_without_the_csrf_token_change_nothing(page: Page, path: str) -> None:
     account_id = page.add_account()
     page.login()
@@ -507,6 +532,7 @@ def test_posts_without_the_csrf_token_change_nothing(page: Page, path: str) -> N
     assert page.all_queued() == [] and page.attempts() == []
 
 
+@BOTH
 def test_posts_without_a_session_go_to_the_sign_in(page: Page) -> None:
     account_id = page.add_account()
     answer = page.client.post(f"{PAGE}/{account_id}/sync", data={"csrf_token": "x"})
@@ -517,6 +543,7 @@ def test_posts_without_a_session_go_to_the_sign_in(page: Page) -> None:
 @pytest.mark.parametrize(
     ("action", "queue", "actor"), [("sync", "sync", "sync_account"), ("refresh", "refresh", "refresh_account")]
 )
+@BOTH
 def test_sync_and_refresh_enqueue_the_same_messages_as_the_api(page: Page, action: str, queue: str, actor: str) -> None:
     account_id = page.add_account()
     page.login()
@@ -532,6 +559,7 @@ def test_sync_and_refresh_enqueue_the_same_messages_as_the_api(page: Page, actio
     assert f'<meta http-equiv="refresh" content="3;url={PAGE}">' in text
 
 
+@BOTH
 def test_disconnect_asks_first_on_a_page_of_its_own(page: Page) -> None:
     account_id = page.add_account()
     page.login()
@@ -552,6 +580,7 @@ def test_disconnect_asks_first_on_a_page_of_its_own(page: Page) -> None:
     assert message["actor_name"] == "disconnect_account" and message["kwargs"]["account_id"] == account_id
 
 
+@BOTH
 def test_actions_on_another_sites_account_are_not_found(page: Page) -> None:
     theirs = page.add_account(site_id="site-2", account="2002")
     page.login()
@@ -573,6 +602,7 @@ def test_a_broker_outage_is_explained(page: Page) -> None:
     assert banner(answer.text) == ("error", "The message broker is unavailable; try again shortly")
 
 
+@BOTH
 def test_a_malformed_site_id_is_not_found(page: Page) -> None:
     assert page.client.get("/sites/bad%20site/accounts").status_code == 404
 
@@ -580,6 +610,7 @@ def test_a_malformed_site_id_is_not_found(page: Page) -> None:
 # ---- the demo platform's registration ------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_the_demo_platform_exists_only_when_enabled(settings_factory: Any) -> None:
     off = settings_factory()
     assert [s.platform for s in platform_statuses(off)] == list(PLATFORMS)
@@ -594,6 +625,7 @@ def test_the_demo_platform_exists_only_when_enabled(settings_factory: Any) -> No
     assert adapter_class("demo", on).__name__ == "DemoAdapter"
 
 
+@BOTH
 def test_with_the_demo_enabled_the_page_has_its_card(page: Page) -> None:
     client, _ = page.build(demo_enabled=True)
     page.login(client)

@@ -18,8 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ import pytest
 import sqlalchemy as sa
 
 from models.engine import make_engine
-from tests.conftest import unavailable
+from tests.support import unavailable
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -79,19 +79,17 @@ def service(pg_url: str, tmp_path: Path) -> Iterator[str]:
     }
     log = (tmp_path / "service.log").open("w")
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], cwd=tmp_path, env=env, stdout=log, stderr=log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the service exited early:\n{(tmp_path / 'service.log').read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the service exited early:\n{(tmp_path / 'service.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the service did not start within 60 s")
-            time.sleep(0.2)
+        wait_until(ready, what="the service answering /healthz")
         yield base
     finally:
         proc.terminate()
@@ -118,14 +116,6 @@ def browser() -> Iterator[Any]:
             yield chromium
         finally:
             chromium.close()
-
-
-def _wait_for(what: str, check: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def test_a_person_connects_syncs_refreshes_and_disconnects_the_demo_account(
@@ -172,7 +162,7 @@ def test_a_person_connects_syncs_refreshes_and_disconnects_the_demo_account(
         synced_before = events("synced")
         account.locator("button:has-text('Sync now')").click()
         assert page.locator("#banner[data-kind=info]").inner_text().startswith("A stats sync was requested")
-        _wait_for("the sync", lambda: events("synced") > synced_before)
+        wait_until(lambda: events("synced") > synced_before, what="the sync")
         page.goto(f"{service}/sites/{SITE}/accounts")
         account = page.locator("#card-demo li.account")
         for key in ("followers", "following", "posts"):
@@ -186,7 +176,7 @@ def test_a_person_connects_syncs_refreshes_and_disconnects_the_demo_account(
         # refresh token: the rotating refresh grant really runs
         refreshed_before = events("refreshed")
         account.locator("button:has-text('Refresh token')").click()
-        _wait_for("the refresh", lambda: events("refreshed") > refreshed_before)
+        wait_until(lambda: events("refreshed") > refreshed_before, what="the refresh")
         page.goto(f"{service}/sites/{SITE}/accounts")
         assert page.locator("#card-demo li.account").get_attribute("data-status") == "active"
 
@@ -202,11 +192,11 @@ def test_a_person_connects_syncs_refreshes_and_disconnects_the_demo_account(
             page.goto(f"{service}/sites/{SITE}/accounts")
             return page.locator("#card-demo li.account").get_attribute("data-status") == "disconnected"
 
-        _wait_for("the disconnect", disconnected)
+        wait_until(disconnected, what="the disconnect")
         account = page.locator("#card-demo li.account")
         assert account.locator("button:has-text('Sync now')").count() == 0
         assert "Red" in account.locator(".health").inner_text()
-        _wait_for("the revocation", lambda: events("revoked") >= 1)
+        wait_until(lambda: events("revoked") >= 1, what="the revocation")
         page.screenshot(path=str(ARTIFACTS / "browser-5-disconnected.png"), full_page=True)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)

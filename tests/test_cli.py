@@ -13,7 +13,6 @@ import re
 import stat
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ DEAD_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_namespace: str) -> Iterator[pytest.MonkeyPatch]:
     """No setting from the outside world: every variable unset, an empty working directory.
 
     Setting then deleting records each variable, so whatever a command writes into
@@ -43,6 +42,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.Monk
         monkeypatch.delenv(name.upper())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("REDIS_NAMESPACE", redis_namespace)  # the test's own keys (conftest's redis_url)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield monkeypatch
@@ -323,7 +323,7 @@ def test_migrate_then_doctor_passes(
 
 
 def test_doctor_reports_leader_and_cooldowns_from_redis(
-    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str, redis_namespace: str
 ) -> None:
     import redis
 
@@ -334,8 +334,8 @@ def test_doctor_reports_leader_and_cooldowns_from_redis(
     env.setenv("BROKER_URL", redis_url)
     env.setenv("TOKEN_KEYS", f"k1:{new_key()}")
     client = redis.Redis.from_url(redis_url)
-    client.set(leader_key("social-accounts"), "host-a:42:abcd", px=9000)
-    set_cooldown(client, "social-accounts", "twitter", 120, reason="rate_limited")
+    client.set(leader_key(redis_namespace), "host-a:42:abcd", px=9000)
+    set_cooldown(client, redis_namespace, "twitter", 120, reason="rate_limited")
     client.close()
 
     _, checks = _doctor(capsys)
@@ -435,7 +435,7 @@ def test_accounts_list_and_show_never_print_a_token(
     assert code == 1 and _error_lines(err) == ["error: no account with id 'no-such-id'"]
 
 
-def test_accounts_refresh_enqueues_on_redis(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+def test_accounts_refresh_enqueues_on_redis(pg_url: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> None:
     """In a fresh process, as an operator runs it: the message lands on the refresh queue."""
     import redis
 
@@ -445,7 +445,7 @@ def test_accounts_refresh_enqueues_on_redis(pg_url: str, redis_url: str, tmp_pat
     upgrade(pg_url)
     ring = KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k1:{key}"))  # type: ignore[call-arg]
     row_id = _seed_account(pg_url, ring)
-    namespace = f"sa-test-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     env = {
         "DATABASE_URL": pg_url,
         "BROKER_URL": redis_url,

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +83,10 @@ def _clear(redis_url: str, namespace: str) -> None:
 
 
 def test_sync_all_enqueues_one_message_per_syncable_account_with_a_progress_bar(
-    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str, redis_namespace: str
 ) -> None:
     ring, _ = _seeded(env, capsys, pg_url)
-    namespace = f"sa-test-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     env.setenv("BROKER_URL", redis_url)
     env.setenv("REDIS_NAMESPACE", namespace)
     a = _seed_account(pg_url, ring, site_id="site-1", handle="alice")
@@ -115,10 +114,10 @@ def test_sync_all_enqueues_one_message_per_syncable_account_with_a_progress_bar(
 
 
 def test_sync_all_with_no_account_enqueues_nothing(
-    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str, redis_url: str, redis_namespace: str
 ) -> None:
     _seeded(env, capsys, pg_url)
-    namespace = f"sa-test-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     env.setenv("BROKER_URL", redis_url)
     env.setenv("REDIS_NAMESPACE", namespace)
 
@@ -249,7 +248,7 @@ def test_worker_metrics_env_is_set_for_the_processes_and_removed_afterwards(
 
 
 def test_a_worker_process_exposes_dramatiq_and_our_metrics_on_loopback(
-    pg_url: str, redis_url: str, tmp_path: Path
+    pg_url: str, redis_url: str, redis_namespace: str, tmp_path: Path
 ) -> None:
     from models.migrate import upgrade
     from workers.broker import build_broker
@@ -259,7 +258,7 @@ def test_a_worker_process_exposes_dramatiq_and_our_metrics_on_loopback(
         pytest.fail(f"{SCRIPT} is missing: install the project (pip install -e .)")
     upgrade(pg_url)
     port = _free_port()
-    namespace = f"sa-test-{uuid.uuid4().hex[:8]}"
+    namespace = redis_namespace
     values = {
         "DATABASE_URL": pg_url,
         "BROKER_URL": redis_url,

@@ -15,12 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 import yaml
 
 from service.cli import app
 from social_accounts.settings import Settings
-from tests.conftest import unavailable
+from tests.support import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("migrate", "web", "worker", "scheduler")
@@ -38,6 +39,7 @@ def _env_example() -> list[str]:
 # ---- .env.example -------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_env_example_lists_every_setting_with_a_comment() -> None:
     lines = _env_example()
     names: dict[str, int] = {}
@@ -51,6 +53,7 @@ def test_env_example_lists_every_setting_with_a_comment() -> None:
     assert uncommented == []
 
 
+@pytest.mark.unit
 def test_env_example_loads_as_settings_with_no_secret_filled_in() -> None:
     settings = Settings(_env_file=str(ROOT / ".env.example"))  # type: ignore[call-arg]
     assert settings.public_url == "http://127.0.0.1:8000"
@@ -61,12 +64,14 @@ def test_env_example_loads_as_settings_with_no_secret_filled_in() -> None:
 # ---- docker-compose.yml -------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_compose_has_the_production_services() -> None:
     services = _compose()["services"]
     assert set(services) == {"postgres", "redis", *APP_SERVICES}
     assert {"postgres-data", "redis-data"} <= set(_compose()["volumes"])
 
 
+@pytest.mark.unit
 def test_redis_is_durable_and_never_evicts() -> None:
     redis = _compose()["services"]["redis"]
     command = " ".join(redis["command"])
@@ -76,6 +81,7 @@ def test_redis_is_durable_and_never_evicts() -> None:
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
 
+@pytest.mark.unit
 def test_postgres_has_a_healthcheck_and_a_volume() -> None:
     postgres = _compose()["services"]["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
@@ -83,6 +89,7 @@ def test_postgres_has_a_healthcheck_and_a_volume() -> None:
     assert postgres["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"  # never a default password
 
 
+@pytest.mark.unit
 def test_migrate_runs_once_after_postgres_and_the_services_wait_for_it() -> None:
     services = _compose()["services"]
     migrate = services["migrate"]
@@ -95,6 +102,7 @@ def test_migrate_runs_once_after_postgres_and_the_services_wait_for_it() -> None
         assert depends["redis"] == {"condition": "service_healthy"}, name
 
 
+@pytest.mark.unit
 def test_app_services_share_one_image_and_point_at_the_compose_databases() -> None:
     services = _compose()["services"]
     images = {services[name]["image"] for name in APP_SERVICES}
@@ -109,6 +117,7 @@ def test_app_services_share_one_image_and_point_at_the_compose_databases() -> No
         assert "@postgres:5432/" in service["environment"]["DATABASE_URL"]
 
 
+@pytest.mark.unit
 def test_workers_scale_and_only_web_publishes_a_port() -> None:
     services = _compose()["services"]
     for name in APP_SERVICES:
@@ -117,6 +126,7 @@ def test_workers_scale_and_only_web_publishes_a_port() -> None:
     assert services["web"]["environment"]["HOST"] == "0.0.0.0"
 
 
+@pytest.mark.unit
 def test_every_service_command_is_a_cli_command() -> None:
     commands = set(typer.main.get_group(app).commands)
     services = _compose()["services"]
@@ -168,6 +178,7 @@ def test_settings_from_the_shell_reach_the_app_services(tmp_path: Path) -> None:
 # ---- Dockerfile ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_dockerfile_builds_one_non_root_image_with_the_cli_entrypoint() -> None:
     lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
     assert "FROM python:3.11-slim" in lines

@@ -30,7 +30,7 @@ from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.pipeline_support import FAST_POLICY_KW
 from workers import connect, retrying, runtime
 from workers.adapters import adapter_for
-from workers.cooldowns import set_cooldown
+from workers.cooldowns import cooldown_key, set_cooldown
 
 TOKEN = "/twitter/2/oauth2/token"
 ME = "/twitter/2/users/me"
@@ -103,7 +103,7 @@ def connects(
     url = request.getfixturevalue("pg_url") if request.param == "postgresql" else f"sqlite:///{tmp_path / 'sa.db'}"
     upgrade(url)
     engine = make_engine(url)
-    settings = settings_factory(database_url=url, broker_url=redis_url, redis_namespace="sa-connect-backends")
+    settings = settings_factory(database_url=url, broker_url=redis_url)  # in the test's own Redis namespace
     rt = runtime.configure(
         settings,
         engine=engine,
@@ -227,7 +227,7 @@ def test_a_cooldown_defers_before_the_state_is_consumed(connects: Connects) -> N
         assert (row.status, row.stage, row.consumed_by) == ("pending", "created", None)
         assert connects.fake.count(TOKEN) == 0
     finally:
-        client.flushdb()
+        client.delete(cooldown_key(connects.rt.settings.redis_namespace, "twitter"))
         client.close()
 
     assert connects.run(attempt_id, code_enc) == "connected"

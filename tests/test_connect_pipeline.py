@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -21,21 +21,18 @@ from models.repository import load_account
 from models.tables import SocialAccountEvent
 from platforms.registry import adapter_class
 from social_accounts.settings import OAUTH_PLATFORMS
-from tests import pipeline_support
-from tests.conftest import _platform_modules
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import api_client
 from tests.pipeline_support import Pipeline, account_rows, bluesky_attempt, code_exchanges, events, token_path
+from tests.support import platform_modules
+from tests.waiting import wait_until
 from workers import connect, retrying
-
-pipeline = pipeline_support.pipeline
-pipeline_factory = pipeline_support.pipeline_factory
 
 
 def _faked_oauth_platforms() -> list[str]:
     """OAuth platforms that have an adapter and whose endpoints a fake module serves."""
     env: dict[str, str] = {}
-    for module in _platform_modules():
+    for module in platform_modules():
         env.update(module.settings_env("http://fake"))
     return [
         p
@@ -396,7 +393,11 @@ class RedisMonitor:
             pass  # the connection was closed by stop()
 
     def stop(self) -> str:
-        time.sleep(0.2)  # let the last commands arrive
+        # MONITOR streams commands in the order Redis ran them: once a marker sent now shows up,
+        # every command run before it has been seen
+        marker = f"monitor-end-{uuid.uuid4().hex}"
+        self.client.exists(marker)
+        wait_until(lambda: any(marker in line for line in self.lines), what="the monitor's end marker")
         self._monitor.connection.disconnect()
         self._thread.join(timeout=5)
         self.client.close()
@@ -428,6 +429,7 @@ def test_no_token_code_or_client_secret_ever_reaches_redis(pipeline: Pipeline, r
     assert not leaked, f"{len(leaked)} secrets found in Redis"
 
 
+@pytest.mark.unit
 def test_next_refresh_at_keeps_margin_but_never_more_than_half_the_lifetime() -> None:
     from social_accounts.values import TokenSet
 

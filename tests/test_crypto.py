@@ -44,6 +44,7 @@ def ring() -> KeyRing:
 # ---- the format ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_round_trip_and_format(ring: KeyRing) -> None:
     value = ring.encrypt("s3cret-token", **WHERE)
     assert re.fullmatch(r"v1:k1:[A-Za-z0-9_-]+", value)
@@ -52,6 +53,7 @@ def test_round_trip_and_format(ring: KeyRing) -> None:
     assert ring.encrypt("s3cret-token", **WHERE) != value  # a fresh nonce every time
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "moved",
     [
@@ -68,6 +70,7 @@ def test_value_moved_elsewhere_fails(ring: KeyRing, moved: dict[str, str]) -> No
     assert value not in str(info.value)
 
 
+@pytest.mark.unit
 def test_relabelled_key_id_fails() -> None:
     k1, k2 = key(), key()
     ring = KeyRing([("k2", k2), ("k1", k1)])
@@ -76,6 +79,7 @@ def test_relabelled_key_id_fails() -> None:
         ring.decrypt(value.replace("v1:k1:", "v1:k2:"), **WHERE)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "mangle",
     [
@@ -94,6 +98,7 @@ def test_tampered_or_malformed_values_fail(ring: KeyRing, mangle: object) -> Non
     assert "s3cret-token" not in str(info.value)
 
 
+@pytest.mark.unit
 def test_unknown_key_id_fails_clearly(ring: KeyRing) -> None:
     other_key = key()
     value = KeyRing([("old", other_key)]).encrypt("s3cret-token", **WHERE)
@@ -105,6 +110,7 @@ def test_unknown_key_id_fails_clearly(ring: KeyRing) -> None:
     assert isinstance(info.value, CryptoError)
 
 
+@pytest.mark.unit
 def test_rotation_helpers() -> None:
     k1, k2 = key(), key()
     old = KeyRing([("k1", k1)])
@@ -117,6 +123,7 @@ def test_rotation_helpers() -> None:
     assert KeyRing([("k2", k2)]).decrypt(rotated, **WHERE) == "s3cret-token"
 
 
+@pytest.mark.unit
 def test_repr_hides_keys() -> None:
     raw = key()
     ring = KeyRing([("k1", raw)])
@@ -124,6 +131,7 @@ def test_repr_hides_keys() -> None:
     assert b64(raw) not in repr(ring)
 
 
+@pytest.mark.unit
 def test_optional_helpers_store_nothing_for_empty(ring: KeyRing) -> None:
     assert ring.encrypt_optional("", **WHERE) is None
     assert ring.encrypt_optional(None, **WHERE) is None
@@ -133,6 +141,7 @@ def test_optional_helpers_store_nothing_for_empty(ring: KeyRing) -> None:
 # ---- configuration ---------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_from_settings_uses_token_keys() -> None:
     k2, k1 = key(), key()
     settings = Settings(_env_file=None, token_keys=f"k2:{b64(k2)}, k1:{b64(k1)}")  # type: ignore[call-arg]
@@ -142,6 +151,7 @@ def test_from_settings_uses_token_keys() -> None:
     assert ring.decrypt(value, **WHERE) == "x"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -166,11 +176,13 @@ def test_malformed_token_keys_is_a_clear_config_error(raw: str, expected: str) -
             assert secret not in message
 
 
+@pytest.mark.unit
 def test_missing_token_keys_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="TOKEN_KEYS is required"):
         KeyRing.from_settings(Settings(_env_file=None, token_keys=None))  # type: ignore[call-arg]
 
 
+@pytest.mark.unit
 def test_key_ring_constructor_checks_key_length() -> None:
     with pytest.raises(ConfigError, match="must be 32"):
         KeyRing([("k1", b"short")])

@@ -23,6 +23,8 @@ from social_accounts.errors import AccessTokenExpired, NeedsReconnect
 from social_accounts.settings import Settings
 from web_callback.demo import DemoProvider, routes
 
+pytestmark = pytest.mark.unit
+
 
 class _ToTestClient(httpx.BaseTransport):
     def __init__(self, client: TestClient) -> None:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("social_accounts", "models", "platforms", "workers", "scheduler", "web_callback", "service")
 #: a mention of one of the outside documents that is not the repository's ``docs/`` copy

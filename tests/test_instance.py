@@ -36,6 +36,7 @@ def workdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
 # ---- one configuration --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_settings_read_the_secrets_run_generated_and_env_and_dot_env_win(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,6 +58,7 @@ def test_settings_read_the_secrets_run_generated_and_env_and_dot_env_win(
 # ---- the instance file --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_held_instance_is_found_and_gone_once_released(workdir: Path) -> None:
     settings = Settings(_env_file=None, broker_url="memory://", public_url="http://127.0.0.1:8123")  # type: ignore[call-arg]
     assert running() is None
@@ -99,6 +101,7 @@ def _checks(settings: Settings) -> dict[str, tuple[str, str]]:
     return {check.name: (check.status, check.detail) for check in run_checks(settings)}
 
 
+@pytest.mark.unit
 def test_the_doctor_checks_the_running_instance_broker_and_leader(workdir: Path) -> None:
     settings = Settings(_env_file=None, database_url=f"sqlite:///{workdir / 'x.db'}", token_keys=f"k1:{new_key()}")  # type: ignore[call-arg]
     alone = _checks(settings.model_copy(update={"broker_url": "memory://"}))
@@ -116,6 +119,7 @@ def test_the_doctor_checks_the_running_instance_broker_and_leader(workdir: Path)
     assert "redis" not in str(checks).lower()
 
 
+@pytest.mark.unit
 def test_the_doctor_says_when_its_settings_are_not_those_of_the_running_instance(workdir: Path) -> None:
     settings = Settings(_env_file=None, token_keys=f"k1:{new_key()}")  # type: ignore[call-arg]
     with hold(settings.model_copy(update={"database_url": "sqlite:///elsewhere.db", "broker_url": "memory://"})):

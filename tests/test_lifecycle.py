@@ -22,20 +22,17 @@ from starlette.testclient import TestClient
 from models.tables import SocialAccount
 from social_accounts.errors import NotNow, Transient
 from social_accounts.health import compute_health
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import (
     FAST_LIFECYCLE,
     LIFECYCLE_SETTINGS,
     ShiftedClock,
-    api,
     bluesky_settings,
     calls,
     connect,
     connect_bluesky,
     connect_mastodon,
     events,
-    life,
     load,
     login_bluesky,
     make_due,
@@ -53,9 +50,6 @@ from workers.publish import request_disconnect, request_refresh, request_sync
 from workers.refresh import refresh_now
 from workers.sync import sync_now
 from workers.tokens import get_valid_token
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["api", "life", "pipeline_factory"]  # fixtures used by name below
 
 
 def status_of(pipe: Pipeline, account_id: str) -> str:
@@ -563,6 +557,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
 # ---- the token API -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_short_lived_token_is_refreshed_at_half_its_lifetime_not_in_a_loop() -> None:
     from social_accounts.values import TokenSet
     from workers.refresh import is_due

@@ -26,6 +26,12 @@ from workers.runtime import Runtime
 NS = "sa-test"
 
 
+@pytest.fixture(autouse=True)
+def _own_namespace(redis_namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's keys under its own namespace (``redis_url`` deletes them afterwards)."""
+    monkeypatch.setattr(f"{__name__}.NS", redis_namespace)
+
+
 def test_only_one_holder_of_an_account_lock_at_a_time(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     inside = 0

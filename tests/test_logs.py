@@ -14,6 +14,8 @@ from social_accounts import logs
 from social_accounts.logs import REDACTED, configure_logging, redact, register_secret
 from tests.conftest import new_key
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def isolated_logging() -> Iterator[None]:

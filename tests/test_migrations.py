@@ -94,6 +94,7 @@ def test_postgres_concurrent_upgrades_do_not_race(pg_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.unit
 def test_sqlite_upgrade_from_another_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may depend on the working directory
     url = f"sqlite:///{tmp_path / 'embedded.db'}"
@@ -115,6 +116,7 @@ def test_sqlite_upgrade_from_another_directory(tmp_path: Path, monkeypatch: pyte
         engine.dispose()
 
 
+@pytest.mark.unit
 def test_migrations_are_package_data() -> None:
     """Every file Alembic needs at run time is matched by pyproject's package-data patterns."""
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["models"]
@@ -129,6 +131,7 @@ def test_migrations_are_package_data() -> None:
 # ---- engine --------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_postgresql_url_uses_psycopg3() -> None:
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     engine = make_engine("postgresql://postgres@127.0.0.1:1/x")
@@ -139,8 +142,8 @@ def test_postgresql_url_uses_psycopg3() -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "postgresql+psycopg://postgres:hunter2pw@127.0.0.1:1/x",
-        "sqlite:////nonexistent-dir/sub/db.sqlite",
+        "postgresql+psycopg://postgres:hunter2pw@127.0.0.1:1/x",  # a connection refused: the full tier
+        pytest.param("sqlite:////nonexistent-dir/sub/db.sqlite", marks=pytest.mark.unit),
     ],
 )
 def test_database_that_does_not_answer_is_one_clear_line(url: str) -> None:
@@ -154,13 +157,14 @@ def test_database_that_does_not_answer_is_one_clear_line(url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("url", ["mysql://u@h/db", "not a url"])
 def test_unsupported_url_is_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         make_engine(url)
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=["postgres", pytest.param("sqlite", marks=pytest.mark.unit)])
 def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'x.db'}"
     migrate.upgrade(url)

@@ -10,6 +10,8 @@ import pytest
 from platforms.netguard import MAX_REDIRECTS, NetGuard, Redirected, guarded_send, is_public_address
 from social_accounts.errors import Transient, UnsafeAddress
 
+pytestmark = pytest.mark.unit
+
 PUBLIC_V4 = "93.184.216.34"
 
 

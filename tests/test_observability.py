@@ -31,7 +31,6 @@ from models.engine import make_engine
 from models.migrate import upgrade
 from social_accounts.logs import configure_logging
 from social_accounts.metrics import MESSAGE_LATENCY
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due, wait_until
 from tests.pipeline_support import Pipeline
@@ -40,9 +39,6 @@ from workers.broker import build_broker
 from workers.cooldowns import set_cooldown
 from workers.metrics_middleware import MessageLatency, due_at_ms
 from workers.publish import request_refresh, request_sync
-
-pipeline = pipeline_support.pipeline
-pipeline_factory = pipeline_support.pipeline_factory
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -204,7 +200,7 @@ def test_metrics_count_connects_refreshes_errors_and_latency(pipeline: Pipeline,
 
 @pytest.fixture
 def scrape_app(
-    pg_url: str, redis_url: str, settings_factory: Any, opened: Opener
+    pg_url: str, redis_url: str, redis_namespace: str, settings_factory: Any, opened: Opener
 ) -> Iterator[Callable[..., TestClient]]:
     """A web app on its own Redis namespace, without a worker (messages stay queued)."""
     from web_callback.app import create_app
@@ -217,7 +213,7 @@ def scrape_app(
         values: dict[str, Any] = {
             "database_url": pg_url,
             "broker_url": redis_url,
-            "redis_namespace": f"sa-test-{uuid.uuid4().hex[:8]}",
+            "redis_namespace": f"{redis_namespace}-{len(brokers)}",  # one per app, all the test's
         }
         settings = settings_factory(**{**values, **overrides})
         broker = build_broker(settings)
@@ -230,7 +226,9 @@ def scrape_app(
     engine.dispose()
 
 
-def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redis_url: str) -> None:
+def test_queue_depth_and_cooldowns_are_read_at_scrape_time(
+    scrape_app: Any, redis_url: str, redis_namespace: str
+) -> None:
     client = scrape_app()
     settings = client.app.state.services.settings  # type: ignore[attr-defined]
     broker = client.app.state.services.broker  # type: ignore[attr-defined]
@@ -244,7 +242,7 @@ def test_queue_depth_and_cooldowns_are_read_at_scrape_time(scrape_app: Any, redi
         set_cooldown(store, namespace, "twitter", 60)
         set_cooldown(store, namespace, "mastodon", 60, account_id="acct-1")
         set_cooldown(store, namespace, "mastodon", 60, account_id="acct-2")
-        set_cooldown(store, "another-namespace", "facebook", 60)
+        set_cooldown(store, f"{redis_namespace}-another", "facebook", 60)  # the test's, not the app's
 
         samples = scrape(client)
 
@@ -293,6 +291,7 @@ def _proxy(**fields: Any) -> MessageProxy:
     return MessageProxy(message.copy(**fields))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("fields", "now_ms", "expected"),
     [
@@ -315,6 +314,7 @@ def test_latency_is_measured_from_when_the_message_became_due(
     assert due_at_ms(proxy) == fields.get("options", {}).get("eta", fields["message_timestamp"])
 
 
+@pytest.mark.unit
 def test_the_broker_times_every_message() -> None:
     from workers.broker import _middleware
 

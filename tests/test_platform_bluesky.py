@@ -25,7 +25,6 @@ from social_accounts.errors import (
 )
 from social_accounts.settings import Settings
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.peers.pds import PdsPeer
 from tests.platform_support import assert_no_secret, assert_transient
 
@@ -41,9 +40,6 @@ def fake_jwt(exp: float, scope: str = "com.atproto.appPass") -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     return enc({"alg": "HS256", "typ": "at+jwt"}) + "." + enc({"exp": int(exp), "scope": scope}) + ".c2ln"
-
-
-http = platform_support.http
 
 
 # ---- against the real PDS --------------------------------------------------------------------
@@ -258,6 +254,7 @@ def session(**metadata: Any) -> TokenSet:
     )
 
 
+@pytest.mark.unit
 def test_login_goes_to_the_pds_named_in_the_did_document() -> None:
     adapter, seen = offline(login_routes())
     tokens = adapter.login("Alice.Example", "app-pass-word")
@@ -269,6 +266,7 @@ def test_login_goes_to_the_pds_named_in_the_did_document() -> None:
     assert tokens.metadata == {"did": DID, "handle": "alice.example", "pds_url": PDS_URL}
 
 
+@pytest.mark.unit
 def test_login_uses_did_web_documents() -> None:
     web_did = "did:web:alice.example"
     routes = login_routes()
@@ -284,6 +282,7 @@ def test_login_uses_did_web_documents() -> None:
     assert "alice.example/.well-known/did.json" in seen
 
 
+@pytest.mark.unit
 def test_a_did_document_for_another_did_is_refused() -> None:
     adapter, seen = offline(
         login_routes(**{f"plc.example/{DID}": httpx.Response(200, json=did_doc("did:plc:" + "z" * 24))})
@@ -293,6 +292,7 @@ def test_a_did_document_for_another_did_is_refused() -> None:
     assert not any("createSession" in s for s in seen)
 
 
+@pytest.mark.unit
 def test_a_did_document_without_a_pds_is_refused() -> None:
     doc = {**did_doc(), "service": []}
     adapter, _ = offline(login_routes(**{f"plc.example/{DID}": httpx.Response(200, json=doc)}))
@@ -300,6 +300,7 @@ def test_a_did_document_without_a_pds_is_refused() -> None:
         adapter.login("alice.example", "app-pass-word")
 
 
+@pytest.mark.unit
 def test_a_pds_on_a_private_address_is_refused_before_the_password_is_sent() -> None:
     doc = did_doc(endpoint="https://10.0.0.5")
     adapter, seen = offline(login_routes(**{f"plc.example/{DID}": httpx.Response(200, json=doc)}))
@@ -308,6 +309,7 @@ def test_a_pds_on_a_private_address_is_refused_before_the_password_is_sent() -> 
     assert not any("createSession" in s for s in seen)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
@@ -329,6 +331,7 @@ def test_429_waits_as_long_as_the_pds_says(headers: dict[str, str], expected: fl
     assert caught.value.retry_after == pytest.approx(expected, abs=2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_5xx_on_refresh_is_transient(status: int) -> None:
     adapter, _ = offline(
@@ -338,6 +341,7 @@ def test_5xx_on_refresh_is_transient(status: int) -> None:
     assert not isinstance(error, NeedsReconnect | AccessTokenExpired)
 
 
+@pytest.mark.unit
 def test_a_connection_failure_is_transient_and_a_lost_answer_maybe_sent() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
@@ -352,6 +356,7 @@ def test_a_connection_failure_is_transient_and_a_lost_answer_maybe_sent() -> Non
         adapter.refresh(session())
 
 
+@pytest.mark.unit
 def test_an_invalid_refresh_token_needs_a_reconnect() -> None:
     answer = httpx.Response(400, json={"error": "InvalidToken", "message": "Token could not be verified"})
     adapter, _ = offline({"pds.example/xrpc/com.atproto.server.refreshSession": answer})
@@ -359,6 +364,7 @@ def test_an_invalid_refresh_token_needs_a_reconnect() -> None:
         adapter.refresh(session())
 
 
+@pytest.mark.unit
 def test_refresh_sends_the_refresh_token_and_keeps_metadata() -> None:
     now = datetime.now(UTC).timestamp()
     new_access, new_refresh = fake_jwt(now + 7200), fake_jwt(now + 90 * 86400)
@@ -377,6 +383,7 @@ def test_refresh_sends_the_refresh_token_and_keeps_metadata() -> None:
     assert fresh.expires_at == jwt_expiry(new_access)
 
 
+@pytest.mark.unit
 def test_with_an_appview_the_profile_has_counts() -> None:
     view = {
         "did": DID,
@@ -395,6 +402,7 @@ def test_with_an_appview_the_profile_has_counts() -> None:
     assert not any("getRecord" in s for s in seen)
 
 
+@pytest.mark.unit
 def test_an_appview_outage_does_not_fail_a_connect_but_does_fail_a_sync() -> None:
     record = {"value": {"$type": "app.bsky.actor.profile", "displayName": "Alice"}}
     adapter, _ = offline(
@@ -409,6 +417,7 @@ def test_an_appview_outage_does_not_fail_a_connect_but_does_fail_a_sync() -> Non
         adapter.fetch_stats(DID, session())
 
 
+@pytest.mark.unit
 def test_an_expired_access_token_is_not_mistaken_for_a_missing_appview() -> None:
     adapter, seen = offline(
         {
@@ -422,6 +431,7 @@ def test_an_expired_access_token_is_not_mistaken_for_a_missing_appview() -> None
     assert not any("getRecord" in s for s in seen)
 
 
+@pytest.mark.unit
 def test_a_rate_limited_profile_is_not_mistaken_for_a_missing_appview() -> None:
     adapter, _ = offline(
         {"pds.example/xrpc/app.bsky.actor.getProfile": httpx.Response(429, json={"error": "RateLimitExceeded"})}
@@ -430,6 +440,7 @@ def test_a_rate_limited_profile_is_not_mistaken_for_a_missing_appview() -> None:
         adapter.fetch_accounts(session())
 
 
+@pytest.mark.unit
 def test_the_redirect_flow_is_not_offered() -> None:
     adapter, seen = offline({})
     with pytest.raises(Permanent):
@@ -439,6 +450,7 @@ def test_the_redirect_flow_is_not_offered() -> None:
     assert seen == []
 
 
+@pytest.mark.unit
 def test_an_empty_app_password_is_refused_without_a_request() -> None:
     adapter, seen = offline(login_routes())
     with pytest.raises(LoginFailed):
@@ -446,6 +458,7 @@ def test_an_empty_app_password_is_refused_without_a_request() -> None:
     assert seen == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -459,12 +472,14 @@ def test_parse_handle_accepts(value: str, expected: str) -> None:
     assert parse_handle(value) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", ["", "alice", "alice..example", "-a.example", "a.1com", "did:plc:short", "x" * 260])
 def test_parse_handle_refuses(value: str) -> None:
     with pytest.raises(LoginFailed):
         parse_handle(value)
 
 
+@pytest.mark.unit
 def test_jwt_expiry_reads_exp_and_survives_garbage() -> None:
     assert jwt_expiry(fake_jwt(2_000_000_000)) == datetime.fromtimestamp(2_000_000_000, UTC)
     assert jwt_expiry("not-a-jwt") is None

@@ -12,7 +12,6 @@ from platforms.facebook import FacebookAdapter
 from platforms.meta import APP_THROTTLE_SECONDS, THROTTLE_SECONDS, appsecret_proof, usage_near_limit
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited, RequestMaybeSent, Transient
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta
 from tests.fakeplatform.core import closed_port
@@ -23,10 +22,7 @@ from tests.platform_support import meta_connect as connect
 GRAPH = "/meta/graph/v27.0"
 
 
-http = platform_support.http
-_meta_world = platform_support.fresh_world(META)
-make = platform_support.adapter_factory(FacebookAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(FacebookAdapter), pytest.mark.fake_world.with_args(META)]
 
 
 # ---- authorization URL ---------------------------------------------------------------------
@@ -133,7 +129,7 @@ def test_failed_long_lived_follow_up_keeps_short_token_and_upgrades_later(
         if b"fb_exchange_token" in request.read():
             fake.fail(f"{GRAPH}/oauth/access_token", meta_error(2, "Service temporarily unavailable", status=503))
 
-    with httpx.Client(event_hooks={"request": [break_follow_up]}) as client:
+    with fake.client(event_hooks={"request": [break_follow_up]}) as client:
         adapter = FacebookAdapter(settings_factory(), client)
         url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge=None)
         tokens = adapter.exchange_code(
@@ -142,7 +138,7 @@ def test_failed_long_lived_follow_up_keeps_short_token_and_upgrades_later(
         assert tokens.access_token.startswith("EAAs")
         assert tokens.metadata["long_lived"] is False
 
-    with httpx.Client() as client:
+    with fake.client() as client:
         accounts = FacebookAdapter(settings_factory(), client).fetch_accounts(tokens)
     assert len(accounts) == 3
     exchanges = [r for r in fake.requests if r.form.get("grant_type") == "fb_exchange_token"]

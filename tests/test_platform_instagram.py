@@ -11,7 +11,6 @@ import pytest
 from platforms.instagram import InstagramAdapter
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited
 from social_accounts.values import AccountProfile
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import facebook as fakemeta
 from tests.fakeplatform.core import unused_port_url
@@ -24,10 +23,7 @@ IG_BAKERY = "17841400000001"
 IG_BOOKS = "17841400000003"
 
 
-http = platform_support.http
-_meta_world = platform_support.fresh_world(META)
-make = platform_support.adapter_factory(InstagramAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(InstagramAdapter), pytest.mark.fake_world.with_args(META)]
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from social_accounts.errors import (
     Transient,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import linkedin as fake_li
 from tests.fakeplatform.core import unused_port_url
@@ -33,9 +32,7 @@ STATE = "state-li"
 ANALYTICS_SCOPES = "openid profile email w_member_social r_member_profileAnalytics"
 
 
-http = platform_support.http
-make = platform_support.adapter_factory(LinkedInAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(LinkedInAdapter)]
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from social_accounts.errors import (
     UnsafeAddress,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform.core import follow_authorization, unused_port_url
 from tests.fakeplatform.mastodon import USERS
@@ -30,7 +29,7 @@ VERIFIER = "v" * 64
 METADATA = "/.well-known/oauth-authorization-server"
 
 
-http = platform_support.http
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def connect(adapter: MastodonAdapter, instance: str, user: str = "alice") -> Tok
     url = adapter.authorization_url(
         state="st-1", redirect_uri=REDIRECT, code_challenge=s256_challenge(VERIFIER), instance=instance
     )
-    back = follow_authorization(url, fake_user=user)
+    back = follow_authorization(url, browser=adapter.http, fake_user=user)
     assert back["state"] == "st-1"
     return adapter.exchange_code(code=back["code"], redirect_uri=REDIRECT, code_verifier=VERIFIER, instance=instance)
 
@@ -181,7 +180,7 @@ def test_older_server_without_metadata_gets_no_pkce_and_read_accounts(
     _, q = split_url(url)
     assert "code_challenge" not in q
     assert q["scope"] == "read:accounts write:statuses write:media"
-    back = follow_authorization(url)
+    back = follow_authorization(url, browser=adapter.http)
     tokens = adapter.exchange_code(
         code=back["code"], redirect_uri=REDIRECT, code_verifier=VERIFIER, instance=fake.base_url
     )
@@ -239,7 +238,7 @@ def test_empty_display_name_falls_back_to_username(fake: FakePlatformServer, ada
 
 def test_a_replayed_code_is_refused_as_needs_reconnect(fake: FakePlatformServer, adapter: MastodonAdapter) -> None:
     url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge=None, instance=fake.base_url)
-    code = follow_authorization(url)["code"]
+    code = follow_authorization(url, browser=adapter.http)["code"]
     adapter.exchange_code(code=code, redirect_uri=REDIRECT, code_verifier=None, instance=fake.base_url)
     with pytest.raises(NeedsReconnect):
         adapter.exchange_code(code=code, redirect_uri=REDIRECT, code_verifier=None, instance=fake.base_url)
@@ -390,17 +389,14 @@ def test_a_redirect_of_the_registration_post_is_not_followed(settings_factory: C
     assert seen == ["GET /api/v1/instance", f"GET {METADATA}", "POST /api/v1/apps"]
 
 
-def test_a_host_that_is_not_mastodon_is_unreachable(
-    settings_factory: Callable[..., object], http: httpx.Client
-) -> None:
-    other = FakePlatformServer().start()  # answers 404 to everything
-    try:
-        adapter = MastodonAdapter(settings_factory(), http)  # type: ignore[arg-type]
+def test_a_host_that_is_not_mastodon_is_unreachable(settings_factory: Callable[..., object]) -> None:
+    other = FakePlatformServer(listen=False)  # no route: answers 404 to everything
+    with other.client() as client:
+        adapter = MastodonAdapter(settings_factory(), client)  # type: ignore[arg-type]
         with pytest.raises(InstanceUnreachable):
             adapter.ensure_app(other.base_url, REDIRECT)
-        assert other.count("/api/v1/apps") == 0
-    finally:
-        other.stop()
+    assert other.count("/api/v1/instance") >= 1  # it was asked, and said 404
+    assert other.count("/api/v1/apps") == 0
 
 
 def test_a_host_answering_html_is_unreachable(settings_factory: Callable[..., object]) -> None:

@@ -15,7 +15,6 @@ from social_accounts.errors import (
     RateLimited,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import pinterest as fake_pin
 from tests.fakeplatform.core import unused_port_url
@@ -33,9 +32,7 @@ STATE = "state-pin"
 ALICE = fake_pin.USERS["alice"]
 
 
-http = platform_support.http
-make = platform_support.adapter_factory(PinterestAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(PinterestAdapter)]
 
 
 def test_authorization_url_uses_commas_and_no_pkce(adapter: PinterestAdapter, fake: FakePlatformServer) -> None:

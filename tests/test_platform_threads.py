@@ -11,7 +11,6 @@ import pytest
 from platforms.threads import ThreadsAdapter
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError, RateLimited
 from social_accounts.values import AccountProfile
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import threads as fakethreads
 from tests.fakeplatform.core import closed_port
@@ -23,10 +22,11 @@ from tests.platform_support import meta_connect as connect
 DAY = 24 * 3600
 
 
-http = platform_support.http
-_threads_world = platform_support.fresh_world(THREADS)
-make = platform_support.adapter_factory(ThreadsAdapter)
-adapter = platform_support.adapter
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.adapter.with_args(ThreadsAdapter),
+    pytest.mark.fake_world.with_args(THREADS),
+]
 
 
 @pytest.fixture

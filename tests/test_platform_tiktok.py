@@ -16,7 +16,6 @@ from social_accounts.errors import (
     RateLimited,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import tiktok as fake_tt
 from tests.fakeplatform.core import unused_port_url
@@ -33,9 +32,7 @@ STATE = "state-tt"
 ALICE = fake_tt.USERS["alice"]
 
 
-http = platform_support.http
-make = platform_support.adapter_factory(TikTokAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(TikTokAdapter)]
 
 
 def test_authorization_url_uses_client_key_and_commas(adapter: TikTokAdapter, fake: FakePlatformServer) -> None:

@@ -18,7 +18,6 @@ from social_accounts.errors import (
     RequestMaybeSent,
 )
 from social_accounts.values import TokenSet
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import twitter as fake_x
 from tests.fakeplatform.core import unused_port_url
@@ -34,9 +33,7 @@ from tests.platform_support import (
 
 STATE = "state-123"
 
-http = platform_support.http
-make = platform_support.adapter_factory(TwitterAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(TwitterAdapter)]
 
 
 # ---- authorization URL ------------------------------------------------------------------------

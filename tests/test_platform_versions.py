@@ -16,6 +16,8 @@ from platforms.versions import (
 from service.doctor import Check, check_api_versions
 from social_accounts.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_published_and_not_near_their_end() -> None:
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]

@@ -13,7 +13,6 @@ from social_accounts.errors import (
     Permanent,
     RateLimited,
 )
-from tests import platform_support
 from tests.fakeplatform import FakePlatformServer, FakeResponse
 from tests.fakeplatform import youtube as fake_yt
 from tests.fakeplatform.core import unused_port_url
@@ -30,9 +29,7 @@ STATE = "state-yt"
 ALICE_CHANNEL = fake_yt.USERS["alice"][0]["id"]
 
 
-http = platform_support.http
-make = platform_support.adapter_factory(YouTubeAdapter)
-adapter = platform_support.adapter
+pytestmark = [pytest.mark.unit, pytest.mark.adapter.with_args(YouTubeAdapter)]
 
 
 def test_authorization_url_asks_for_offline_access_consent_and_pkce(

@@ -29,6 +29,8 @@ from social_accounts.errors import (
 from workers.policy_middleware import PolicyMiddleware
 from workers.retrying import CONNECT_POLICY, Decision, RetryPolicy, Step, decide, jitter_ceiling_ms
 
+pytestmark = pytest.mark.unit
+
 
 class PinnedRandom(random.Random):
     """``uniform(a, b)`` answers ``a + share * (b - a)``."""

@@ -16,15 +16,11 @@ import pytest
 from models.repository import save_refreshed_tokens
 from social_accounts.metrics import REFRESHES
 from social_accounts.values import TokenSet
-from tests import pipeline_support
-from tests.lifecycle_support import connect, events, life, load, make_due, refresh_calls
+from tests.lifecycle_support import connect, events, load, make_due, refresh_calls
 from tests.pipeline_support import Pipeline
 from workers import runtime
 from workers.adapters import adapter_for
 from workers.refresh import refresh_now
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["life", "pipeline_factory"]  # fixtures used by name below
 
 
 def lost_races() -> float:

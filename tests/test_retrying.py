@@ -13,6 +13,8 @@ import pytest
 from social_accounts.errors import Transient
 from workers.retrying import CONNECT_POLICY, RetryPolicy, Step, backoff_ms, decide
 
+pytestmark = pytest.mark.unit
+
 
 class PinnedRandom(random.Random):
     """``uniform(a, b)`` answers ``a + share * (b - a)`` and remembers every range it was asked for."""

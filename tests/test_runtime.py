@@ -120,6 +120,7 @@ def test_get_broker_installs_the_runtimes_broker_when_none_is() -> None:
 # ---- lazily built, injectable, closed by its owner --------------------------------------------
 
 
+@pytest.mark.unit
 def test_resources_are_built_on_first_use_and_closed_with_the_runtime() -> None:
     rt = Runtime(_settings())
     assert (rt._engine, rt._http, rt._broker, rt._ring) == (None, None, None, None)
@@ -133,6 +134,7 @@ def test_resources_are_built_on_first_use_and_closed_with_the_runtime() -> None:
     rt.close()
 
 
+@pytest.mark.unit
 def test_a_runtime_never_closes_what_it_was_lent() -> None:
     engine = create_engine("sqlite://")
     lent_http = httpx.Client()
@@ -143,11 +145,13 @@ def test_a_runtime_never_closes_what_it_was_lent() -> None:
     engine.dispose()
 
 
+@pytest.mark.unit
 def test_no_redis_configured_is_one_clear_error() -> None:
     with pytest.raises(RuntimeError, match="no Redis configured"):
         Runtime(_settings()).redis  # noqa: B018
 
 
+@pytest.mark.unit
 def test_after_a_fork_the_process_runtime_builds_its_own_pools() -> None:
     rt = runtime.configure(_settings())
     try:
@@ -161,6 +165,7 @@ def test_after_a_fork_the_process_runtime_builds_its_own_pools() -> None:
         runtime.reset()
 
 
+@pytest.mark.unit
 def test_configure_injects_and_reset_closes_what_was_handed_over() -> None:
     http = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(204)))
     rt = runtime.configure(_settings(), http=http, clock=lambda: None)  # type: ignore[arg-type, return-value]
@@ -174,6 +179,7 @@ def test_configure_injects_and_reset_closes_what_was_handed_over() -> None:
 # ---- the web app on the container -------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_the_web_app_uses_the_runtime_it_is_given_and_leaves_it_open() -> None:
     rt = Runtime(_settings())
     app = create_app(runtime=rt)
@@ -185,6 +191,7 @@ def test_the_web_app_uses_the_runtime_it_is_given_and_leaves_it_open() -> None:
     rt.close()
 
 
+@pytest.mark.unit
 def test_the_web_apps_own_runtime_is_closed_at_shutdown_except_what_was_lent() -> None:
     engine = create_engine("sqlite://")
     app = create_app(_settings(), engine=engine)
@@ -195,11 +202,13 @@ def test_the_web_apps_own_runtime_is_closed_at_shutdown_except_what_was_lent() -
     engine.dispose()
 
 
+@pytest.mark.unit
 def test_create_app_takes_a_runtime_or_the_parts_not_both() -> None:
     with pytest.raises(TypeError):
         create_app(_settings(), runtime=Runtime(_settings()))
 
 
+@pytest.mark.unit
 def test_create_app_names_a_missing_secret() -> None:
     from social_accounts.errors import ConfigError
 
@@ -207,6 +216,7 @@ def test_create_app_names_a_missing_secret() -> None:
         create_app(runtime=Runtime(_settings(token_keys=None)))
 
 
+@pytest.mark.unit
 def test_the_scheduler_leads_where_doctor_looks_for_its_leader() -> None:
     """Leadership lives in the coordination Redis (REDIS_URL, else a Redis BROKER_URL): the one the
     doctor reads; without any Redis this process leads alone."""

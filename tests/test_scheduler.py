@@ -12,9 +12,8 @@ import itertools
 import json
 import random
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +36,7 @@ from scheduler.main import build_scheduler, leader_only, make_leader
 from social_accounts.health import compute_health
 from social_accounts.metrics import SCHEDULER_TICKS
 from social_accounts.settings import Settings
+from tests.waiting import wait_until
 from workers import bulk
 from workers.broker import build_broker
 from workers.bulk import enqueue_many
@@ -53,9 +53,8 @@ DAY = timedelta(hours=24)
 
 
 @pytest.fixture
-def settings(settings_factory: Any, pg_url: str, sched_redis_url: str) -> Settings:
-    namespace = f"sched-test-{uuid.uuid4().hex[:8]}"
-    return settings_factory(database_url=pg_url, broker_url=sched_redis_url, redis_namespace=namespace)
+def settings(settings_factory: Any, pg_url: str, redis_url: str) -> Settings:
+    return settings_factory(database_url=pg_url, broker_url=redis_url)  # in the test's own namespace
 
 
 @pytest.fixture
@@ -67,8 +66,8 @@ def broker(settings: Settings) -> Iterator[RedisBroker]:
 
 
 @pytest.fixture
-def rclient(sched_redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(sched_redis_url)
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
 
@@ -204,6 +203,7 @@ def test_claim_respects_batch_order_and_the_sync_column(engine: Engine) -> None:
     assert column_of(engine, oldest, "next_refresh_at") is None
 
 
+@pytest.mark.unit
 def test_claim_works_on_sqlite_for_the_embedded_run(tmp_path: Any) -> None:
     """``social-accounts run`` runs the same scheduler on SQLite: the claim must work there too."""
     url = f"sqlite:///{tmp_path}/embedded.db"
@@ -342,17 +342,14 @@ def test_enqueue_many_messages_are_consumed_by_a_real_dramatiq_worker(
     worker = dramatiq.Worker(broker, worker_timeout=100, worker_threads=2)
     worker.start()
     try:
-        assert done.wait(15), f"worker consumed {len(received)} of {len(due)}"
-        time.sleep(0.3)  # a duplicate delivery would show up here
+        wait_until(done.is_set, what=f"the worker consuming {len(due)} messages")
+        # every message acked (out of the store): none is left that could be delivered twice
+        wait_until(lambda: rclient.hlen(f"{ns}:refresh.msgs") == 0, what="acked messages leaving the store")
     finally:
         worker.stop()
     assert sorted(r["account_id"] for r in received) == sorted(due)
     assert {r["reason"] for r in received} == {"scheduled"}
-    deadline = time.monotonic() + 5
-    while rclient.hlen(f"{ns}:refresh.msgs") and time.monotonic() < deadline:
-        time.sleep(0.05)
     assert rclient.llen(f"{ns}:refresh") == 0
-    assert rclient.hlen(f"{ns}:refresh.msgs") == 0, "acked messages must leave the store"
 
 
 def test_enqueue_many_chunks_pipelines_and_handles_empty_input(
@@ -370,6 +367,7 @@ def test_enqueue_many_chunks_pipelines_and_handles_empty_input(
     assert "redis_message_id" not in message.options
 
 
+@pytest.mark.unit
 def test_enqueue_many_falls_back_to_enqueue_on_other_brokers(settings_factory: Any) -> None:
     stub = build_broker(settings_factory(broker_url="memory://"))
     stub.declare_queue("refresh")
@@ -524,8 +522,8 @@ def test_cleanup_deletes_finished_attempts_past_retention_only(ctx: jobs.JobCont
 # ---- 6. leadership ------------------------------------------------------------------------------
 
 
-def test_exactly_one_leads_and_resign_hands_over(rclient: redis.Redis) -> None:
-    ns = f"sched-test-lead-{uuid.uuid4().hex[:8]}"
+def test_exactly_one_leads_and_resign_hands_over(rclient: redis.Redis, redis_namespace: str) -> None:
+    ns = f"{redis_namespace}-lead"
     a, b = RedisLeader(rclient, ns, ttl=5), RedisLeader(rclient, ns, ttl=5)
     assert a.identity != b.identity
     assert a.try_lead() is True
@@ -545,16 +543,13 @@ def test_exactly_one_leads_and_resign_hands_over(rclient: redis.Redis) -> None:
     assert rclient.exists(leader_key(ns)) == 0
 
 
-def test_an_expired_leader_is_replaced_and_knows_it(rclient: redis.Redis) -> None:
-    ns = f"sched-test-lead-{uuid.uuid4().hex[:8]}"
-    ttl, every = 1.0, 0.2
-    a, b = RedisLeader(rclient, ns, ttl=ttl), RedisLeader(rclient, ns, ttl=ttl)
+def test_an_expired_leader_is_replaced_and_knows_it(rclient: redis.Redis, redis_namespace: str) -> None:
+    ns = f"{redis_namespace}-lead"
+    a, b = RedisLeader(rclient, ns, ttl=30), RedisLeader(rclient, ns, ttl=30)
     assert a.try_lead()
-    started = time.monotonic()
-    while not b.try_lead():  # a stopped extending (paused, dead)
-        assert time.monotonic() - started < ttl + every + 0.5, "the standby never took over"
-        time.sleep(every)
-    assert time.monotonic() - started >= ttl * 0.8, "took over a lock that had not expired"
+    assert b.try_lead() is False  # a's lock has not expired
+    rclient.pexpire(leader_key(ns), 50)  # a stopped extending (paused, dead): its lock runs out
+    wait_until(b.try_lead, what="the standby taking over")
     assert a.is_leader() is False  # the lock is b's now
     assert a.try_lead() is False  # its extension fails and b holds the lock
     assert b.is_leader() is True
@@ -562,8 +557,8 @@ def test_an_expired_leader_is_replaced_and_knows_it(rclient: redis.Redis) -> Non
     assert rclient.get(leader_key(ns)) == b.identity.encode()
 
 
-def test_an_expired_lock_nobody_took_is_retaken_in_one_call(rclient: redis.Redis) -> None:
-    ns = f"sched-test-lead-{uuid.uuid4().hex[:8]}"
+def test_an_expired_lock_nobody_took_is_retaken_in_one_call(rclient: redis.Redis, redis_namespace: str) -> None:
+    ns = f"{redis_namespace}-lead"
     a = RedisLeader(rclient, ns, ttl=1.0)
     assert a.try_lead()
     rclient.delete(leader_key(ns))  # as if it expired
@@ -585,8 +580,8 @@ def ticks(job: str, outcome: str) -> float:
     return float(SCHEDULER_TICKS.labels(job, outcome)._value.get())
 
 
-def test_leader_only_runs_the_job_on_the_leader(rclient: redis.Redis) -> None:
-    ns = f"sched-test-lead-{uuid.uuid4().hex[:8]}"
+def test_leader_only_runs_the_job_on_the_leader(rclient: redis.Redis, redis_namespace: str) -> None:
+    ns = f"{redis_namespace}-lead"
     a, b = RedisLeader(rclient, ns, ttl=5), RedisLeader(rclient, ns, ttl=5)
     assert a.try_lead() and not b.try_lead()
     runs: list[str] = []
@@ -623,12 +618,10 @@ def test_build_scheduler_registers_every_job_and_make_leader_picks_by_broker(
 
 
 def test_a_running_scheduler_emits_due_refreshes(
-    settings_factory: Any, pg_url: str, sched_redis_url: str, engine: Engine, rclient: redis.Redis
+    settings_factory: Any, pg_url: str, redis_url: str, engine: Engine, rclient: redis.Redis
 ) -> None:
-    ns = f"sched-test-{uuid.uuid4().hex[:8]}"
-    settings = settings_factory(
-        database_url=pg_url, broker_url=sched_redis_url, redis_namespace=ns, refresh_scan_seconds=1
-    )
+    settings = settings_factory(database_url=pg_url, broker_url=redis_url, refresh_scan_seconds=1)
+    ns = settings.redis_namespace
     broker = build_broker(settings)
     now = datetime.now(UTC)
     due = add_accounts(engine, [account_row(next_refresh_at=now - timedelta(seconds=i)) for i in range(3)])
@@ -636,15 +629,8 @@ def test_a_running_scheduler_emits_due_refreshes(
     scheduler = build_scheduler(ctx, LocalLeader(), blocking=False)
     scheduler.start()
     try:
-        wait_for(lambda: len(queued(rclient, ns, "refresh")) >= 3, 5)
+        wait_until(lambda: len(queued(rclient, ns, "refresh")) >= 3, what="three refreshes queued")
     finally:
         scheduler.shutdown(wait=True)
         broker.close()
     assert sorted(m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")) == sorted(due)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)

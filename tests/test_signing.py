@@ -20,6 +20,8 @@ from social_accounts.signing import (
     derive_key,
 )
 
+pytestmark = pytest.mark.unit
+
 KEY = b"k" * 32
 NOW = 1_800_000_000
 

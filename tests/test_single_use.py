@@ -12,7 +12,6 @@ from typing import Any
 
 import redis
 
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import (
     FAST_LIFECYCLE,
@@ -29,9 +28,6 @@ from tests.lifecycle_support import (
 from tests.pipeline_support import Pipeline
 from workers import lifecycle_actors
 from workers.publish import request_disconnect, request_refresh
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["pipeline_factory"]
 
 #: the fake answers after this, the client gives up before it
 LATE = 1.0

@@ -11,6 +11,8 @@ import pytest
 from social_accounts.errors import InputError
 from web_callback.state import MAX_RETURN_TO, MAX_STATE_LENGTH, SignedState, sign_state, verify_state
 
+pytestmark = pytest.mark.unit
+
 SECRET = "state-secret-for-tests"
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 

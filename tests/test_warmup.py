@@ -8,12 +8,8 @@ import sys
 
 from sqlalchemy.pool import QueuePool
 
-from tests import pipeline_support
 from tests.pipeline_support import Pipeline
 from workers import runtime
-
-pipeline = pipeline_support.pipeline
-pipeline_factory = pipeline_support.pipeline_factory
 
 
 def test_a_started_worker_has_its_connections_and_adapters_ready(pipeline: Pipeline) -> None:

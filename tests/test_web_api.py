@@ -1,4 +1,5 @@
-"""The ``/v1`` API and the health endpoints, on real PostgreSQL and a real Redis broker.
+"""The ``/v1`` API and the health endpoints, on real PostgreSQL and a real Redis broker; the tests
+marked ``@BOTH`` also on SQLite with Dramatiq's in-memory ``StubBroker`` (the unit tier).
 
 Every refusal is checked for its status and message AND for leaving nothing behind: no attempt
 row in the database, no message in Redis.
@@ -7,7 +8,6 @@ row in the database, no message in Redis.
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -31,7 +30,7 @@ from models.tables import SocialAccount, SocialMastodonApp, SocialOAuthState
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import PLATFORMS, Settings
 from social_accounts.values import AccountProfile, Stats, TokenSet
-from tests.conftest import CONTRACT_CODES
+from tests.support import CONTRACT_CODES, WEB_BACKENDS, queued_messages, web_backend
 from web_callback.app import create_app
 from web_callback.messages import ERROR_MESSAGES, error_message
 from web_callback.state import verify_state
@@ -48,7 +47,7 @@ class Api:
     client: TestClient
     settings: Settings
     engine: Engine
-    redis: redis.Redis
+    broker: Any  # the app's: a RedisBroker, or the StubBroker of the unit tier
     ring: KeyRing
     build: Any  # make another client on the same database: build(**settings_overrides)
 
@@ -63,9 +62,7 @@ class Api:
             return list(session.execute(sa.select(SocialOAuthState)).scalars())
 
     def queued(self, queue: str) -> list[dict[str, Any]]:
-        ns = self.settings.redis_namespace
-        ids = self.redis.lrange(f"{ns}:{queue}", 0, -1)
-        return [json.loads(p) for p in self.redis.hmget(f"{ns}:{queue}.msgs", ids) if p] if ids else []
+        return queued_messages(self.broker, queue)
 
     def all_queued(self) -> list[dict[str, Any]]:
         return [m for q in ("connect", "refresh", "sync", "maintenance") for m in self.queued(q)]
@@ -75,18 +72,24 @@ class Api:
         assert self.all_queued() == []
 
 
+#: run a test on both backends: SQLite with the in-memory broker (unit tier), and the real services
+BOTH = pytest.mark.parametrize("api", WEB_BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def api(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Iterator[Api]:
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    namespace = f"sa-api-{uuid.uuid4().hex[:8]}"
+def api(request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, fake: Any) -> Iterator[Api]:
+    """The app on PostgreSQL and Redis (``services``, the default), or on SQLite and a ``StubBroker``
+    (``memory``: ``@BOTH``)."""
+    db_url, broker_url = web_backend(request, tmp_path)
+    upgrade(db_url)
+    engine = make_engine(db_url)
     cleanup: list[Any] = []
     stack = contextlib.ExitStack()
 
     def build(**overrides: Any) -> tuple[TestClient, Settings]:
-        values = {"database_url": pg_url, "broker_url": redis_url, "redis_namespace": namespace, **overrides}
+        values = {"database_url": db_url, "broker_url": broker_url, **overrides}
         settings = settings_factory(**values)
-        broker = None if values["broker_url"] != redis_url else build_broker(settings)
+        broker = None if values["broker_url"] != broker_url else build_broker(settings)
         client = stack.enter_context(
             TestClient(create_app(settings, broker=broker, engine=engine), follow_redirects=False)
         )
@@ -95,14 +98,12 @@ def api(pg_url: str, redis_url: str, settings_factory: Any, fake: Any) -> Iterat
         return client, settings
 
     client, settings = build()
-    conn = redis.Redis.from_url(redis_url)
     try:
-        yield Api(client, settings, engine, conn, KeyRing.from_settings(settings), build)
+        yield Api(client, settings, engine, cleanup[0], KeyRing.from_settings(settings), build)
     finally:
         stack.close()
         for item in cleanup:
             item.close()
-        conn.close()
         engine.dispose()
 
 
@@ -134,6 +135,7 @@ PROTECTED = [
 ]
 
 
+@BOTH
 def test_missing_or_wrong_token_is_401(api: Api) -> None:
     for method, path in PROTECTED:
         for header in (
@@ -152,6 +154,7 @@ def test_missing_or_wrong_token_is_401(api: Api) -> None:
     assert api.client.get("/v1/platforms", headers={"Authorization": "bearer test-api-token"}).status_code == 200
 
 
+@BOTH
 def test_health_endpoints_need_no_token(api: Api) -> None:
     assert api.client.get("/healthz").status_code == 200
     assert api.client.get("/readyz").status_code == 200
@@ -161,6 +164,7 @@ def test_health_endpoints_need_no_token(api: Api) -> None:
 # ---- platforms --------------------------------------------------------------------------------
 
 
+@BOTH
 def test_platforms_lists_all_ten_with_what_they_lack(api: Api) -> None:
     client, _ = api.build(twitter_client_id=None, twitter_client_secret=None)
     listing = client.get("/v1/platforms", headers=AUTH).json()
@@ -180,10 +184,12 @@ def test_platforms_lists_all_ten_with_what_they_lack(api: Api) -> None:
 # ---- connect: refusals ------------------------------------------------------------------------
 
 
+@BOTH
 def test_unknown_platform_is_400(api: Api) -> None:
     refused(api, api.post("/v1/connect/myspace", CONNECT), 400, "unknown_platform", "myspace", "twitter")
 
 
+@BOTH
 def test_unconfigured_platform_names_the_missing_variables(api: Api) -> None:
     client, _ = api.build(linkedin_client_secret=None)
     response = client.post("/v1/connect/linkedin", json=CONNECT, headers=AUTH)
@@ -203,11 +209,13 @@ def test_unconfigured_platform_names_the_missing_variables(api: Api) -> None:
         {**CONNECT, "site_id": "bad id with spaces"},
     ],
 )
+@BOTH
 def test_bad_body_is_422(api: Api, body: Any) -> None:
     body_out = refused(api, api.post("/v1/connect/twitter", body), 422, "invalid_body")
     assert body_out["details"]
 
 
+@BOTH
 def test_oversized_or_broken_body_is_422(api: Api) -> None:
     big = api.client.post("/v1/connect/twitter", content=b'{"site_id": "' + b"x" * 20000 + b'"}', headers=AUTH)
     refused(api, big, 422, "body_too_large")
@@ -218,6 +226,7 @@ def test_oversized_or_broken_body_is_422(api: Api) -> None:
 @pytest.mark.parametrize(
     "return_to", ["https://evil.example/steal", "javascript:alert(1)", "//127.0.0.1:8000/x", "http://u@127.0.0.1:8000/"]
 )
+@BOTH
 def test_return_to_off_the_allowed_origins_is_400(api: Api, return_to: str) -> None:
     response = api.post("/v1/connect/twitter", {**CONNECT, "return_to": return_to})
     assert refused(api, response, 400, response.json()["error"])["error"] in {
@@ -226,6 +235,7 @@ def test_return_to_off_the_allowed_origins_is_400(api: Api, return_to: str) -> N
     }
 
 
+@BOTH
 def test_instance_is_refused_for_other_platforms(api: Api) -> None:
     refused(
         api, api.post("/v1/connect/twitter", {**CONNECT, "instance": "mastodon.social"}), 400, "instance_not_allowed"
@@ -235,6 +245,7 @@ def test_instance_is_refused_for_other_platforms(api: Api) -> None:
 # ---- connect: OAuth platforms -----------------------------------------------------------------
 
 
+@BOTH
 def test_connect_creates_the_attempt_and_a_signed_authorization_url(api: Api, fake: Any) -> None:
     before = datetime.now(UTC)
     response = api.post("/v1/connect/twitter", CONNECT)
@@ -258,6 +269,7 @@ def test_connect_creates_the_attempt_and_a_signed_authorization_url(api: Api, fa
     assert api.all_queued() == []  # nothing to do for the workers until the user comes back
 
 
+@BOTH
 def test_attempt_view_and_error_messages(api: Api) -> None:
     attempt_id = api.post("/v1/connect/twitter", CONNECT).json()["attempt_id"]
     view = api.get(f"/v1/attempts/{attempt_id}").json()
@@ -281,6 +293,7 @@ def test_attempt_view_and_error_messages(api: Api) -> None:
     assert api.get("/v1/attempts/not-a-uuid").status_code == 404
 
 
+@pytest.mark.unit
 def test_every_contract_error_code_has_a_sentence() -> None:
     for code in CONTRACT_CODES:
         sentence = error_message(code)
@@ -315,10 +328,12 @@ def test_mastodon_registers_once_then_reuses_the_app(api: Api, fake: Any) -> Non
     assert {row.instance for row in rows.values()} == {fake.base_url}
 
 
+@BOTH
 def test_mastodon_needs_an_instance(api: Api) -> None:
     refused(api, api.post("/v1/connect/mastodon", CONNECT), 400, "instance_required")
 
 
+@BOTH
 def test_mastodon_private_instance_is_refused_without_a_request(api: Api, fake: Any) -> None:
     client, _ = api.build(allow_private_network=False)
     response = client.post("/v1/connect/mastodon", json={**CONNECT, "instance": fake.base_url}, headers=AUTH)
@@ -343,6 +358,7 @@ BLUESKY = {
 }
 
 
+@BOTH
 def test_bluesky_stores_the_password_encrypted_and_enqueues_the_login(api: Api) -> None:
     response = api.post("/v1/connect/bluesky", BLUESKY)
     assert response.status_code == 202, response.text
@@ -357,6 +373,7 @@ def test_bluesky_stores_the_password_encrypted_and_enqueues_the_login(api: Api) 
     assert message["kwargs"] == {"attempt_id": attempt_id}
 
 
+@BOTH
 def test_bluesky_bad_body_does_not_echo_the_password(api: Api) -> None:
     response = api.post("/v1/connect/bluesky", {**BLUESKY, "app_password": "p" * 300})
     refused(api, response, 422, "invalid_body")
@@ -400,6 +417,7 @@ def make_account(api: Api, site_id: str = "site-1", account: str = "42") -> str:
     return account_id
 
 
+@BOTH
 def test_accounts_are_listed_and_shown_without_tokens(api: Api) -> None:
     account_id = make_account(api)
     make_account(api, site_id="site-2")
@@ -425,6 +443,7 @@ def test_accounts_are_listed_and_shown_without_tokens(api: Api) -> None:
         ("DELETE", "", "maintenance", "disconnect_account"),
     ],
 )
+@BOTH
 def test_account_actions_enqueue_one_message(api: Api, method: str, suffix: str, queue: str, actor: str) -> None:
     account_id = make_account(api)
     response = api.client.request(method, f"/v1/accounts/{account_id}{suffix}", headers=AUTH)
@@ -444,6 +463,7 @@ def test_account_action_with_the_broker_down_is_503(api: Api) -> None:
     assert client.post(f"/v1/accounts/{account_id}/refresh", headers=AUTH).status_code == 503
 
 
+@BOTH
 def test_token_endpoint_hands_out_a_token_that_is_not_due_without_calling_the_platform(api: Api, fake: Any) -> None:
     account_id = make_account(api)
     response = api.post(f"/v1/accounts/{account_id}/token")
@@ -454,6 +474,7 @@ def test_token_endpoint_hands_out_a_token_that_is_not_due_without_calling_the_pl
     assert fake.count("/twitter/*") == 0
 
 
+@BOTH
 def test_token_endpoint_answers_409_for_an_account_that_needs_reconnecting(api: Api) -> None:
     account_id = make_account(api)
     with Session(api.engine) as session, session.begin():
@@ -467,6 +488,7 @@ def test_token_endpoint_answers_409_for_an_account_that_needs_reconnecting(api: 
     assert SECRET_ACCESS not in response.text
 
 
+@BOTH
 def test_token_endpoint_404_for_unknown_account(api: Api) -> None:
     assert api.post("/v1/accounts/00000000-0000-0000-0000-000000000000/token").status_code == 404
     assert api.post("/v1/accounts/not-an-id/token").status_code == 404
@@ -498,6 +520,7 @@ def test_readyz_fails_when_the_broker_is_down(api: Api) -> None:
     assert ready.json()["checks"]["broker"] != "ok"
 
 
+@BOTH
 def test_metrics_are_prometheus_text(api: Api) -> None:
     api.client.get("/oauth/callback?state=forged.state&code=x")
     response = api.client.get("/metrics")

@@ -28,6 +28,8 @@ from social_accounts.errors import (
 from web_callback.errors import EXCEPTION_HANDLERS, Refused, answer_for
 from web_callback.health import BROKER_ERRORS
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("error", "status", "code"),

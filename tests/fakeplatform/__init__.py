@@ -1,4 +1,5 @@
-"""A fake of the eight OAuth platforms and Mastodon, served on loopback for the tests.
+"""A fake of the eight OAuth platforms and Mastodon, served on loopback for the full tier and
+in-process (``httpx.MockTransport``) for the unit tier.
 
 Each platform lives in its own module (``fakeplatform/twitter.py``...) and mounts its routes
 under ``/<platform>/`` on one :class:`FakePlatformServer`. Responses are shaped exactly as

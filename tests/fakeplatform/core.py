@@ -1,7 +1,9 @@
 """The fake server's machinery: routing, a request log, injected faults and an OAuth grant store.
 
 Deliberately plain (``http.server`` in a thread): it has to behave like a remote platform, not
-like our code, so it shares nothing with the service but HTTP.
+like our code, so it shares nothing with the service but HTTP. The same router also answers
+in-process, as an ``httpx.MockTransport`` handler (:meth:`FakePlatformServer.handle`): the unit
+tier runs the very adapter tests of the full tier without a socket.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 
 @dataclass
@@ -114,7 +118,8 @@ class Fault:
 
 
 class FakePlatformServer:
-    """One loopback server for every fake platform.
+    """One loopback server for every fake platform (or, with ``listen=False``, the same router
+    answering in-process through :meth:`handle` and :meth:`client`, no socket at all).
 
     ``route(method, pattern)`` registers a handler; ``{name}`` in the pattern matches a path
     segment. ``fail(prefix, response, times)`` makes the next ``times`` requests whose path starts
@@ -124,7 +129,10 @@ class FakePlatformServer:
     for counting calls.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    #: where an in-process fake "lives": an address literal (no DNS), answered by :meth:`handle` only
+    IN_PROCESS_URL = "http://127.0.0.1:9"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, listen: bool = True) -> None:
         self._routes: list[_Route] = []
         # (method, first path segment) -> the routes that may match such a request, in registration
         # order: a request tries a handful of regexes instead of all ~40 (see ``_candidates``)
@@ -136,26 +144,71 @@ class FakePlatformServer:
         self.requests: list[FakeRequest] = []
         self.delay = 0.0
         self.grants = GrantStore()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd: ThreadingHTTPServer | None = None
+        if listen:
+            self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+            self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
+        if self._httpd is None:
+            return self.IN_PROCESS_URL
         host, port = self._httpd.server_address[:2]
         assert isinstance(host, str)  # an AF_INET server's address (typeshed also allows bytes)
         return f"http://{host}:{port}"
 
     def start(self) -> FakePlatformServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-platform", daemon=True)
-        self._thread.start()
+        if self._httpd is not None:
+            self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-platform", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` that reaches this fake: over loopback when it listens, else through
+        :meth:`handle` (``kwargs`` go to the client: ``event_hooks``...)."""
+        if self._httpd is None:
+            kwargs.setdefault("transport", httpx.MockTransport(self.handle))
+        return httpx.Client(**kwargs)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        """The in-process fake, as an ``httpx.MockTransport`` handler: what the loopback server would
+        answer, without a socket.
+
+        A request to any other address fails as a refused connection would (``ConnectError``:
+        nothing was sent). An answer held back (``delay``, a fault's delay) as long as the client's
+        read timeout or longer is a ``ReadTimeout`` at once: the fake has handled the request (a
+        code is spent) and the answer is lost, as over the network, without the wait.
+        """
+        if request.url.netloc.decode("ascii") != urlsplit(self.base_url).netloc:
+            raise httpx.ConnectError("connection refused: no fake listens there", request=request)
+        parts = urlsplit(request.url.raw_path.decode("ascii"))
+        fake_request = FakeRequest(
+            method=request.method,
+            path=parts.path,
+            query=_last_values(parts.query),
+            headers=dict(request.headers.items()),  # httpx gives lower-cased names
+            body=request.read(),
+        )
+        try:
+            response, held = self._answer(fake_request)
+        except Exception as exc:  # a bug in the fake must show, as the server's 500 does
+            response, held = FakeResponse(500, {"error": "fake_crashed", "detail": repr(exc)}), 0.0
+        held = max(held, self.delay)
+        read_timeout = (request.extensions.get("timeout") or {}).get("read")
+        if held and read_timeout is not None and held >= read_timeout:
+            raise httpx.ReadTimeout("the fake's answer came after the read timeout", request=request)
+        payload, ctype = response.encode()
+        headers = {"content-type": ctype, **{k.lower(): v for k, v in response.headers.items()}}
+        headers["date"] = email.utils.formatdate(usegmt=True)
+        return httpx.Response(response.status, headers=headers, content=payload)
 
     # ---- configuration ----------------------------------------------------------------------
 
@@ -206,6 +259,14 @@ class FakePlatformServer:
     # ---- dispatch ---------------------------------------------------------------------------
 
     def dispatch(self, request: FakeRequest) -> FakeResponse:
+        """The answer to ``request``, after its fault's delay (the loopback server's path)."""
+        response, held = self._answer(request)
+        if held:
+            time.sleep(held)
+        return response
+
+    def _answer(self, request: FakeRequest) -> tuple[FakeResponse, float]:
+        """Log ``request`` and answer it: ``(response, seconds a fault holds it back)``."""
         with self._lock:
             self.requests.append(request)
             fault = next((f for f in self._faults if request.path.startswith(f.prefix)), None)
@@ -214,15 +275,13 @@ class FakePlatformServer:
                 if fault.times <= 0:
                     self._faults.remove(fault)
         if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            return fault.response
+            return fault.response, fault.delay
         for route in self._candidates(request.method, request.path):
             m = route.regex.match(request.path)
             if m:
                 request.match = m.groupdict()
-                return self._with_extra_headers(request.path, route.handler(request))
-        return FakeResponse(404, {"error": "not_found", "path": request.path})
+                return self._with_extra_headers(request.path, route.handler(request)), 0.0
+        return FakeResponse(404, {"error": "not_found", "path": request.path}), 0.0
 
     def _candidates(self, method: str, path: str) -> list[_Route]:
         """The routes of ``method`` that can match ``path``, first registered first: those whose
@@ -576,19 +635,23 @@ class GrantStore:
 # ---- helpers for adapter tests (additive) ---------------------------------------------------
 
 
-def follow_authorization(url: str, **fake_params: str) -> dict[str, str]:
+def follow_authorization(url: str, *, browser: httpx.Client | None = None, **fake_params: str) -> dict[str, str]:
     """Play the user's browser: open an authorization URL on the fake and return the query of
     the redirect back to ``redirect_uri`` (``code``/``state`` or ``error``...).
 
     ``fake_params`` are appended to the URL; fake platforms read ``fake_user`` (which of their
     users consents) and ``fake_deny=1`` (the user clicks "cancel"). Real platforms never see them.
+    ``browser`` is the client to use (an in-process fake's :meth:`FakePlatformServer.client`);
+    by default a new one over the network.
     """
-    import httpx
-
     sep = "&" if "?" in url else "?"
     extra = "&".join(f"{k}={v}" for k, v in fake_params.items())
-    with httpx.Client() as client:
-        response = client.get(url + (sep + extra if extra else ""), follow_redirects=False)
+    target = url + (sep + extra if extra else "")
+    if browser is not None:  # the caller's client stays open
+        response = browser.get(target, follow_redirects=False)
+    else:
+        with httpx.Client() as client:
+            response = client.get(target, follow_redirects=False)
     if response.status_code != 302:
         raise AssertionError(f"authorization answered {response.status_code}: {response.text[:200]}")
     query = urlsplit(response.headers["location"]).query
@@ -597,7 +660,7 @@ def follow_authorization(url: str, **fake_params: str) -> dict[str, str]:
 
 def closed_port() -> int:
     """A loopback port where nothing listens (connection refused)."""
-    import socket
+    import socket  # binds, never connects: the unit tier's guard allows it
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -203,7 +203,7 @@ def stop_pds(process: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def pds() -> Iterator[PdsPeer]:
     """The reference PDS for the whole session (skips locally when not installed, fails in CI)."""
-    from tests.conftest import unavailable
+    from tests.support import unavailable
 
     if not installed():
         unavailable("the reference Bluesky PDS (run tests/peers/install-pds.sh)")
