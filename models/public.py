@@ -1,6 +1,6 @@
 """The outward JSON shape of an account, and its health explained in words.
 
-CONTRACT.md: accounts in JSON carry the column names of ``social_accounts`` — never
+The HTTP API (README, "HTTP API"): accounts in JSON carry the column names of ``social_accounts`` — never
 ``access_token``, ``refresh_token`` or ``token_metadata`` — plus ``health_reason``. Building the
 dict from an explicit allow-list (rather than dumping the row and deleting secrets) means a
 column added later stays private until someone decides it is public.

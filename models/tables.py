@@ -1,4 +1,4 @@
-"""The four tables, as SQLModel classes (names and columns: CONTRACT.md and docs/design.md).
+"""The four tables, as SQLModel classes (names and columns: README "HTTP API" and docs/design.md).
 
 Every column is spelled out with an explicit SQL type so that the hand-written migration
 (``models/migrations/versions/0001_initial.py``) and these classes describe exactly the same
@@ -27,7 +27,7 @@ __all__ = [
     "utcnow",
 ]
 
-#: ``social_accounts.status`` values (CONTRACT.md)
+#: ``social_accounts.status`` values (README, "Account statuses and health")
 ACCOUNT_STATUSES = ("active", "error", "rate_limited", "expired", "disconnected")
 
 #: every column holding a ciphertext, per table: key rotation walks exactly these

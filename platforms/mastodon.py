@@ -1,4 +1,4 @@
-"""Mastodon: OAuth 2.0 against whichever instance the user names (platforms.md §10).
+"""Mastodon: OAuth 2.0 against whichever instance the user names (docs/platforms.md, "Mastodon").
 
 What is particular here:
 

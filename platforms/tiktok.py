@@ -1,4 +1,4 @@
-"""TikTok Login Kit v2 and the user info API (platforms.md §5).
+"""TikTok Login Kit v2 and the user info API (docs/platforms.md, "TikTok").
 
 What is particular here:
 

@@ -1,4 +1,4 @@
-"""YouTube: Google OAuth 2.0 and the YouTube Data API v3 (platforms.md §6).
+"""YouTube: Google OAuth 2.0 and the YouTube Data API v3 (docs/platforms.md, "YouTube").
 
 What is particular here:
 

@@ -3,8 +3,9 @@
 Every entry point (``run``, ``web``, ``worker``, ``scheduler``, ``doctor``...) reads the same
 three sources, in this order of precedence: the environment, ``.env``, then
 ``.social-accounts/secrets.env`` (written once by ``run``), all relative to the working directory.
-Names are those of CONTRACT.md. ``get_settings()`` caches one instance per process; tests build
-their own ``Settings(...)`` and pass it in (every component takes settings as an argument).
+Names are the environment variables the README documents. ``get_settings()`` caches one
+instance per process; tests build their own ``Settings(...)`` and pass it in (every component
+takes settings as an argument).
 """
 
 from __future__ import annotations

@@ -273,7 +273,7 @@ def test_transient_failures_beyond_the_budget_fail_with_the_step_code(pipeline: 
 def test_permanent_refusal_of_the_profile_fetch_fails_at_once_without_retry(pipeline: Pipeline) -> None:
     """A 403 is a refusal, not a blip: asking again cannot change it (``platforms.http.default_error``).
 
-    X's problem-details shape (platforms.md §3 documents it for 401; a 403 carries the same).
+    X's problem-details shape (docs/platforms.md, "X / Twitter", documents it for 401; a 403 carries the same).
     The fault answers more than once, so a retry would meet it again and be counted."""
     path = profile_path(pipeline, MAIN)
     forbidden = {"title": "Forbidden", "type": "about:blank", "status": 403, "detail": "Forbidden"}

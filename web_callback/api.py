@@ -1,4 +1,4 @@
-"""The server-to-server ``/v1`` API (CONTRACT.md "HTTP"), mounted behind ``BearerAuth``.
+"""The server-to-server ``/v1`` API (README, "HTTP API"), mounted behind ``BearerAuth``.
 
 Handlers are ``async`` only to read the body; every database, broker or platform call runs in
 a worker thread (``run_in_threadpool``), so one slow dependency never stalls the event loop.

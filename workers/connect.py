@@ -394,7 +394,7 @@ def _save_accounts_once(
     now = rt.clock()
     accounts = []
     for profile in profiles:
-        # issued_at lets a refresh cap its lead at half the token's lifetime (CONTRACT.md)
+        # issued_at lets a refresh cap its lead at half the token's lifetime (docs/design.md, "Refresh decisions")
         stamped = profile.tokens.replace(metadata={**profile.tokens.metadata, "issued_at": now.isoformat()})
         accounts.append(
             repository.ConnectedAccount(

@@ -58,7 +58,7 @@ QUEUE_CONNECT = "connect"
 QUEUE_REFRESH = "refresh"
 QUEUE_SYNC = "sync"
 QUEUE_MAINTENANCE = "maintenance"
-#: every queue a worker consumes (CONTRACT.md "Messages")
+#: every queue a worker consumes (README, "For other modules: tokens and messages")
 QUEUES = (QUEUE_CONNECT, QUEUE_REFRESH, QUEUE_SYNC, QUEUE_MAINTENANCE)
 
 #: ``code_received(attempt_id, code_enc=None, error=None, error_description=None)``

@@ -87,12 +87,12 @@ def enqueue_bluesky_login(attempt_id: str, *, broker: dramatiq.Broker | None = N
 
 
 def request_refresh(account_id: str, reason: str = "requested", *, broker: dramatiq.Broker | None = None) -> str:
-    """Public (CONTRACT.md): refresh one account's token now; ``reason`` lands in its event trail."""
+    """Public (README, "For other modules"): refresh one account's token now; ``reason`` lands in its event trail."""
     return _publish(broker, messages.REFRESH_ACCOUNT, account_id=account_id, reason=scrub(reason, 100))
 
 
 def request_sync(account_id: str, *, broker: dramatiq.Broker | None = None) -> str:
-    """Public (CONTRACT.md): fetch one account's stats now."""
+    """Public (README, "For other modules"): fetch one account's stats now."""
     return _publish(broker, messages.SYNC_ACCOUNT, account_id=account_id)
 
 

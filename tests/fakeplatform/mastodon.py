@@ -2,7 +2,7 @@
 
 Mastodon has no fixed host: the instance is whatever the user names, so the tests use the fake
 server's own base URL (``http://127.0.0.1:PORT``, with ``ALLOW_PRIVATE_NETWORK``) as the instance
-and the real Mastodon paths (platforms.md §10): app registration, OAuth with optional PKCE,
+and the real Mastodon paths (docs/platforms.md, "Mastodon"): app registration, OAuth with optional PKCE,
 ``verify_credentials``, revocation, the 4.3+ authorization-server metadata and the instance JSON.
 
 Tests make the server older (no metadata → no PKCE, ``read:accounts``) with a 404 fault on

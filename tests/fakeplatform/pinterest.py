@@ -1,4 +1,4 @@
-"""Fake Pinterest OAuth and API v5, under ``/pinterest/`` (platforms.md §7).
+"""Fake Pinterest OAuth and API v5, under ``/pinterest/`` (docs/platforms.md, "Pinterest").
 
 * HTTP Basic ``app_id:app_secret`` is required at the token endpoint; credentials in the body
   alone get 401. Comma-separated scopes; no PKCE.

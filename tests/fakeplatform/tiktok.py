@@ -1,4 +1,4 @@
-"""Fake TikTok Login Kit v2 and user info API, under ``/tiktok/`` (platforms.md §5).
+"""Fake TikTok Login Kit v2 and user info API, under ``/tiktok/`` (docs/platforms.md, "TikTok").
 
 * ``client_key`` (not ``client_id``) in the authorization URL and in token/revoke bodies, with
   ``client_secret``; comma-separated scopes; no PKCE demanded of web apps.

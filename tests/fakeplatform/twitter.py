@@ -1,4 +1,4 @@
-"""Fake X (Twitter) OAuth 2.0 + API v2, under ``/twitter/`` (platforms.md §3).
+"""Fake X (Twitter) OAuth 2.0 + API v2, under ``/twitter/`` (docs/platforms.md, "X / Twitter").
 
 Behaves as X is documented to: PKCE S256 required, HTTP Basic client authentication required at
 the token and revoke endpoints (body-only credentials get ``unauthorized_client``), refresh

@@ -1,4 +1,4 @@
-"""Fake Google OAuth 2.0 and YouTube Data API v3, under ``/youtube/`` (platforms.md §6).
+"""Fake Google OAuth 2.0 and YouTube Data API v3, under ``/youtube/`` (docs/platforms.md, "YouTube").
 
 * The authorization endpoint insists on ``access_type=offline`` and ``prompt=consent`` (without
   them real Google may hand out no refresh token on a reconnect; the fake refuses outright so a
