@@ -164,7 +164,7 @@ def page(request: pytest.FixtureRequest, tmp_path: Any, settings_factory: Any, f
     stack = contextlib.ExitStack()
 
     def build(**overrides: Any) -> tuple[TestClient, Settings]:
-        settings = settings_factory(database_url=db_url, broker_url=broker_url, **overrides)
+        settings = settings_factory(**{"database_url": db_url, "broker_url": broker_url, **overrides})
         # every client on one broker: Redis shares it through the namespace, memory needs the object
         broker = brokers[0] if brokers and broker_url == "memory://" else build_broker(settings)
         brokers.append(broker)
