@@ -524,7 +524,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     row = raw_row(life, alice)
     assert (row.status, row.access_token, row.refresh_token, row.token_expires_at) == ("disconnected", None, None, None)
     assert row.health_score == 0
-    assert calls(life.fake, revoke) == 1
+    assert calls(life.fake, revoke) == 2  # X: the refresh token, then the access token
     assert [e.kind for e in events(life, alice) if e.kind in ("revoked", "disconnected")] == ["revoked", "disconnected"]
     [changed] = events(life, alice, "status_changed")
     assert changed.data == {"from": "active", "to": "disconnected"}
@@ -538,7 +538,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     request_disconnect(bob, broker=life.broker)
     wait_until(lambda: events(life, bob, "disconnected"), what="bob disconnected", timeout=30)
     tries = 1 + FAST_LIFECYCLE.max_transient
-    assert calls(life.fake, revoke) == 1 + tries
+    assert calls(life.fake, revoke) == 2 + tries
     assert len(events(life, bob, "revoke_failed")) == tries
     [done] = events(life, bob, "disconnected")
     assert done.data["revocation"] == "revoke_failed"

@@ -5,10 +5,6 @@ the token and revoke endpoints (body-only credentials get ``unauthorized_client`
 tokens only with ``offline.access``, and they rotate: replaying a spent one revokes the grant.
 Failures have X's shapes: 401 problem-details on the API, ``invalid_request`` at the token
 endpoint, 429 with ``x-rate-limit-*`` headers (see :func:`rate_limited`).
-
-Revocation ends only the token presented (``token`` with ``token_type_hint`` ``access_token`` or
-``refresh_token``, as X's documentation shows): revoking the refresh token leaves a live access
-token working until it expires, so a client must revoke both.
 """
 
 from __future__ import annotations
@@ -24,6 +20,7 @@ from tests.fakeplatform.core import (
     authorize_redirect,
     bearer_grant,
     oauth_error,
+    revoke_endpoint,
     token_endpoint,
 )
 
@@ -111,17 +108,9 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("POST", "/twitter/2/oauth2/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        if not CLIENT.authenticates(request):
-            return bad_client()
-        token, hint = request.form.get("token", ""), request.form.get("token_type_hint")
-        if hint not in ("access_token", "refresh_token"):
-            return oauth_error("invalid_request", "token_type_hint must be access_token or refresh_token")
-        with grants.lock:  # only the token presented (module docstring)
-            if hint == "access_token":
-                grants.access.pop(token, None)
-            else:
-                grants.refresh_owner.pop(token, None)
-        return FakeResponse(200, {"revoked": True})
+        return revoke_endpoint(
+            request, grants, CLIENT, bad_client=bad_client(), revoked=FakeResponse(200, {"revoked": True})
+        )
 
     @server.route("GET", "/twitter/2/users/me")
     def me(request: FakeRequest) -> FakeResponse:
