@@ -20,6 +20,7 @@ Every layer catches at the level it can act on, the way httpx's tree works::
         │                            for single-use operations (code exchange, rotating refresh)
         └── Permanent                anything else: retrying will not help
             ├── LoginFailed          wrong handle or app password (Bluesky)
+            │   └── AppPasswordRequired  ... the account's main password was given (full scope)
             └── InstanceUnreachable  not a reachable Mastodon instance
 
 Messages never contain a token, code, password or secret: platform error bodies are reduced
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessTokenExpired",
+    "AppPasswordRequired",
     "ConfigError",
     "CryptoError",
     "DecryptError",
@@ -188,6 +190,12 @@ class LoginFailed(Permanent):
     """Bluesky refused the handle or app password."""
 
     kind = "login_failed"
+
+
+class AppPasswordRequired(LoginFailed):
+    """Bluesky accepted the account's main password: we refuse a session with full account scope."""
+
+    kind = "app_password_required"
 
 
 class InstanceUnreachable(Permanent):

@@ -140,7 +140,7 @@ def decide(
 def permanent_code(error: PlatformError, fail_code: str) -> str:
     """A refusal's attempt code: the error's own when it names one, else the step's."""
     if isinstance(error, LoginFailed):
-        return "login_failed"
+        return error.kind  # login_failed, or app_password_required
     if isinstance(error, InstanceUnreachable):
         return "instance_unreachable"
     return fail_code
