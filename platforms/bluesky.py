@@ -1,4 +1,4 @@
-"""Bluesky / AT Protocol: an app-password session at the user's own PDS (platforms.md §9).
+"""Bluesky / AT Protocol: an app-password session at the user's own PDS (docs/platforms.md).
 
 What is particular here:
 

@@ -1,4 +1,4 @@
-"""Pinterest API v5 (platforms.md §7).
+"""Pinterest API v5 (docs/platforms.md).
 
 What is particular here:
 

@@ -1,4 +1,4 @@
-"""X (Twitter): OAuth 2.0 authorization code with PKCE, confidential client (platforms.md §3).
+"""X (Twitter): OAuth 2.0 authorization code with PKCE, confidential client (docs/platforms.md).
 
 What is particular here:
 

@@ -117,9 +117,7 @@ def install(server: FakePlatformServer) -> None:
 
     @server.route("POST", "/pinterest/test-only/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        return revoke_endpoint(
-            request, grants, CLIENT, bad_client=error(*BAD_CLIENT), revoked=FakeResponse(200, {})
-        )
+        return revoke_endpoint(request, grants, CLIENT, bad_client=error(*BAD_CLIENT), revoked=FakeResponse(200, {}))
 
     @server.route("GET", "/pinterest/v5/user_account")
     def user_account(request: FakeRequest) -> FakeResponse:
