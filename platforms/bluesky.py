@@ -46,6 +46,7 @@ DID documents and finds the PDS endpoint.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import re
@@ -313,8 +314,9 @@ class BlueskyAdapter(PlatformAdapter):
         if handle.startswith("did:"):
             return handle
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="atproto-handle") as pool:
-            by_dns = pool.submit(self._did_from_dns, handle)
-            by_https = pool.submit(self._did_from_well_known, handle)
+            # each lookup in its own copy of our context (platforms.http keeps its observer there)
+            by_dns = pool.submit(contextvars.copy_context().run, self._did_from_dns, handle)
+            by_https = pool.submit(contextvars.copy_context().run, self._did_from_well_known, handle)
             found = {did for did in (by_dns.result(), by_https.result()) if did}
         if len(found) > 1:
             raise LoginFailed("the handle's DNS and HTTPS records name different accounts", platform=self.platform)
