@@ -294,6 +294,25 @@ def bsky(pipeline_factory: Any, pds: Any, monkeypatch: pytest.MonkeyPatch) -> Pi
     return pipeline_factory(**LIFECYCLE_SETTINGS, **bluesky_settings(pds))
 
 
+def test_a_deactivated_bluesky_account_becomes_expired_with_its_status(bsky: Pipeline, pds: Any) -> None:
+    account_id, person = connect_bluesky(bsky, pds)
+    with httpx.Client(base_url=pds.service_url + "/xrpc") as http:
+        main = http.post(
+            "/com.atproto.server.createSession", json={"identifier": person.did, "password": person.password}
+        ).json()
+        http.post(
+            "/com.atproto.server.deactivateAccount", json={}, headers={"Authorization": f"Bearer {main['accessJwt']}"}
+        ).raise_for_status()
+
+    result = refresh_now(runtime.current(), account_id, force=True)
+
+    assert (result.outcome, result.status) == ("failed", "expired")
+    [failed] = events(bsky, account_id, "refresh_failed")
+    assert "deactivated" in f"{failed.reason} {failed.data}"
+    view = raw_row(bsky, account_id)
+    assert view.health_score == 0 and "deactivated" in str(view.last_error)
+
+
 def test_bluesky_against_the_reference_pds(bsky: Pipeline, pds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refresh (also one whose commit was lost: the 2-hour grace recovers it), sync without an
     AppView, an access token the PDS calls expired, a session the user deleted, and a disconnect
