@@ -600,6 +600,26 @@ def test_an_account_that_moved_is_refreshed_at_its_new_pds() -> None:
     ]
 
 
+@pytest.mark.parametrize("moved", [True, False])
+def test_account_not_found_on_refresh_looks_the_pds_up_again(moved: bool) -> None:
+    new_access = fake_jwt(datetime.now(UTC).timestamp() + 7200)
+    gone = httpx.Response(400, json={"error": "AccountNotFound", "message": "Account not found"})
+    adapter, seen = offline(
+        {
+            "pds.example/xrpc/com.atproto.server.refreshSession": gone,
+            f"plc.example/{DID}": httpx.Response(200, json=did_doc(endpoint=NEW_PDS if moved else PDS_URL)),
+            "pds2.example/xrpc/com.atproto.server.refreshSession": refreshed_at(new_access),
+        }
+    )
+    if moved:
+        assert adapter.refresh(session()).metadata["pds_url"] == NEW_PDS
+    else:
+        with pytest.raises(NeedsReconnect) as caught:
+            adapter.refresh(session())
+        assert caught.value.code == "AccountNotFound"
+    assert f"plc.example/{DID}" in seen
+
+
 def test_the_pds_is_looked_up_again_once_a_day() -> None:
     new_access = fake_jwt(datetime.now(UTC).timestamp() + 7200)
     routes: dict[str, Route | httpx.Response] = {
