@@ -2,12 +2,29 @@
 
 What is particular here:
 
-* No redirect flow: ``login(handle, app_password)`` resolves the handle to a DID on the
-  configured service (``com.atproto.identity.resolveHandle``), reads the DID document (PLC
-  directory for ``did:plc``, ``https://<host>/.well-known/did.json`` for ``did:web``), takes the
-  PDS from its ``#atproto_pds`` service and calls ``createSession`` there, once. createSession is
-  limited to 30 per 5 minutes per account, so the session is kept and refreshed afterwards; the
-  app password is never stored, logged or put into an error.
+* No redirect flow: ``login(handle, app_password)`` resolves the handle to a DID the way the
+  handle spec says (https://atproto.com/specs/handle#handle-resolution): DNS TXT
+  ``_atproto.<handle>`` and ``https://<handle>/.well-known/atproto-did``, both at once (the
+  HTTPS one through the SSRF guard); only when neither answers, ``resolveHandle`` at the
+  configured service. It reads the DID document (PLC directory for ``did:plc``,
+  ``https://<host>/.well-known/did.json`` for ``did:web``), checks that its ``alsoKnownAs``
+  names the handle (bidirectional verification: anyone can point a DNS name at any DID), takes
+  the PDS from its ``#atproto_pds`` service and calls ``createSession`` there, once.
+  createSession is limited to 30 per 5 minutes per account, so the session is kept and
+  refreshed afterwards; the app password is never stored, logged or put into an error.
+* App passwords only: a session opened with the account's main password has the full scope
+  ``com.atproto.access`` (it could delete the account). Its access JWT's ``scope`` is read and
+  anything but ``com.atproto.appPass`` / ``com.atproto.appPassPrivileged`` is deleted at the PDS
+  at once (``deleteSession``) and refused with ``AppPasswordRequired``
+  (https://docs.bsky.app/docs/api/com-atproto-server-create-app-password).
+* ``refreshSession`` answers ``active`` and ``status``: a ``takendown``, ``suspended`` or
+  ``deactivated`` account is ``NeedsReconnect`` with that status as the reason
+  (https://docs.bsky.app/docs/api/com-atproto-server-refresh-session).
+* Accounts move between PDSes (https://atproto.com/guides/account-migration). The PDS is looked
+  up again from the DID document once a day (``pds_resolved_at`` in the token metadata) and
+  whenever the PDS answers that the account is not (or no longer active) there: an inactive
+  ``refreshSession`` answer, or the errors in :data:`MOVED_ERRORS`. When the document then
+  names another PDS, the call is repeated there once and the new PDS is stored.
 * Sessions rotate: ``refreshSession`` (Bearer **refresh** JWT) returns a new pair, which the
   caller must persist before anything else uses it. Lifetimes come from the JWTs' own ``exp``.
 * An expired access token is answered **400** ``ExpiredToken`` (not 401): ``AccessTokenExpired``.
@@ -29,34 +46,44 @@ DID documents and finds the PDS endpoint.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
+import logging
 import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, unquote
 
+import dns.exception
+import dns.resolver
 import httpx
 from atproto_core.did_doc import DidDocument
 
 from platforms.base import PlatformAdapter, RateHint
-from platforms.http import bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after
+from platforms.http import bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after, scrub
 from platforms.netguard import NetGuard, Resolver, guarded_send, system_resolver
 from social_accounts.clock import Clock, utcnow
 from social_accounts.errors import (
     AccessTokenExpired,
+    AppPasswordRequired,
     LoginFailed,
     NeedsReconnect,
     Permanent,
     PlatformError,
     RateLimited,
     RequestMaybeSent,
+    SocialAccountsError,
     Transient,
 )
 from social_accounts.settings import Settings
 from social_accounts.signing import b64url_decode
 from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
-__all__ = ["BlueskyAdapter", "jwt_expiry", "parse_handle"]
+__all__ = ["BlueskyAdapter", "TxtLookup", "dns_txt", "jwt_expiry", "parse_handle"]
+
+log = logging.getLogger(__name__)
 
 #: documented lifetimes, used only when a JWT carries no readable ``exp``
 ACCESS_LIFETIME = timedelta(minutes=120)
@@ -65,6 +92,17 @@ REFRESH_LIFETIME = timedelta(days=90)
 DEFAULT_RETRY_AFTER = 60.0
 #: XRPC errors meaning "this server cannot answer that" (no AppView behind the PDS)
 NO_APPVIEW_ERRORS = frozenset({"UpstreamFailure", "MethodNotImplemented", "XRPCNotSupported", "NotImplemented"})
+#: the access JWT scopes of app-password sessions; the main password gives ``com.atproto.access``
+APP_PASSWORD_SCOPES = frozenset({"com.atproto.appPass", "com.atproto.appPassPrivileged"})
+#: XRPC errors meaning "this account is not (active) here": look the PDS up again
+MOVED_ERRORS = frozenset({"AccountNotFound", "RepoNotFound", "AccountDeactivated", "RepoDeactivated"})
+#: how long a PDS looked up in the DID document is trusted before it is looked up again
+PDS_RECHECK = timedelta(days=1)
+#: the most a ``/.well-known/atproto-did`` answer may hold (a DID is far shorter)
+WELL_KNOWN_MAX = 2048
+
+#: ``txt(name) -> the TXT strings published at name`` (raises dns.exception.DNSException)
+TxtLookup = Callable[[str], Iterable[str]]
 
 #: atproto handle syntax (atproto.com/specs/handle)
 _HANDLE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -89,6 +127,16 @@ def parse_handle(value: str) -> str:
     if len(text) > 253 or not _HANDLE.match(text):
         raise LoginFailed("not a valid Bluesky handle", platform="bluesky")
     return text
+
+
+def _is_did(value: object) -> bool:
+    return isinstance(value, str) and bool(_DID_PLC.match(value) or _DID_WEB.match(value))
+
+
+def dns_txt(name: str, timeout: float = 5.0) -> list[str]:
+    """The TXT strings at ``name`` from the system's DNS resolver (dnspython)."""
+    answer = dns.resolver.Resolver().resolve(name, "TXT", lifetime=timeout)
+    return [b"".join(record.strings).decode("ascii", "replace") for record in answer]
 
 
 def jwt_claims(token: str) -> dict[str, Any]:
@@ -131,13 +179,21 @@ class BlueskyAdapter(PlatformAdapter):
     required_env: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
-        self, settings: Settings, http: httpx.Client, clock: Clock = utcnow, *, resolver: Resolver | None = None
+        self,
+        settings: Settings,
+        http: httpx.Client,
+        clock: Clock = utcnow,
+        *,
+        resolver: Resolver | None = None,
+        txt: TxtLookup | None = None,
     ) -> None:
         super().__init__(settings, http, clock)
         #: checks the service, PLC, did:web and PDS URLs (``resolver``: tests map names to addresses)
         self.guard = NetGuard(
             allow_private=settings.allow_private_network, resolver=resolver or system_resolver, platform=self.platform
         )
+        #: DNS TXT lookups for handles (``txt``: tests answer from a table, with no network)
+        self.txt: TxtLookup = txt or (lambda name: dns_txt(name, settings.http_timeout_seconds))
 
     # ---- reading failures -------------------------------------------------------------------
 
@@ -159,6 +215,8 @@ class BlueskyAdapter(PlatformAdapter):
         if context == "resolve":
             return LoginFailed("the handle cannot be resolved", **kw)
         if context == "refresh":
+            if error == "AccountTakedown":
+                return NeedsReconnect("the Bluesky account is takendown", **kw)
             return NeedsReconnect("the Bluesky session is no longer valid", **kw)
         if error == "ExpiredToken" or error == "InvalidToken" or status == 401:
             return AccessTokenExpired("access token rejected; refresh first", **kw)
@@ -221,10 +279,49 @@ class BlueskyAdapter(PlatformAdapter):
 
     # ---- identity ---------------------------------------------------------------------------
 
+    def _did_from_dns(self, handle: str) -> str | None:
+        """The DID of a ``did=`` TXT record at ``_atproto.<handle>``; None when there is no single one."""
+        try:
+            records = list(self.txt("_atproto." + handle))
+        except (dns.exception.DNSException, OSError, UnicodeError):
+            return None
+        dids = {r[len("did=") :].strip() for r in records if r.startswith("did=")}
+        # several different DIDs: the spec says resolution fails (atproto.com/specs/handle)
+        return dids.pop() if len(dids) == 1 and _is_did(next(iter(dids))) else None
+
+    def _did_from_well_known(self, handle: str) -> str | None:
+        """The DID at ``https://<handle>/.well-known/atproto-did`` (through the guard); None on any failure."""
+        try:
+            response = guarded_send(
+                self.http,
+                "GET",
+                f"https://{handle}/.well-known/atproto-did",
+                guard=self.guard,
+                platform=self.platform,
+                classify=lambda r: self.classify(r, "resolve"),
+                timeout=default_timeout(self.settings.http_timeout_seconds),
+            )
+        except SocialAccountsError:  # unreachable, refused, unsafe address: the method gave no DID
+            return None
+        text = response.content[:WELL_KNOWN_MAX].decode("ascii", "replace").strip()
+        return text if len(response.content) <= WELL_KNOWN_MAX and _is_did(text) else None
+
     def resolve_handle(self, handle: str) -> str:
-        """Handle → DID on the configured service (a DID is returned as is)."""
+        """Handle → DID: DNS TXT and HTTPS well-known at once, ``resolveHandle`` as the fallback.
+
+        A DID is returned as is. Raises LoginFailed when the two methods name different DIDs.
+        """
         if handle.startswith("did:"):
             return handle
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="atproto-handle") as pool:
+            # each lookup in its own copy of our context (platforms.http keeps its observer there)
+            by_dns = pool.submit(contextvars.copy_context().run, self._did_from_dns, handle)
+            by_https = pool.submit(contextvars.copy_context().run, self._did_from_well_known, handle)
+            found = {did for did in (by_dns.result(), by_https.result()) if did}
+        if len(found) > 1:
+            raise LoginFailed("the handle's DNS and HTTPS records name different accounts", platform=self.platform)
+        if found:
+            return found.pop()
         body = self._xrpc(
             "GET",
             self.settings.bluesky_service_url,
@@ -233,12 +330,12 @@ class BlueskyAdapter(PlatformAdapter):
             params={"handle": handle},
         )
         did = body.get("did")
-        if not isinstance(did, str) or not (_DID_PLC.match(did) or _DID_WEB.match(did)):
+        if not _is_did(did):
             raise LoginFailed("the handle did not resolve to a DID", platform=self.platform)
-        return did
+        return str(did)
 
-    def resolve_pds(self, did: str) -> str:
-        """DID → its PDS base URL, from the DID document (PLC directory or did:web)."""
+    def did_document(self, did: str) -> DidDocument:
+        """The DID document (PLC directory or did:web), checked to be the document of ``did``."""
         if did.startswith("did:plc:"):
             url = self.settings.bluesky_plc_url.rstrip("/") + "/" + quote(did, safe=":")
         else:
@@ -246,12 +343,61 @@ class BlueskyAdapter(PlatformAdapter):
         raw = self._get_json(url)
         try:
             doc = DidDocument.from_dict(raw)
-            endpoint = doc.get_pds_endpoint() if doc.id == did else None
         except Exception:  # the SDK raises pydantic/its own errors for malformed documents
+            doc = None
+        if doc is None or doc.id != did:
+            raise LoginFailed("the account's DID document is not valid", platform=self.platform)
+        return doc
+
+    def _pds_of(self, doc: DidDocument) -> str:
+        try:
+            endpoint = doc.get_pds_endpoint()
+        except Exception:  # as above
             endpoint = None
         if not endpoint:
             raise LoginFailed("the account's DID document names no PDS", platform=self.platform)
         return endpoint.rstrip("/")
+
+    def resolve_pds(self, did: str) -> str:
+        """DID → its PDS base URL, from the DID document."""
+        return self._pds_of(self.did_document(did))
+
+    def resolve_identity(self, identifier: str) -> tuple[str, str]:
+        """Handle or DID → ``(did, pds_url)``, with the handle verified both ways."""
+        did = self.resolve_handle(identifier)
+        doc = self.did_document(did)
+        if not identifier.startswith("did:"):
+            names = {str(aka).lower() for aka in (doc.also_known_as or [])}
+            if "at://" + identifier not in names:
+                raise LoginFailed(
+                    "the account's DID document does not confirm the handle (alsoKnownAs)", platform=self.platform
+                )
+        return did, self._pds_of(doc)
+
+    def _stamp(self, metadata: dict[str, Any], pds_url: str) -> dict[str, Any]:
+        return {**metadata, "pds_url": pds_url, "pds_resolved_at": self.clock().isoformat()}
+
+    def _recheck_due(self, metadata: dict[str, Any]) -> bool:
+        try:
+            when = datetime.fromisoformat(str(metadata.get("pds_resolved_at")))
+        except ValueError:
+            return True
+        if when.tzinfo is None:
+            return True
+        return self.clock() - when >= PDS_RECHECK
+
+    def _lookup_pds(self, did: str) -> str | None:
+        """The PDS the DID document names now; None when it cannot be read (keep the one we know)."""
+        try:
+            return self.resolve_pds(did)
+        except SocialAccountsError as exc:  # unreachable, invalid or unsafe
+            log.info("bluesky: could not look up the PDS of %s again (%s)", did, type(exc).__name__)
+            return None
+
+    def _moved_to(self, did: str, pds_url: str) -> str | None:
+        """The account's PDS now, when it is not ``pds_url`` (None: not moved, or unknown)."""
+        current = self._lookup_pds(did)
+        return current if current is not None and current != pds_url.rstrip("/") else None
 
     # ---- sessions ---------------------------------------------------------------------------
 
@@ -275,14 +421,14 @@ class BlueskyAdapter(PlatformAdapter):
         """Resolve the account's PDS and open one session there with the app password.
 
         Raises:
-          LoginFailed: unknown handle, no PDS, or a refused password.
+          AppPasswordRequired: the account's main password was given (its session is deleted).
+          LoginFailed: unknown or unverified handle, no PDS, or a refused password.
           RateLimited / Transient / UnsafeAddress: as the names say.
         """
         if not app_password:
             raise LoginFailed("the app password is empty", platform=self.platform)
         identifier = parse_handle(handle)
-        did = self.resolve_handle(identifier)
-        pds_url = self.resolve_pds(did)
+        did, pds_url = self.resolve_identity(identifier)
         body = self._xrpc(
             "POST",
             pds_url,
@@ -290,11 +436,47 @@ class BlueskyAdapter(PlatformAdapter):
             context="login",
             json={"identifier": did, "password": app_password},
         )
+        tokens = self._session_tokens(body, self._stamp({"did": did, "handle": identifier}, pds_url))
+        if not set(tokens.scopes) & APP_PASSWORD_SCOPES:
+            self._delete_session(pds_url, tokens.refresh_token)
+            raise AppPasswordRequired(
+                "this is the account's main password; create an app password in Bluesky "
+                "(Settings, Privacy and security, App passwords) and connect with it",
+                platform=self.platform,
+                code=scrub(tokens.scopes[0] if tokens.scopes else "no scope", 60),
+            )
         if body.get("did") != did:
             raise LoginFailed("the PDS answered for another account", platform=self.platform)
         if body.get("active") is False:
-            raise LoginFailed(f"the account is {str(body.get('status') or 'inactive')[:20]}", platform=self.platform)
-        return self._session_tokens(body, {"did": did, "handle": identifier, "pds_url": pds_url})
+            raise LoginFailed(f"the account is {self._status(body)}", platform=self.platform)
+        return tokens
+
+    @staticmethod
+    def _status(body: dict[str, Any]) -> str:
+        """The account status of a session answer (``takendown``, ``suspended``, ``deactivated``...)."""
+        return scrub(body.get("status") or "inactive", 30)
+
+    def _delete_session(self, pds_url: str, refresh_token: str | None) -> bool:
+        """``deleteSession`` with the refresh JWT; True when the session is gone (or was already)."""
+        if not refresh_token:
+            return False
+        try:
+            guarded_send(
+                self.http,
+                "POST",
+                pds_url.rstrip("/") + "/xrpc/com.atproto.server.deleteSession",
+                guard=self.guard,
+                platform=self.platform,
+                classify=lambda r: self.classify(r, "refresh"),
+                headers=bearer(refresh_token),
+                timeout=default_timeout(self.settings.http_timeout_seconds),
+            )
+        except NeedsReconnect:  # already dead: as good as deleted
+            return True
+        except SocialAccountsError as exc:
+            log.warning("bluesky: deleteSession failed (%s); the session expires on its own", type(exc).__name__)
+            return False
+        return True
 
     @staticmethod
     def _where(tokens: TokenSet) -> tuple[str, str]:
@@ -309,16 +491,47 @@ class BlueskyAdapter(PlatformAdapter):
         A read timeout raises ``RequestMaybeSent``: the PDS may already have rotated. (Its
         2-hour grace period lets the old refresh token be used again, and it then answers the
         same new pair, so a retry within that window is safe here, unlike X.)
+
+        Once a day, and when the PDS says the account is inactive or unknown there, the PDS is
+        looked up again in the DID document; a moved account is refreshed at its new PDS.
+
+        Raises:
+          NeedsReconnect: the session is gone, or the account is taken down, suspended or
+            deactivated (the platform's status is the message and the code).
         """
         did, pds_url = self._where(tokens)
         if not tokens.refresh_token:
             raise NeedsReconnect("no refresh token is stored for this session", platform=self.platform)
-        body = self._xrpc(
-            "POST", pds_url, "com.atproto.server.refreshSession", context="refresh", token=tokens.refresh_token
-        )
+        metadata = dict(tokens.metadata)
+        if self._recheck_due(metadata):
+            current = self._lookup_pds(did)
+            if current is not None:
+                pds_url, metadata = current, self._stamp(metadata, current)
+        refresh_token = tokens.refresh_token
+        try:
+            body = self._refresh_at(pds_url, refresh_token, did)
+        except NeedsReconnect as exc:
+            moved = self._moved_to(did, pds_url) if exc.code in MOVED_ERRORS else None
+            if moved is None:
+                raise
+            pds_url, metadata = moved, self._stamp(metadata, moved)
+            body = self._refresh_at(pds_url, refresh_token, did)
+        if body.get("active") is False:
+            moved = self._moved_to(did, pds_url)
+            if moved is not None:
+                rotated = body.get("refreshJwt")  # the old PDS may have rotated already
+                pds_url, metadata = moved, self._stamp(metadata, moved)
+                body = self._refresh_at(pds_url, rotated if isinstance(rotated, str) else refresh_token, did)
+            if body.get("active") is False:
+                status = self._status(body)
+                raise NeedsReconnect(f"the Bluesky account is {status}", platform=self.platform, code=status)
+        return tokens.merged_with(self._session_tokens(body, metadata))
+
+    def _refresh_at(self, pds_url: str, refresh_token: str, did: str) -> dict[str, Any]:
+        body = self._xrpc("POST", pds_url, "com.atproto.server.refreshSession", context="refresh", token=refresh_token)
         if body.get("did") not in (None, did):
             raise NeedsReconnect("the PDS refreshed a session of another account", platform=self.platform)
-        return tokens.merged_with(self._session_tokens(body, dict(tokens.metadata)))
+        return body
 
     def revoke(self, tokens: TokenSet) -> RevokeResult:
         """``deleteSession`` with the refresh JWT. A session that is already dead counts as revoked."""
@@ -352,6 +565,17 @@ class BlueskyAdapter(PlatformAdapter):
 
     # ---- profile and counts -----------------------------------------------------------------
 
+    def _at_account_pds(self, did: str, pds_url: str, call: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """``call(pds_url)``; when the PDS says the account is not there, once more at the PDS the
+        DID document names now (the next refresh stores it: module docstring)."""
+        try:
+            return call(pds_url)
+        except Permanent as exc:
+            moved = self._moved_to(did, pds_url) if exc.code in MOVED_ERRORS else None
+            if moved is None:
+                raise
+            return call(moved)
+
     def _profile_view(self, tokens: TokenSet, *, lenient: bool = False) -> dict[str, Any] | None:
         """``getProfile`` through the PDS; None when no AppView answers behind it.
 
@@ -360,13 +584,17 @@ class BlueskyAdapter(PlatformAdapter):
         """
         did, pds_url = self._where(tokens)
         try:
-            return self._xrpc(
-                "GET",
+            return self._at_account_pds(
+                did,
                 pds_url,
-                "app.bsky.actor.getProfile",
-                context="api",
-                token=tokens.access_token,
-                params={"actor": did},
+                lambda url: self._xrpc(
+                    "GET",
+                    url,
+                    "app.bsky.actor.getProfile",
+                    context="api",
+                    token=tokens.access_token,
+                    params={"actor": did},
+                ),
             )
         except (Transient, Permanent) as exc:
             if isinstance(exc, AccessTokenExpired | RequestMaybeSent):
@@ -378,12 +606,16 @@ class BlueskyAdapter(PlatformAdapter):
     def _profile_record(self, did: str, pds_url: str) -> dict[str, Any]:
         """The repo's ``app.bsky.actor.profile/self`` record value ({} when there is none)."""
         try:
-            body = self._xrpc(
-                "GET",
+            body = self._at_account_pds(
+                did,
                 pds_url,
-                "com.atproto.repo.getRecord",
-                context="api",
-                params={"repo": did, "collection": "app.bsky.actor.profile", "rkey": "self"},
+                lambda url: self._xrpc(
+                    "GET",
+                    url,
+                    "com.atproto.repo.getRecord",
+                    context="api",
+                    params={"repo": did, "collection": "app.bsky.actor.profile", "rkey": "self"},
+                ),
             )
         except Permanent as exc:
             if exc.status == 400 and exc.code == "RecordNotFound":

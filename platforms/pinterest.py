@@ -15,14 +15,19 @@ What is particular here:
 How failures are read (Pinterest bodies are ``{"code": int, "message": str}``, not OAuth's):
 
 * API 401 → ``AccessTokenExpired``: refresh first; a dead grant then fails the refresh.
-* A refresh refused with 400 → ``NeedsReconnect``: we build that request ourselves and it only
-  varies by the refresh token, so a 400 means the token is no longer good (Pinterest's exact
-  error code for it is not documented). A 401 there means our app credentials: ``Permanent``.
+* A refresh refused with 400 or 401 → ``NeedsReconnect``: we build that request ourselves and it
+  only varies by the refresh token, so the refusal means the token is expired, revoked or
+  malformed (Pinterest documents the ``{"code", "message"}`` body, not a code for this case:
+  https://developers.pinterest.com/docs/api/v5/oauth-token). Only a 401 whose message names the
+  client (``Authentication failed.``, the answer to wrong Basic credentials, or a message about
+  the client or app) is ``Permanent``: reconnecting cannot fix our app credentials, but an
+  account marked ``error`` for a dead refresh token would never ask its user to reconnect.
 * 429 → ``RateLimited``: ``Retry-After`` if present (header names UNCONFIRMED), else 60 s.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -37,6 +42,17 @@ __all__ = ["PinterestAdapter"]
 
 #: back-off for a 429 that says nothing about when to come back
 DEFAULT_BACKOFF = 60.0
+
+
+#: words in a token-endpoint 401 message that blame our client credentials, not the refresh token
+CLIENT_FAULT = re.compile(r"authentication failed|\bclient\b|\bapp(lication)?\b( id| secret)?", re.IGNORECASE)
+#: words that blame the token: they win over :data:`CLIENT_FAULT` ("refresh token ... for this app")
+TOKEN_FAULT = re.compile(r"\btoken\b", re.IGNORECASE)
+
+
+def blames_client(message: str) -> bool:
+    """True when a token-endpoint refusal says our client credentials are wrong."""
+    return bool(CLIENT_FAULT.search(message)) and not TOKEN_FAULT.search(message)
 
 
 def pinterest_error(response: httpx.Response) -> tuple[str | None, str]:
@@ -90,11 +106,13 @@ class PinterestAdapter(OAuth2Adapter):
         return None
 
     def classify_refresh_error(self, response: httpx.Response) -> PlatformError | None:
-        """A 400 to our own refresh request can only mean the refresh token (module docstring)."""
-        if response.status_code == 400:
-            code, message = pinterest_error(response)
+        """A 400 or 401 to our own refresh request means the refresh token unless the body blames
+        the client (module docstring)."""
+        status = response.status_code
+        code, message = pinterest_error(response)
+        if status == 400 or (status == 401 and not blames_client(message)):
             return NeedsReconnect(
-                message or "the refresh token was refused", platform=self.platform, status=400, code=code
+                message or "the refresh token was refused", platform=self.platform, status=status, code=code
             )
         return self.classify_token_error(response)
 

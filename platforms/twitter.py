@@ -19,6 +19,11 @@ How failures are read (decided here, because only this module knows X):
   client credentials are wrong: reconnecting cannot fix that, so it is ``Permanent``.
 * 429 → ``RateLimited`` until ``x-rate-limit-reset`` (Unix epoch seconds); without that header
   (X omits it when the app's access tier does not match) the 15-minute window is assumed.
+
+Revocation (https://docs.x.com/fundamentals/authentication/oauth-2-0/user-access-token): one
+``POST /2/oauth2/revoke`` per token, each with its ``token_type_hint``. The refresh token goes
+first (no new access token can be minted after it), then the access token, which would otherwise
+keep working for up to two hours.
 """
 
 from __future__ import annotations
@@ -28,10 +33,10 @@ from typing import Any, ClassVar
 import httpx
 
 from platforms.base import RateHint
-from platforms.http import header_is_zero, oauth_error, rate_limited, seconds_until_epoch
+from platforms.http import header_is_zero, oauth_error, rate_limited, seconds_until_epoch, send
 from platforms.oauth2 import OAuth2Adapter
 from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError, RateLimited
-from social_accounts.values import AccountProfile, RefreshModel, Stats, TokenSet
+from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
 __all__ = ["TwitterAdapter", "remaining_zero"]
 
@@ -112,6 +117,27 @@ class TwitterAdapter(OAuth2Adapter):
             return None
         retry = seconds_until_epoch(response.headers.get("x-rate-limit-reset"))
         return RateHint(WINDOW_SECONDS if retry is None else retry, "account")
+
+    # ---- revocation -------------------------------------------------------------------------
+
+    def revoke(self, tokens: TokenSet) -> RevokeResult:
+        """Revoke the refresh token, then the access token: two calls (module docstring)."""
+        url = self.endpoint("revoke_url", self.revoke_url)
+        pairs = [(tokens.refresh_token, "refresh_token"), (tokens.access_token, "access_token")]
+        for token, hint in pairs:
+            if not token:
+                continue
+            send(
+                self.http,
+                "POST",
+                url,
+                platform=self.platform,
+                classify=self.classify,
+                data={"token": token, "token_type_hint": hint},
+                auth=self.client_basic_auth(),
+                timeout=self.timeout(),
+            )
+        return "revoked"
 
     # ---- the flow ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ Every layer catches at the level it can act on, the way httpx's tree works::
         │                            for single-use operations (code exchange, rotating refresh)
         └── Permanent                anything else: retrying will not help
             ├── LoginFailed          wrong handle or app password (Bluesky)
+            │   └── AppPasswordRequired  ... the account's main password was given (full scope)
             └── InstanceUnreachable  not a reachable Mastodon instance
 
 What each error allows is asked of the error, never decided from its name elsewhere
@@ -45,6 +46,7 @@ from typing import ClassVar
 
 __all__ = [
     "AccessTokenExpired",
+    "AppPasswordRequired",
     "ConfigError",
     "CryptoError",
     "DecryptError",
@@ -242,6 +244,13 @@ class LoginFailed(Permanent):
 
     kind = "login_failed"
     error_code = "login_failed"
+
+
+class AppPasswordRequired(LoginFailed):
+    """Bluesky accepted the account's main password: we refuse a session with full account scope."""
+
+    kind = "app_password_required"
+    error_code = "app_password_required"
 
 
 class InstanceUnreachable(Permanent):

@@ -493,6 +493,24 @@ def test_bluesky_wrong_app_password_fails_login_without_retry(bluesky_pipeline: 
     assert account_rows(pipe) == []
 
 
+@pytest.mark.pds
+def test_bluesky_main_password_fails_with_its_own_code_and_saves_nothing(
+    bluesky_pipeline: tuple[Pipeline, Any],
+) -> None:
+    pipe, peer = bluesky_pipeline
+    account = peer.create_account()
+
+    row = pipe.wait_for(_bluesky_attempt(pipe, account.handle, account.password))
+
+    assert (row.status, row.error_code) == ("failed", "app_password_required"), row.history
+    from web_callback.messages import error_message
+
+    assert "Create an app password" in (error_message(row.error_code) or "")  # what the API shows
+    assert not events(row, "retry")
+    assert row.app_password is None and row.token_bundle is None
+    assert row.account_ids == [] and account_rows(pipe) == []
+
+
 # ---- Mastodon (per-instance app kept in the database) -------------------------------------------
 
 

@@ -288,6 +288,25 @@ def bsky(pipeline_factory: Any, pds: Any, monkeypatch: pytest.MonkeyPatch) -> Pi
     return pipeline_factory(**LIFECYCLE_SETTINGS, **bluesky_settings(pds))
 
 
+def test_a_deactivated_bluesky_account_becomes_expired_with_its_status(bsky: Pipeline, pds: Any) -> None:
+    account_id, person = connect_bluesky(bsky, pds)
+    with httpx.Client(base_url=pds.service_url + "/xrpc") as http:
+        main = http.post(
+            "/com.atproto.server.createSession", json={"identifier": person.did, "password": person.password}
+        ).json()
+        http.post(
+            "/com.atproto.server.deactivateAccount", json={}, headers={"Authorization": f"Bearer {main['accessJwt']}"}
+        ).raise_for_status()
+
+    result = refresh_now(runtime.current(), account_id, force=True)
+
+    assert (result.outcome, result.status) == ("failed", "expired")
+    [failed] = events(bsky, account_id, "refresh_failed")
+    assert "deactivated" in f"{failed.reason} {failed.data}"
+    view = raw_row(bsky, account_id)
+    assert view.health_score == 0 and "deactivated" in str(view.last_error)
+
+
 def test_bluesky_against_the_reference_pds(bsky: Pipeline, pds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Refresh (also one whose commit was lost: the 2-hour grace recovers it), sync without an
     AppView, an access token the PDS calls expired, a session the user deleted, and a disconnect
@@ -421,7 +440,8 @@ def _one_platform(
     assert outcomes[-1] == ("revoked" if revoke else "no_endpoint"), platform
     assert all(o == "grant_shared" for o in outcomes[:-1]), (platform, outcomes)
     if revoke:
-        assert calls(life.fake, revoke, method=method) == revocations + 1, platform
+        per_grant = 2 if platform == "twitter" else 1  # X: the refresh token, then the access token
+        assert calls(life.fake, revoke, method=method) == revocations + per_grant, platform
     for i in ids:
         row = raw_row(life, i)
         assert (row.status, row.access_token, row.refresh_token, row.health_score) == ("disconnected", None, None, 0)
@@ -518,7 +538,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     row = raw_row(life, alice)
     assert (row.status, row.access_token, row.refresh_token, row.token_expires_at) == ("disconnected", None, None, None)
     assert row.health_score == 0
-    assert calls(life.fake, revoke) == 1
+    assert calls(life.fake, revoke) == 2  # X: the refresh token, then the access token
     assert [e.kind for e in events(life, alice) if e.kind in ("revoked", "disconnected")] == ["revoked", "disconnected"]
     [changed] = events(life, alice, "status_changed")
     assert changed.data == {"from": "active", "to": "disconnected"}
@@ -532,7 +552,7 @@ def test_disconnect_revokes_erases_and_survives_a_failing_revocation(life: Pipel
     request_disconnect(bob, broker=life.broker)
     wait_until(lambda: events(life, bob, "disconnected"), what="bob disconnected", timeout=30)
     tries = 1 + FAST_LIFECYCLE.max_transient
-    assert calls(life.fake, revoke) == 1 + tries
+    assert calls(life.fake, revoke) == 2 + tries
     assert len(events(life, bob, "revoke_failed")) == tries
     [done] = events(life, bob, "disconnected")
     assert done.data["revocation"] == "revoke_failed"

@@ -159,6 +159,46 @@ def test_refused_code_forbidden_and_bad_app_secret_are_permanent(make: Any, fake
     assert bad_app.value.status == 401 and not isinstance(bad_app.value, NeedsReconnect)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        fake_pin.BAD_REFRESH[2],
+        "Refresh token has expired.",
+        "The refresh token was revoked by the user.",
+        "Invalid refresh token.",
+        "",
+    ],
+)
+def test_a_401_refresh_about_the_token_needs_a_reconnect(
+    adapter: PinterestAdapter, fake: FakePlatformServer, message: str
+) -> None:
+    tokens = connect(adapter)
+    fake.fail("/pinterest/v5/oauth/token", fake_pin.error(401, 2, message))
+    with pytest.raises(NeedsReconnect) as caught:
+        adapter.refresh(tokens)
+    assert caught.value.status == 401
+
+
+@pytest.mark.parametrize("message", [fake_pin.BAD_CLIENT[2], "Invalid client credentials.", "Unknown app id."])
+def test_a_401_refresh_blaming_the_client_is_permanent(
+    adapter: PinterestAdapter, fake: FakePlatformServer, message: str
+) -> None:
+    tokens = connect(adapter)
+    fake.fail("/pinterest/v5/oauth/token", fake_pin.error(401, 2, message))
+    with pytest.raises(Permanent) as caught:
+        adapter.refresh(tokens)
+    assert caught.value.status == 401 and not isinstance(caught.value, NeedsReconnect)
+
+
+def test_a_revoked_grant_answers_401_and_needs_a_reconnect(make: Any, fake: FakePlatformServer) -> None:
+    """End to end on the fake: the refresh token of a revoked grant is refused with 401."""
+    tokens = connect(make())
+    make(pinterest_revoke_url=f"{fake.base_url}/pinterest/test-only/revoke").revoke(tokens)
+    with pytest.raises(NeedsReconnect) as caught:
+        make().refresh(tokens)
+    assert caught.value.status == 401
+
+
 def test_fake_refuses_body_only_client_auth(fake: FakePlatformServer, http: httpx.Client) -> None:
     response = http.post(
         f"{fake.base_url}/pinterest/v5/oauth/token",

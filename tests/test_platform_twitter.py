@@ -175,15 +175,33 @@ def test_refresh_without_refresh_token_needs_reconnect(adapter: TwitterAdapter) 
 # ---- revoke -----------------------------------------------------------------------------------
 
 
-def test_revoke_ends_the_grant(adapter: TwitterAdapter, fake: FakePlatformServer) -> None:
+def test_revoke_ends_the_refresh_and_the_access_token_with_hints(
+    adapter: TwitterAdapter, fake: FakePlatformServer
+) -> None:
     tokens = connect(adapter)
+    fake.reset_log()
     assert adapter.revoke(tokens) == "revoked"
-    call = next(r for r in fake.requests if r.path == "/twitter/2/oauth2/revoke")
-    assert call.basic() == (fake_x.CLIENT_ID, fake_x.CLIENT_SECRET)
+    calls = [r for r in fake.requests if r.path == "/twitter/2/oauth2/revoke"]
+    assert [c.form for c in calls] == [
+        {"token": tokens.refresh_token, "token_type_hint": "refresh_token"},
+        {"token": tokens.access_token, "token_type_hint": "access_token"},
+    ]
+    assert all(c.basic() == (fake_x.CLIENT_ID, fake_x.CLIENT_SECRET) for c in calls)
     with pytest.raises(AccessTokenExpired):
         adapter.fetch_accounts(tokens)
     with pytest.raises(NeedsReconnect):
         adapter.refresh(tokens)
+
+
+def test_revoke_without_a_refresh_token_revokes_the_access_token(
+    adapter: TwitterAdapter, fake: FakePlatformServer
+) -> None:
+    tokens = connect(adapter).replace(refresh_token=None)
+    fake.reset_log()
+    assert adapter.revoke(tokens) == "revoked"
+    assert [r.form.get("token_type_hint") for r in fake.requests] == ["access_token"]
+    with pytest.raises(AccessTokenExpired):
+        adapter.fetch_accounts(tokens)
 
 
 # ---- failures ---------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ ERROR_MESSAGES: dict[str, str] = {
     "profile_fetch_failed": "We signed in but could not read the account's profile; please try connecting again later.",
     "save_failed": "We signed in but could not save the account; please try connecting again later.",
     "login_failed": "The handle or app password was not accepted; check them and try again.",
+    "app_password_required": (
+        "That is the account's main password. Create an app password in Bluesky "
+        "(Settings, Privacy and security, App passwords) and connect with it instead."
+    ),
     "instance_unreachable": "The Mastodon server could not be reached or is not a Mastodon server; check its address.",
     "timeout": "Connecting took too long and was stopped; please try again.",
 }

@@ -5,7 +5,9 @@
 * Continuous refresh: every refresh answer carries a new refresh token with its own
   ``refresh_token_expires_in``; the spent one stops working and replaying it revokes the grant.
 * Errors use Pinterest's ``{"code", "message"}`` model (the numeric codes here are illustrative):
-  401 for a bad token, 400 for a refused code or refresh token, 429 from :func:`rate_limited`.
+  401 for a bad token, 400 for a refused code, 429 from :func:`rate_limited`. At the token
+  endpoint a 401 comes in two bodies: :data:`BAD_CLIENT` (wrong Basic credentials) and
+  :data:`BAD_REFRESH` (a refresh token that is expired, revoked, spent or unknown).
 * Pinterest documents no revocation endpoint. ``/pinterest/test-only/revoke`` stands in for one an
   operator would set with PINTEREST_REVOKE_URL (RFC 7009, Basic); ``settings_env`` leaves it unset.
 """
@@ -62,6 +64,12 @@ def error(status: int, code: int, message: str) -> FakeResponse:
     return FakeResponse(status, {"code": code, "message": message})
 
 
+#: the token endpoint's answer to wrong app credentials
+BAD_CLIENT = (401, 2, "Authentication failed.")
+#: the token endpoint's answer to a refresh token it no longer honours
+BAD_REFRESH = (401, 2, "Authentication failed: the refresh token is invalid, expired or revoked.")
+
+
 def rate_limited(retry_after: int | None = None) -> FakeResponse:
     response = error(429, 8, "You have exceeded your rate limit. Try again later.")
     if retry_after is not None:
@@ -101,17 +109,15 @@ def install(server: FakePlatformServer) -> None:
             pkce=False,
             rotate=True,
             issue=issue,
-            bad_client=error(401, 2, "Authentication failed."),
+            bad_client=error(*BAD_CLIENT),
             bad_code=lambda _: error(400, 1, "Invalid authorization code."),
-            bad_refresh=error(400, 1, "Invalid refresh token."),
+            bad_refresh=error(*BAD_REFRESH),
             bad_grant_type=error(400, 1, "Invalid grant_type."),
         )
 
     @server.route("POST", "/pinterest/test-only/revoke")
     def revoke(request: FakeRequest) -> FakeResponse:
-        return revoke_endpoint(
-            request, grants, CLIENT, bad_client=error(401, 2, "Authentication failed."), revoked=FakeResponse(200, {})
-        )
+        return revoke_endpoint(request, grants, CLIENT, bad_client=error(*BAD_CLIENT), revoked=FakeResponse(200, {}))
 
     @server.route("GET", "/pinterest/v5/user_account")
     def user_account(request: FakeRequest) -> FakeResponse:
