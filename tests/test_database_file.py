@@ -65,3 +65,12 @@ def test_a_database_in_a_missing_directory_fails_in_sqlites_words(tmp_path: Path
             engine.connect().close()
     finally:
         engine.dispose()
+
+
+def test_migrate_creates_the_database_owner_only(tmp_path: Path, open_umask: None) -> None:
+    """``social-accounts migrate`` (and ``run``, which migrates first) is what creates the file."""
+    from models.migrate import upgrade
+
+    db = tmp_path / "migrated.db"
+    upgrade(f"sqlite:///{db}")
+    assert oct(_mode(db)) == "0o600"
