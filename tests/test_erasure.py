@@ -301,3 +301,18 @@ def test_purge_disconnected_works_in_batches(db: Engine) -> None:
     ids = {_account(db, status="disconnected", updated_at=NOW - DAY * 40) for _ in range(7)}
     assert purge_disconnected(db, before=NOW - DAY * 30, batch=3) == 7
     assert traces(db, sorted(ids)) == []
+
+
+def test_cli_purge_after_a_final_refusal_erases_and_says_to_revoke_by_hand(
+    life: Pipeline, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [alice] = connect(life, "twitter")
+    marks = marks_of(life.engine, alice)
+    life.fake.fail(REVOKE, FakeResponse(400, {"error": "invalid_request"}), times=1)
+    monkeypatch.setattr(cli, "_settings", lambda: life.settings)
+    monkeypatch.setattr(cli, "configure_logging", lambda settings: None)
+    assert cli.main(["accounts", "purge", alice]) == 0
+    out = capsys.readouterr().out
+    assert f"{alice} erased; the revocation failed (revoke_failed): revoke it at the platform" in out
+    assert calls(life.fake, REVOKE) == 1  # a final refusal is not repeated
+    assert traces(life.engine, marks) == []

@@ -116,6 +116,8 @@ def purge_at_once(rt: Runtime, account_id: str) -> tuple[str, bool]:
     try:
         outcome = disconnect_now(rt, account_id, purge=True)
     except SocialAccountsError as error:
+        if error.step != REVOKE_STEP.name:  # not the revocation (an undecryptable row...): the operator's to see
+            raise
         decision = retrying.decide(error, step=REVOKE_STEP, retries=0)
         if decision.action != "give_up":
             from workers.publish import request_disconnect

@@ -60,7 +60,8 @@ def _account_of(message: MessageProxy) -> str | None:
 
 def record_lifecycle_decision(message: MessageProxy, decision: retrying.Decision) -> None:
     """Log the decision; an uncertain single-use step also leaves an event on the account, and a
-    disconnect that gives up erases the tokens all the same (the account is disconnected already)."""
+    disconnect that gives up erases the tokens all the same (the account is disconnected already),
+    or with ``purge`` the whole account."""
     account_id = _account_of(message)
     extra = {"account_id": account_id, "outcome": decision.code or decision.action}
     if decision.action != "give_up":
