@@ -12,7 +12,11 @@ Why each setting:
   from hanging start-up.
 * SQLite (the embedded default): WAL lets readers run while one writer writes,
   ``check_same_thread=False`` lets the pool hand connections to worker threads, and a busy
-  timeout makes a second writer wait instead of failing with "database is locked".
+  timeout makes a second writer wait instead of failing with "database is locked". The file
+  holds account names, handles and (encrypted) tokens: it is created readable by its owner only
+  (0600, like ``secrets.env``) before SQLite opens it; SQLite gives its ``-wal`` and ``-shm``
+  files the main file's permissions (https://www.sqlite.org/tempfiles.html, and ``robust_open``
+  in os_unix.c), so they are 0600 too.
 
 ``check_database`` turns "the database does not answer" into one ``ConfigError`` line (no
 driver traceback), which is what an operator needs at start-up.
@@ -20,6 +24,7 @@ driver traceback), which is what an operator needs at start-up.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -31,7 +36,7 @@ from sqlalchemy.pool import StaticPool
 
 from social_accounts.errors import ConfigError
 
-__all__ = ["check_database", "make_engine", "normalize_url", "safe_url"]
+__all__ = ["DATABASE_FILE_MODE", "check_database", "create_private_file", "make_engine", "normalize_url", "safe_url"]
 
 #: seconds a SQLite writer waits for another writer before giving up
 SQLITE_BUSY_TIMEOUT = 15
@@ -128,6 +133,8 @@ def _sqlite_engine(parsed: URL, *, echo: bool) -> Engine:
     }
     if in_memory:  # one shared connection, or every thread would see its own empty database
         kwargs["poolclass"] = StaticPool
+    else:
+        create_private_file(str(parsed.database))
     engine = sa.create_engine(parsed, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -142,6 +149,26 @@ def _sqlite_engine(parsed: URL, *, echo: bool) -> Engine:
             cursor.close()
 
     return engine
+
+
+#: mode of a database file this service creates: owner read and write only
+DATABASE_FILE_MODE = 0o600
+
+
+def create_private_file(path: str) -> None:
+    """Create the SQLite file ``path`` with mode 0600 unless it exists (an existing file keeps its mode).
+
+    ``O_EXCL`` makes creating and setting the mode one step, so no other process ever sees the
+    file with wider permissions. A URI filename (``file:...``) is left to SQLite, and so is a
+    path that cannot be created here (a missing directory): SQLite then reports it in its words.
+    """
+    if path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE)
+    except OSError:  # FileExistsError included
+        return
+    os.close(fd)
 
 
 def check_database(engine: Engine) -> None:

@@ -5,7 +5,9 @@
 * ``recompute_health``: one set-wise UPDATE, only rows whose score changes are written.
 * ``reconcile``: attempts stuck in ``pending`` (a lost message, a Redis restart) end as
   ``failed/timeout``; accounts waiting on a retry that no longer exists are re-emitted.
-* ``cleanup``: expired, finished attempts past their retention are removed.
+* ``cleanup``: expired, finished attempts past their retention are removed, and accounts
+  disconnected for longer than ``DISCONNECTED_RETENTION_DAYS`` are erased with every trace
+  (``models.purge``), like the attempts: one short write of the scheduler's own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models.attempts import SECRET_COLUMNS, append_history
+from models.purge import purge_disconnected
 from models.tables import SocialAccount, SocialOAuthState
 from scheduler.claims import claim_due
 from social_accounts.clock import Clock, utcnow
@@ -186,7 +189,8 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
 
 
 def cleanup(ctx: JobContext) -> int:
-    """Delete finished attempts whose last change is past retention; returns the count.
+    """Delete finished attempts past retention and erase accounts disconnected past theirs;
+    returns how many attempts and accounts went.
 
     Pending attempts are never deleted here: ``reconcile`` first ends them as ``failed/timeout``
     (so the user's page can say so), and they go once that outcome is past retention too.
@@ -195,4 +199,6 @@ def cleanup(ctx: JobContext) -> int:
     keep = now - timedelta(days=ctx.settings.attempt_retention_days)
     stmt = sa.delete(STATES).where(STATES.c.updated_at < keep, STATES.c.status.in_(("connected", "failed")))
     with ctx.engine.begin() as conn:
-        return int(conn.execute(stmt).rowcount or 0)
+        attempts = int(conn.execute(stmt).rowcount or 0)
+    accounts = purge_disconnected(ctx.engine, before=now - timedelta(days=ctx.settings.disconnected_retention_days))
+    return attempts + accounts

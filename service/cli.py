@@ -519,6 +519,34 @@ def accounts_disconnect(account_id: str = typer.Argument(..., metavar="ID")) -> 
     _publish("disconnect", "request_disconnect", account_id)
 
 
+@accounts_app.command("purge")
+def accounts_purge(account_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """Revoke at the platform where it can, then erase the account and every trace of it, now.
+
+    Runs here, not in a worker, through the worker's own functions (``workers.disconnect``). A
+    revocation that must wait or be retried is handed to the workers, which erase afterwards.
+    """
+    purge_at_once = _later("workers.disconnect", "purge_at_once", "accounts purge")
+    from workers.runtime import Runtime
+
+    settings = _settings()
+    configure_logging(settings)
+    rt = Runtime(settings=settings, _engine=_engine(settings))
+    try:
+        _load_account(rt.engine, account_id)
+        outcome, erased = purge_at_once(rt, account_id)
+    finally:
+        rt.close()
+    if outcome == "enqueued":
+        _line("info", f"the revocation of {account_id} must wait; a worker revokes, then erases it")
+    elif not erased:
+        _line("warn", f"{account_id} was reconnected meanwhile; disconnected, not erased ({outcome})")
+    elif outcome in ("revoke_failed", "revoke_uncertain"):
+        _line("warn", f"{account_id} erased; the revocation failed ({outcome}): revoke it at the platform")
+    else:
+        _line("ok", f"{account_id} erased ({outcome})")
+
+
 # ---- keys -----------------------------------------------------------------------------------
 
 

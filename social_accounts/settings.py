@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     cleanup_every_seconds: int = Field(3600, ge=1)
     #: finished attempts are kept this long for the dashboard and support
     attempt_retention_days: int = Field(30, ge=1)
+    #: a disconnected account (no tokens) is kept this long, so a reconnect finds its history;
+    #: then its row and events are erased (``accounts purge`` erases at once)
+    disconnected_retention_days: int = Field(30, ge=0)
     #: an account turns `error` only after this many failures in a row ...
     error_after_failures: int = Field(3, ge=1)
     #: ... that span at least this many seconds (a blip never marks an account as failing)

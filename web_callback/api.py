@@ -110,6 +110,40 @@ def _action(action: connecting.Action) -> Any:
     return endpoint
 
 
+#: ``?purge=`` values (anything else is a 400, never silently a plain disconnect)
+_PURGE_VALUES = {"true": True, "1": True, "false": False, "0": False}
+
+
+async def delete_account(request: Request) -> Response:
+    """``DELETE /v1/accounts/{id}``: disconnect (revoke, then drop the tokens; the row stays for
+    ``DISCONNECTED_RETENTION_DAYS``). With ``?purge=true`` the same message carries ``purge``: the
+    worker revokes first, then erases the account and every trace of it. ``202`` either way: the
+    revocation is a platform call, and it runs (and is retried) in the worker, never in a request.
+    """
+    raw = request.query_params.get("purge", "false")
+    purge = _PURGE_VALUES.get(raw.strip().lower())
+    if purge is None:
+        raise Refused(400, "invalid_query", "purge must be true or false")
+    if not purge:
+        return await _disconnect(request)
+    services, account_id = _services(request), request.path_params["account_id"]
+
+    def enqueue() -> bool:
+        from workers import publish
+
+        if connecting.account_view(services, account_id) is None:
+            return False
+        publish.request_disconnect(account_id, purge=True, broker=services.broker)
+        return True
+
+    if not await run_in_threadpool(enqueue):
+        raise Refused(404, "not_found", "no such account")
+    return JSONResponse({"account_id": account_id, "enqueued": "purge"}, status_code=202)
+
+
+_disconnect = _action("disconnect")
+
+
 def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, or what ``web_callback.errors``
     says of its error (409 reconnect, 503 try later)."""
@@ -139,7 +173,7 @@ def routes() -> list[BaseRoute]:
         Route("/attempts/{attempt_id}", get_attempt, methods=["GET"]),
         Route("/sites/{site_id}/accounts", site_accounts, methods=["GET"]),
         Route("/accounts/{account_id}", get_account, methods=["GET"]),
-        Route("/accounts/{account_id}", _action("disconnect"), methods=["DELETE"]),
+        Route("/accounts/{account_id}", delete_account, methods=["DELETE"]),
         Route("/accounts/{account_id}/refresh", _action("refresh"), methods=["POST"]),
         Route("/accounts/{account_id}/sync", _action("sync"), methods=["POST"]),
         Route("/accounts/{account_id}/token", account_token, methods=["POST"]),

@@ -60,7 +60,8 @@ def _account_of(message: MessageProxy) -> str | None:
 
 def record_lifecycle_decision(message: MessageProxy, decision: retrying.Decision) -> None:
     """Log the decision; an uncertain single-use step also leaves an event on the account, and a
-    disconnect that gives up erases the tokens all the same (the account is disconnected already)."""
+    disconnect that gives up erases the tokens all the same (the account is disconnected already),
+    or with ``purge`` the whole account."""
     account_id = _account_of(message)
     extra = {"account_id": account_id, "outcome": decision.code or decision.action}
     if decision.action != "give_up":
@@ -71,7 +72,8 @@ def record_lifecycle_decision(message: MessageProxy, decision: retrying.Decision
         return
     rt = runtime.current()
     if message.actor_name == messages.DISCONNECT_ACCOUNT:
-        disconnect.erase_after_failure(rt, account_id, "revoke_uncertain" if decision.uncertain else "revoke_failed")
+        outcome = "revoke_uncertain" if decision.uncertain else "revoke_failed"
+        disconnect.erase_after_failure(rt, account_id, outcome, purge=(message.kwargs or {}).get("purge") is True)
     elif decision.uncertain:
         _uncertain_event(rt, account_id, decision)
 
@@ -168,7 +170,10 @@ def sync_account(account_id: str) -> None:
     step=disconnect.REVOKE_STEP,
     **LIFECYCLE_OPTIONS,
 )
-def disconnect_account(account_id: str) -> None:
-    """Revoke (where the platform can) and erase the tokens; the account is disconnected at once."""
+def disconnect_account(account_id: str, purge: bool = False) -> None:
+    """Revoke (where the platform can) and erase the tokens; the account is disconnected at once.
+
+    ``purge``: then erase the account itself and every trace of it (``DELETE ...?purge=true``).
+    """
     rt = runtime.current()
-    _run("disconnect", account_id, lambda: disconnect_now(rt, account_id))
+    _run("disconnect", account_id, lambda: disconnect_now(rt, account_id, purge=purge is True))

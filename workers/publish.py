@@ -96,8 +96,11 @@ def request_sync(account_id: str, *, broker: dramatiq.Broker | None = None) -> s
     return _publish(broker, messages.SYNC_ACCOUNT, account_id=account_id)
 
 
-def request_disconnect(account_id: str, *, broker: dramatiq.Broker | None = None) -> str:
-    """Revoke the account's grant where the platform allows it, then remove the account."""
+def request_disconnect(account_id: str, *, purge: bool = False, broker: dramatiq.Broker | None = None) -> str:
+    """Revoke the account's grant where the platform allows it, then remove the account's tokens,
+    or with ``purge`` the account itself and every trace of it."""
+    if purge:
+        return _publish(broker, messages.DISCONNECT_ACCOUNT, account_id=account_id, purge=True)
     return _publish(broker, messages.DISCONNECT_ACCOUNT, account_id=account_id)
 
 
