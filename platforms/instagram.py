@@ -24,6 +24,7 @@ STATS_FIELDS = "followers_count,follows_count,media_count"
 class InstagramAdapter(MetaGraphAdapter):
     platform = "instagram"
     refresh_model = "extend"
+    default_lifetime = timedelta(days=60)  # Meta's long-lived user tokens last 60 d (docs/platforms.md)
     #: a 60-day token is extended a week ahead, leaving days of retries before it dies
     refresh_margin = timedelta(days=7)
     scopes = (

@@ -270,7 +270,7 @@ class MetaOAuth2Adapter(OAuth2Adapter):
 
     def long_lived(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
         """The long-lived token set of an exchange answer; the server's ``expires_in`` wins and,
-        when it sends none, the token has no known expiry."""
+        when it sends none, the platform's documented lifetime is assumed (``default_lifetime``)."""
         fresh = self.parse_token_response(body)
         return TokenSet(
             access_token=fresh.access_token,
