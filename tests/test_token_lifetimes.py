@@ -1,18 +1,23 @@
 """Tokens of any lifetime: every margin scales with the token's own lifetime (issue 14).
 
 Pure tests of ``workers.lifetimes`` with an injected ``now`` (no sleeping), for tokens living
-5 s, 20 s, 5 min and 60 days, and of what a token answer without ``expires_in`` becomes.
+5 s, 20 s, 5 min and 60 days, and of when a forced refresh counts as asked for. The end-to-end
+side is ``tests/test_short_tokens.py``; answers without ``expires_in``, ``test_token_expiry_fallback.py``.
 """
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from dramatiq import Message
+from dramatiq.middleware import CurrentMessage
 
 from social_accounts.values import TokenSet
-from workers import lifetimes
+from workers import lifetimes, refresh
 
 ISSUED = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 #: the platforms' margins: the base class's 10 minutes, and Instagram's / Threads' 7 days
@@ -102,3 +107,28 @@ def test_issued_since_says_whether_a_forced_refresh_is_already_done() -> None:
     assert not lifetimes.issued_since(tokens, ISSUED + timedelta(milliseconds=1))
     assert not lifetimes.issued_since(tokens, None)
     assert not lifetimes.issued_since(TokenSet("at"), ISSUED)
+
+
+def test_a_message_was_requested_its_age_ago_on_the_runtime_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced refresh's request time: the message's age (real ms) taken from the service clock."""
+    rt: Any = SimpleNamespace(clock=lambda: ISSUED)
+    assert refresh.message_requested_at(rt) is None  # the token API, the CLI: no message
+    published = 1_800_000_000_000
+    message = Message(
+        queue_name="refresh",
+        actor_name="refresh_account",
+        args=(),
+        kwargs={},
+        options={},
+        message_timestamp=published,
+    )
+    current = CurrentMessage()
+    current.before_process_message(None, message)  # type: ignore[arg-type]
+    try:
+        monkeypatch.setattr(refresh, "current_millis", lambda: published + 4_250)
+        assert refresh.message_requested_at(rt) == ISSUED - timedelta(milliseconds=4_250)
+        monkeypatch.setattr(refresh, "current_millis", lambda: published - 1_000)  # another host's clock ahead
+        assert refresh.message_requested_at(rt) == ISSUED
+    finally:
+        current.after_process_message(None, message)  # type: ignore[arg-type]
+    assert refresh.message_requested_at(rt) is None
