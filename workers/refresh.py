@@ -7,7 +7,10 @@ Where today's tools lose their users' connections, and what stops it here:
   fence on the write, so a refresh that lost a race writes nothing and reloads;
 * a refresh nobody needed: under the lock the account is reloaded and a token that is no
   longer due is used as it is, without calling the platform (this is what makes fifty
-  concurrent requests cost one call);
+  concurrent requests cost one call); a forced refresh ("refresh now") is one too when a token was
+  issued since it was asked for (``message_requested_at``);
+* a token of a few seconds refused or refreshed in a loop: every margin scales with the token's
+  lifetime (``workers.lifetimes``);
 * a refresh response without a refresh token wipes the stored one: ``TokenSet.merged_with`` in
   the adapters and the repository's never-overwrite-with-empty rule;
 * a network blip taken for a dead token: ``workers.status`` only marks ``expired`` on
