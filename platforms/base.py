@@ -8,6 +8,7 @@ It never touches the database or the broker: callers persist what it returns.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ __all__ = [
     "engagement_rate",
     "no_rate_signals",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class PlatformAdapter(ABC):
     refresh_model: ClassVar[RefreshModel] = "none"
     #: refresh this long before expiry (capped at half the token's lifetime by the caller)
     refresh_margin: ClassVar[timedelta] = timedelta(minutes=10)
+    #: the access token's documented lifetime, assumed when a token answer carries no
+    #: ``expires_in`` (docs/platforms.md); None where a token really never expires (Mastodon)
+    default_lifetime: ClassVar[timedelta | None] = None
     #: env vars that must be set for this platform to be usable
     required_env: ClassVar[tuple[str, ...]] = ()
 
@@ -156,6 +162,22 @@ class PlatformAdapter(ABC):
         return hint
 
     # ---- helpers ----------------------------------------------------------------------------
+
+    def expiry(self, expires_in: object) -> datetime | None:
+        """When a token answered with ``expires_in`` expires; without one, after :attr:`default_lifetime`.
+
+        An answer that leaves out its lifetime must not turn a token that expires into one that
+        never does: the account would never be refreshed again and die silently. The platform's
+        documented lifetime is assumed instead (logged, without the token).
+        """
+        at = self.expires_at(expires_in)
+        if at is None and self.default_lifetime is not None:
+            log.warning(
+                "token answer carried no expires_in; assuming the documented lifetime",
+                extra={"platform": self.platform, "lifetime_seconds": int(self.default_lifetime.total_seconds())},
+            )
+            at = self.clock() + self.default_lifetime
+        return at
 
     def expires_at(self, expires_in: object) -> datetime | None:
         """Server-supplied ``expires_in`` seconds as an aware UTC time (None when absent)."""

@@ -50,6 +50,7 @@ def demo_client_secret(settings: Settings) -> str:
 class DemoAdapter(OAuth2Adapter):
     platform = "demo"
     refresh_model: ClassVar[RefreshModel] = "rotate"
+    default_lifetime = timedelta(minutes=5)  # the demo provider issues 5-minute access tokens
     refresh_margin = timedelta(minutes=2)
     required_env = ()
 

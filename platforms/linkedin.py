@@ -65,6 +65,7 @@ RECONNECT_SERVICE_CODES = {65600: "INVALID_ACCESS_TOKEN", 65601: "REVOKED_ACCESS
 class LinkedInAdapter(OAuth2Adapter):
     platform = "linkedin"
     refresh_model: ClassVar[RefreshModel] = "reuse"
+    default_lifetime = timedelta(days=60)  # LinkedIn: access tokens last 60 d (docs/platforms.md)
     #: 60-day tokens: refresh two days early, leaving time for retries
     refresh_margin = timedelta(days=2)
     required_env = ("LINKEDIN_CLIENT_ID", "LINKEDIN_CLIENT_SECRET")

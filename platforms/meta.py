@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+from datetime import timedelta
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -77,6 +79,11 @@ NEAR_LIMIT_PERCENT = 95.0
 #: how long to hold back when usage is near the limit and Meta gives no regain time; the usage
 #: windows roll over an hour, so a few minutes lets the percentage fall
 NEAR_LIMIT_WAIT_SECONDS = 300.0
+#: a long-lived user token lasts about 60 days
+#: (https://developers.facebook.com/docs/facebook-login/guides/access-tokens/get-long-lived)
+LONG_LIVED_LIFETIME = timedelta(days=60)
+
+log = logging.getLogger(__name__)
 
 #: how many result pages of /me/accounts we follow at most (a loop guard, ~2500 Pages)
 MAX_PAGES = 100
@@ -285,12 +292,19 @@ class MetaOAuth2Adapter(OAuth2Adapter):
 
     def long_lived(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
         """The long-lived token set of an exchange answer; the server's ``expires_in`` wins and,
-        when it sends none, the token has no known expiry."""
+        when it sends none, the platform's documented lifetime is assumed (``default_lifetime``,
+        else the 60 days of a long-lived user token)."""
         fresh = self.parse_token_response(body)
+        expires_at = fresh.expires_at
+        if expires_at is None:
+            log.warning(
+                "long-lived exchange carried no expires_in; assuming 60 days", extra={"platform": self.platform}
+            )
+            expires_at = self.clock() + LONG_LIVED_LIFETIME
         return TokenSet(
             access_token=fresh.access_token,
             refresh_token=None,
-            expires_at=fresh.expires_at,
+            expires_at=expires_at,
             scopes=fresh.scopes or tokens.scopes,
             metadata={**tokens.metadata, "long_lived": True},
         )

@@ -112,7 +112,8 @@ class OAuth2Adapter(PlatformAdapter):
         return None
 
     def parse_token_response(self, body: dict[str, Any], previous: TokenSet | None = None) -> TokenSet:
-        """Turn a token response into a TokenSet; server-supplied lifetimes always win."""
+        """Turn a token response into a TokenSet; server-supplied lifetimes always win, and an
+        answer without ``expires_in`` gets the platform's documented lifetime (:meth:`expiry`)."""
         access = body.get("access_token")
         if not isinstance(access, str) or not access:
             raise Permanent("token response carried no access token", platform=self.platform)
@@ -126,7 +127,7 @@ class OAuth2Adapter(PlatformAdapter):
         fresh = TokenSet(
             access_token=access,
             refresh_token=body.get("refresh_token") or None,
-            expires_at=self.expires_at(body.get("expires_in")),
+            expires_at=self.expiry(body.get("expires_in")),
             refresh_expires_at=self.expires_at(body.get("refresh_token_expires_in") or body.get("refresh_expires_in")),
             scopes=scopes,
         )

@@ -66,6 +66,7 @@ def pinterest_error(response: httpx.Response) -> tuple[str | None, str]:
 class PinterestAdapter(OAuth2Adapter):
     platform = "pinterest"
     refresh_model: ClassVar[RefreshModel] = "rotate"
+    default_lifetime = timedelta(days=30)  # Pinterest: access tokens last about 30 d (docs/platforms.md)
     #: 30-day tokens: refresh two days early, leaving time for retries
     refresh_margin = timedelta(days=2)
     required_env = ("PINTEREST_APP_ID", "PINTEREST_APP_SECRET")

@@ -39,6 +39,7 @@ PROFILE_FIELDS = "id,username,name,threads_profile_picture_url"
 class ThreadsAdapter(MetaOAuth2Adapter):
     platform = "threads"
     refresh_model = "extend"
+    default_lifetime = timedelta(days=60)  # Meta's long-lived Threads tokens last 60 d (docs/platforms.md)
     refresh_margin = timedelta(days=7)
     required_env = ("THREADS_APP_ID", "THREADS_APP_SECRET")
     client_id_setting = "threads_app_id"

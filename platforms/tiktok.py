@@ -23,6 +23,7 @@ OAuth errors (``invalid_grant``...) are read even when TikTok sends them with HT
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -58,6 +59,7 @@ def api_error(body: Any) -> tuple[str | None, str]:
 class TikTokAdapter(OAuth2Adapter):
     platform = "tiktok"
     refresh_model: ClassVar[RefreshModel] = "rotate"
+    default_lifetime = timedelta(hours=2)  # TikTok's pages say 24 h or 2 h: the shorter (docs/platforms.md)
     required_env = ("TIKTOK_CLIENT_KEY", "TIKTOK_CLIENT_SECRET")
 
     authorize_url = "https://www.tiktok.com/v2/auth/authorize/"

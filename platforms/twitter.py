@@ -28,6 +28,7 @@ keep working for up to two hours.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -56,6 +57,7 @@ def remaining_zero(response: httpx.Response) -> bool:
 class TwitterAdapter(OAuth2Adapter):
     platform = "twitter"
     refresh_model: ClassVar[RefreshModel] = "rotate"
+    default_lifetime = timedelta(hours=2)  # X: access tokens last 2 h (docs/platforms.md)
     required_env = ("TWITTER_CLIENT_ID", "TWITTER_CLIENT_SECRET")
 
     authorize_url = "https://x.com/i/oauth2/authorize"

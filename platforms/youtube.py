@@ -28,6 +28,7 @@ How failures are read (Google's ``{"error": {"code", "status", "errors": [{"reas
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -60,6 +61,7 @@ def google_error(body: Any) -> tuple[set[str], str, str]:
 class YouTubeAdapter(OAuth2Adapter):
     platform = "youtube"
     refresh_model: ClassVar[RefreshModel] = "reuse"
+    default_lifetime = timedelta(hours=1)  # Google: access tokens last about 1 h (docs/platforms.md)
     required_env = ("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET")
 
     authorize_url = "https://accounts.google.com/o/oauth2/v2/auth"

@@ -45,11 +45,16 @@ class TokenSet:
         return dataclasses.replace(self, **changes)
 
     def merged_with(self, newer: TokenSet) -> TokenSet:
-        """``newer`` wins, but an empty refresh token or missing expiry never wipes a stored one."""
+        """``newer`` wins, but an empty refresh token or missing expiry never wipes a stored one.
+
+        A token that expires never becomes one that does not: an answer without an expiry keeps
+        the stored one (refreshed again early rather than never). The adapters first fill in
+        their platform's documented lifetime (``PlatformAdapter.default_lifetime``).
+        """
         return TokenSet(
             access_token=newer.access_token or self.access_token,
             refresh_token=newer.refresh_token or self.refresh_token,
-            expires_at=newer.expires_at,
+            expires_at=newer.expires_at or self.expires_at,
             refresh_expires_at=newer.refresh_expires_at or self.refresh_expires_at,
             scopes=newer.scopes or self.scopes,
             metadata={**self.metadata, **newer.metadata},

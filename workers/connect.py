@@ -53,6 +53,7 @@ from social_accounts.values import AccountProfile, TokenSet
 from workers import retrying
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
+from workers.lifetimes import next_refresh_at
 from workers.ratelimits import login_budget_wait, wait_before_call
 from workers.runtime import Runtime
 
@@ -346,24 +347,6 @@ def _claim_and_exchange(
     if not attempts.claim_state(rt.engine, row.id, delivery.message_id, stage=EXCHANGING, now=rt.clock()):
         raise _NotClaimed
     return _exchange_marked(rt, row, adapter, secrets, delivery, pauses, before="consumed")
-
-
-def next_refresh_at(
-    tokens: TokenSet, margin: timedelta, now: datetime, rng: random.Random | None = None
-) -> datetime | None:
-    """When to refresh: ``margin`` before expiry, never more than half the lifetime, minus jitter.
-
-    The jitter (up to 10 % of the lead, at most 5 minutes) spreads accounts connected together.
-    None when the token never expires.
-    """
-    if tokens.expires_at is None:
-        return None
-    lifetime = tokens.expires_at - now
-    if lifetime <= timedelta(0):
-        return now
-    lead = min(margin, lifetime / 2)
-    jitter = (rng or random.Random()).uniform(0, min(lead.total_seconds() * 0.1, 300.0))
-    return tokens.expires_at - lead - timedelta(seconds=jitter)
 
 
 def _save_accounts(rt: Runtime, row: AttemptSnapshot, adapter: PlatformAdapter, profiles: list[AccountProfile]) -> None:

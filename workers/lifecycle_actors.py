@@ -25,7 +25,7 @@ from social_accounts.errors import NotNow, SocialAccountsError
 from workers import disconnect, messages, ratelimits, retrying, runtime
 from workers.broker import actor_broker
 from workers.disconnect import disconnect_now
-from workers.refresh import REFRESH_STEP, refresh_now
+from workers.refresh import REFRESH_STEP, message_requested_at, refresh_now
 from workers.sync import SYNC_STEP, sync_now
 
 __all__ = ["disconnect_account", "refresh_account", "sync_account"]
@@ -134,8 +134,14 @@ def _refresh_and_verify(rt: runtime.Runtime, account_id: str, reason: str) -> st
     """Refresh; an account left in ``error``/``rate_limited`` with a token that needed no refresh
     is verified with one stats sync, so it does not stay marked failing until its token is due."""
     # the scheduler's claim already found the account due: no look before the lock
+    forced = reason in FORCING_REASONS
     result = refresh_now(
-        rt, account_id, reason=reason, force=reason in FORCING_REASONS, precheck=reason != SCHEDULED_REASON
+        rt,
+        account_id,
+        reason=reason,
+        force=forced,
+        precheck=reason != SCHEDULED_REASON,
+        requested_at=message_requested_at(rt) if forced else None,  # a burst of requests: one refresh
     )
     if result.outcome == "busy":
         # another holder has the lock: a live worker doing this very refresh (the re-check then

@@ -7,7 +7,10 @@ Where today's tools lose their users' connections, and what stops it here:
   fence on the write, so a refresh that lost a race writes nothing and reloads;
 * a refresh nobody needed: under the lock the account is reloaded and a token that is no
   longer due is used as it is, without calling the platform (this is what makes fifty
-  concurrent requests cost one call);
+  concurrent requests cost one call); a forced refresh ("refresh now") is one too when a token was
+  issued since it was asked for (``message_requested_at``);
+* a token of a few seconds refused or refreshed in a loop: every margin scales with the token's
+  lifetime (``workers.lifetimes``);
 * a refresh response without a refresh token wipes the stored one: ``TokenSet.merged_with`` in
   the adapters and the repository's never-overwrite-with-empty rule;
 * a network blip taken for a dead token: ``workers.status`` only marks ``expired`` on
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from dramatiq.common import current_millis
+from dramatiq.middleware import CurrentMessage
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -49,13 +54,13 @@ from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
 from social_accounts.values import TokenSet
 from workers import retrying
 from workers.adapters import adapter_for
-from workers.connect import next_refresh_at
 from workers.coordination import Coordination, for_runtime
+from workers.lifetimes import is_due, issued_since, lead_time, next_refresh_at
 from workers.locks import Hold
 from workers.runtime import Runtime
 from workers.status import record_failure, success_changes
 
-__all__ = ["REFRESH_STEP", "RefreshResult", "is_due", "refresh_now"]
+__all__ = ["REFRESH_STEP", "RefreshResult", "is_due", "message_requested_at", "refresh_now"]
 
 log = logging.getLogger("social_accounts.refresh")
 T = TypeVar("T")
@@ -76,25 +81,6 @@ class RefreshResult:
     outcome: str
     tokens: TokenSet | None = None
     status: str | None = None
-
-
-def lead_time(tokens: TokenSet, margin: timedelta) -> timedelta:
-    """How long before expiry to refresh: the margin, but at most half the token's lifetime."""
-    issued = tokens.metadata.get("issued_at")
-    if isinstance(issued, str) and tokens.expires_at is not None:
-        try:
-            lifetime = tokens.expires_at - datetime.fromisoformat(issued)
-        except ValueError:
-            return margin
-        return min(margin, max(lifetime, timedelta(0)) / 2)
-    return margin
-
-
-def is_due(tokens: TokenSet, margin: timedelta, now: datetime) -> bool:
-    """Whether this token set should be refreshed now."""
-    if tokens.expires_at is None:
-        return False
-    return tokens.expires_at - lead_time(tokens, margin) <= now
 
 
 def _load(rt: Runtime, account_id: str) -> AccountSnapshot | None:
@@ -165,10 +151,14 @@ def refresh_now(
     force: bool = False,
     wait_seconds: float = 0.0,
     precheck: bool = True,
+    requested_at: datetime | None = None,
 ) -> RefreshResult:
     """Refresh ``account_id`` if it is due (or ``force``), under its lock.
 
     Parameters:
+      requested_at(datetime): when a forced refresh was asked for (on the runtime's clock). A
+        token issued since then already is that refresh: it is used, not renewed again, so a
+        burst of "refresh now" requests costs one platform call (:func:`message_requested_at`).
       wait_seconds(float): wait this long for another holder of the lock (the token API does;
         messages do not: the holder is doing the same work).
       precheck(bool): read the account before taking the lock, so a token that is not due costs
@@ -185,7 +175,7 @@ def refresh_now(
     seen: AccountSnapshot | None = None
     if precheck:
         seen = _load(rt, account_id)
-        settled = _settled(rt, seen, force)
+        settled = _settled(rt, seen, force, requested_at)
         if settled is not None:
             return settled
         assert seen is not None
@@ -195,7 +185,7 @@ def refresh_now(
             return RefreshResult("busy", status=seen.status if seen is not None else None)
         current = _load(rt, account_id)
         if seen is None:  # this read is the first: it decides what the pre-check would have
-            settled = _settled(rt, current, force)
+            settled = _settled(rt, current, force, requested_at)
             if settled is not None:
                 return settled
             assert current is not None
@@ -207,14 +197,32 @@ def refresh_now(
                 return RefreshResult("skipped", status=current.status)
             moved = current.token_version != seen.token_version
             margin = adapter_for(rt, current.platform).refresh_margin
-            if moved or (not force and not is_due(current.tokens, margin, rt.clock())):
+            forced = force and not issued_since(current.tokens, requested_at)
+            if moved or (not forced and not is_due(current.tokens, margin, rt.clock())):
                 # someone refreshed while we waited: use their token, do not call the platform
                 return RefreshResult("fresh", current.tokens, current.status)
         return _refresh_locked(rt, current, reason=reason)
 
 
-def _settled(rt: Runtime, account: AccountSnapshot | None, force: bool) -> RefreshResult | None:
-    """The outcome when no refresh is needed (missing, inactive, never expires, not due), else None."""
+def message_requested_at(rt: Runtime) -> datetime | None:
+    """When the message being processed was first published, on the runtime's clock.
+
+    Dramatiq stamps ``message_timestamp`` (epoch ms) at the first enqueue and keeps it on
+    retries; its age is taken from the runtime's clock, so a test's clock and the platform's
+    ``issued_at`` stamps stay comparable. None outside a message (the token API, the CLI).
+    """
+    message = CurrentMessage.get_current_message()
+    if message is None:
+        return None
+    age_ms = max(0, current_millis() - int(message.message_timestamp))
+    return rt.clock() - timedelta(milliseconds=age_ms)
+
+
+def _settled(
+    rt: Runtime, account: AccountSnapshot | None, force: bool, requested_at: datetime | None
+) -> RefreshResult | None:
+    """The outcome when no refresh is needed (missing, inactive, never expires, not due, or
+    already refreshed since it was asked for), else None."""
     if account is None:
         return RefreshResult("missing")
     if account.status in INACTIVE:
@@ -223,7 +231,8 @@ def _settled(rt: Runtime, account: AccountSnapshot | None, force: bool) -> Refre
     if account.refresh_model == "none":
         _reschedule(rt, account, margin)
         return RefreshResult("nothing_to_do", account.tokens, account.status)
-    if not force and not is_due(account.tokens, margin, rt.clock()):
+    forced = force and not issued_since(account.tokens, requested_at)
+    if not forced and not is_due(account.tokens, margin, rt.clock()):
         _reschedule(rt, account, margin)
         return RefreshResult("fresh", account.tokens, account.status)
     return None

@@ -2,7 +2,9 @@
 
 Returns an access token that is valid now, refreshing it first (under the same per-account lock
 as every other refresh) when it is due within the platform's margin; concurrent callers share one
-refresh: the lock holder calls the platform, the others wait for it and use its result. An
+refresh: the lock holder calls the platform, the others wait for it and use its result. A token
+is handed out while it is still valid for 30 s, or a quarter of its lifetime when that is shorter
+(``workers.lifetimes``), so a 5-second token refreshed a moment ago is handed out too. An
 account that needs the user to reconnect raises ``NeedsReconnect`` (the API answers 409 with the
 reason) instead of handing out a dead token.
 """
@@ -10,13 +12,15 @@ reason) instead of handing out a dead token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from models.repository import load_account
 from social_accounts.errors import NeedsReconnect, NotNow, RateLimited, Transient
 from workers import runtime
+from workers.adapters import adapter_for
+from workers.lifetimes import handed_out
 from workers.refresh import refresh_now
 from workers.runtime import Runtime
 
@@ -24,8 +28,6 @@ __all__ = ["AccountNotFound", "ValidToken", "get_valid_token"]
 
 #: how long a caller waits for another process's refresh of the same account
 LOCK_WAIT_SECONDS = 20.0
-#: a token that expires sooner than this is not handed out (the caller could not use it)
-STILL_VALID_FOR = timedelta(seconds=30)
 
 
 class AccountNotFound(LookupError):
@@ -70,7 +72,8 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
     if account.status == "expired":
         raise NeedsReconnect(account.row.last_error or "the account needs reconnecting", platform=account.platform)
     expires = account.tokens.expires_at
-    if expires is not None and expires <= rt.clock() + STILL_VALID_FOR:
+    margin = adapter_for(rt, account.platform).refresh_margin
+    if not handed_out(account.tokens, margin, rt.clock()):
         if failure is not None:
             raise failure
         raise Transient("the token is due and could not be renewed yet", platform=account.platform)
