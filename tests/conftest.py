@@ -16,16 +16,18 @@ wipe each other's queues.
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from social_accounts.settings import Settings
+from social_accounts.settings import Settings, get_settings
 from tests.fakeplatform import FakePlatformServer
 from tests.support import (
     CONTRACT_CODES,
@@ -159,6 +161,31 @@ def redis_namespace() -> str:
     """This test's own Redis key namespace (``REDIS_NAMESPACE``): broker queues, locks, cooldowns
     and the leader key all live under it, and ``redis_url`` deletes them afterwards."""
     return f"sa-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_namespace: str) -> Iterator[pytest.MonkeyPatch]:
+    """For the CLI tests: no setting from the outside world, every variable unset, an empty
+    working directory.
+
+    Setting then deleting records each variable, so whatever a command writes into
+    ``os.environ`` (``run`` does) is removed again afterwards.
+    """
+    for name in Settings.model_fields:
+        monkeypatch.setenv(name.upper(), "x")
+        monkeypatch.delenv(name.upper())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("REDIS_NAMESPACE", redis_namespace)  # the test's own keys (conftest's redis_url)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield monkeypatch
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    get_settings.cache_clear()
 
 
 @pytest.fixture

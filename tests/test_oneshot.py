@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ from models.repository import (
 )
 from models.tables import SocialAccount, SocialOAuthState
 from social_accounts.values import AccountProfile, TokenSet
-from tests.test_repository import NOW
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
