@@ -30,8 +30,6 @@ import pytest
 from social_accounts.settings import Settings, get_settings
 from tests.fakeplatform import FakePlatformServer
 from tests.support import (
-    CONTRACT_CODES,
-    IN_CI,
     PG_ADMIN_URL,
     REDIS_URL,
     delete_namespace,
@@ -40,8 +38,6 @@ from tests.support import (
     platform_modules,
     unavailable,
 )
-
-__all__ = ["CONTRACT_CODES", "IN_CI", "fake_env", "new_key", "unavailable"]  # older imports from conftest
 
 #: fixture modules shared through this conftest: the real pipeline (``pipeline``,
 #: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)

@@ -23,7 +23,7 @@ from models.crypto import KeyRing
 from service import cli
 from social_accounts.settings import Settings
 from tests.cli_support import error_lines, run_cli, seed_account
-from tests.conftest import new_key
+from tests.support import new_key
 
 SCRIPT = Path(sys.executable).with_name("social-accounts")
 DEAD_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"

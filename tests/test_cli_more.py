@@ -29,7 +29,7 @@ from models.engine import make_engine
 from service import cli
 from social_accounts.settings import Settings
 from tests.cli_support import error_lines, run_cli, seed_account
-from tests.conftest import new_key
+from tests.support import new_key
 from tests.waiting import wait_until
 
 SCRIPT = Path(sys.executable).with_name("social-accounts")

@@ -12,7 +12,7 @@ import pytest
 
 from social_accounts import logs
 from social_accounts.logs import REDACTED, configure_logging, redact, register_secret
-from tests.conftest import new_key
+from tests.support import new_key
 
 pytestmark = pytest.mark.unit
 

@@ -25,10 +25,10 @@ import pytest
 import redis
 
 from social_accounts.settings import Settings
-from tests.conftest import fake_env
 from tests.fakeplatform import FakePlatformServer
 from tests.lifecycle_support import api_client, connect, events, load, make_due, refresh_calls, wait_until
 from tests.pipeline_support import Pipeline
+from tests.support import fake_env
 from workers import messages, publish, runtime
 from workers.tokens import get_valid_token
 
