@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 
 from social_accounts.errors import InputError
 from social_accounts.settings import Settings
+from tests.waiting import WAIT_SECONDS
 from web_callback.batching import BatchEnqueuer
 from web_callback.callback import (
     _ERROR_CODE,
@@ -291,15 +292,17 @@ def test_connection_stays_open_while_busy_and_closes_when_idle(redis_url: str) -
     namespace = f"sa-fast-{uuid.uuid4().hex[:8]}"
 
     async def run() -> tuple[bool, bool]:
-        batcher = BatchEnqueuer(redis_url, namespace, idle_seconds=0.2)
+        batcher = BatchEnqueuer(redis_url, namespace, idle_seconds=0.5)
         try:
             await batcher.enqueue_call("code_received", code_received_kwargs(attempt_id="a0"))
             client = batcher._client
-            for i in range(8):  # 0.4 s of callbacks, never 0.2 s apart
+            for i in range(16):  # callbacks for longer than the idle period, a tenth of it apart
                 await asyncio.sleep(0.05)
                 await batcher.enqueue_call("code_received", code_received_kwargs(attempt_id=f"a{i + 1}"))
             kept = batcher._client is client and client is not None
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(WAIT_SECONDS):  # only a connection never closed gets there
+                while batcher._client is not None:
+                    await asyncio.sleep(0.02)
             return kept, batcher._client is None
         finally:
             await batcher.aclose()
@@ -307,7 +310,7 @@ def test_connection_stays_open_while_busy_and_closes_when_idle(redis_url: str) -
     kept, closed = asyncio.run(run())
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.llen(f"{namespace}:connect") == 9
+        assert client.llen(f"{namespace}:connect") == 17
         client.delete(f"{namespace}:connect", f"{namespace}:connect.msgs")
     finally:
         client.close()
