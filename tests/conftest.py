@@ -16,7 +16,8 @@ wipe each other's queues.
 
 from __future__ import annotations
 
-import logging
+import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -36,6 +37,7 @@ from tests.support import (
     fake_env,
     new_key,
     platform_modules,
+    root_logging_kept,
     unavailable,
 )
 
@@ -173,14 +175,8 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_namespace: str) -
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
     monkeypatch.setenv("REDIS_NAMESPACE", redis_namespace)  # the test's own keys (conftest's redis_url)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield monkeypatch
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    with root_logging_kept():
+        yield monkeypatch
     get_settings.cache_clear()
 
 
@@ -336,3 +332,23 @@ def engine(pg_url: str) -> Iterator[Any]:
     eng = make_engine(pg_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path, migrated_sqlite: Path) -> Iterator[Any]:
+    """The embedded default's database (a file, a copy of the migrated template) and an engine on it."""
+    from models.engine import make_engine
+
+    path = tmp_path / "embedded.db"
+    shutil.copyfile(migrated_sqlite, path)
+    eng = make_engine(f"sqlite:///{path}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def ring() -> Any:
+    """A key ring of one fresh key (``k1``)."""
+    from models.crypto import KeyRing
+
+    return KeyRing([("k1", os.urandom(32))])

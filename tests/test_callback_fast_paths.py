@@ -25,6 +25,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 
 from social_accounts.errors import InputError
 from social_accounts.settings import Settings
+from tests.support import consume_all
 from tests.waiting import WAIT_SECONDS
 from web_callback.batching import BatchEnqueuer
 from web_callback.callback import (
@@ -265,16 +266,7 @@ def test_enqueue_call_is_consumed_by_dramatiq(redis_url: str) -> None:
     asyncio.run(run())
     broker = RedisBroker(url=redis_url, namespace=namespace)
     try:
-        seen: dict[str, list[Any]] = {}
-        for queue in ("connect", "refresh"):
-            broker.declare_queue(queue)
-            consumer = broker.consume(queue, prefetch=100, timeout=1000)
-            for message in consumer:
-                if message is None:
-                    break
-                seen.setdefault(queue, []).append(message)
-                consumer.ack(message)
-            consumer.close()
+        seen = consume_all(broker, ("connect", "refresh"))
     finally:
         broker.close()
         client = redis.Redis.from_url(redis_url)
