@@ -12,6 +12,8 @@ import logging
 import os
 import pkgutil
 import shutil
+import signal
+import subprocess
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -137,3 +139,16 @@ def consume_all(broker: Any, queues: Iterable[str], *, timeout_ms: int = 1000) -
         finally:
             consumer.close()
     return seen
+
+
+def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 30.0) -> None:
+    """SIGTERM the process group ``proc`` leads (``start_new_session=True``): the parent and what it
+    forked; SIGKILL it if it has not exited after ``grace`` seconds (a hung shutdown, not a speed limit)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from models.engine import make_engine
 from service import cli
 from social_accounts.settings import Settings
 from tests.cli_support import error_lines, run_cli, seed_account
-from tests.support import new_key
+from tests.support import new_key, stop_process_group
 from tests.waiting import wait_until
 
 SCRIPT = Path(sys.executable).with_name("social-accounts")
@@ -296,12 +295,7 @@ def test_a_worker_process_exposes_dramatiq_and_our_metrics_on_loopback(
         wait_until(both_series, what="both series on the worker's /metrics")
     finally:
         broker.close()
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_process_group(worker)
         if worker.stderr:
             worker.stderr.close()
     assert list(tmp_path.glob("social-accounts-metrics-*")) == []  # the run's metric files are gone

@@ -32,9 +32,10 @@ from models.migrate import upgrade
 from social_accounts.logs import configure_logging
 from social_accounts.metrics import MESSAGE_LATENCY
 from tests.fakeplatform import FakeResponse
-from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due, wait_until
+from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due
 from tests.pipeline_support import Pipeline
 from tests.support import root_logging_kept
+from tests.waiting import wait_until
 from workers import messages
 from workers.broker import build_broker
 from workers.cooldowns import set_cooldown

@@ -20,9 +20,10 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from models.engine import make_engine
 from models.migrate import upgrade
-from tests.lifecycle_support import events, make_due, wait_until
+from tests.lifecycle_support import events, make_due
 from tests.pipeline_support import FAST_POLICY_KW, Pipeline
 from tests.support import unavailable
+from tests.waiting import wait_until
 from workers.cooldowns import set_cooldown
 from workers.messages import QUEUES
 from workers.publish import request_refresh
