@@ -24,7 +24,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -41,7 +40,6 @@ from web_callback.state import SignedState, sign_state
 
 SITE = "demo-site"
 USER = "u-embedded"
-START_SECONDS = 30
 STOP_SECONDS = 10
 #: every demo token (code, access, refresh) is ``demo.`` + base64url of a JSON object (``{"`` -> ``eyJ``)
 DEMO_TOKEN_MARK = b"demo.eyJ"
@@ -101,16 +99,17 @@ class Embedded:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"`run --demo` exited early ({self.proc.returncode}):\n{self.log()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if self.http.get("/readyz", timeout=1).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail(f"/readyz did not answer 200 within {START_SECONDS} s:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
+                return self.http.get("/readyz", timeout=1).status_code == 200
+            return False
+
+        try:
+            wait_until(ready, what="/readyz to answer 200", every=0.1)
+        except AssertionError as exc:
+            pytest.fail(f"{exc}:\n{self.log()[-3000:]}")
 
     def api_token(self) -> str:
         """The API token ``run`` generated into the working directory (mode 0600)."""
