@@ -18,7 +18,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 
-from tests.waiting import WAIT_SECONDS
+from tests.waiting import WAIT_SECONDS, await_until
 from web_callback.batching import BatchEnqueuer
 from workers.messages import build_message, encode_for_redis
 from workers.publish import code_received_message
@@ -225,9 +225,7 @@ def test_idle_connection_is_closed_by_itself(redis_url: str, namespace: str) -> 
         batcher = BatchEnqueuer(redis_url, namespace, idle_seconds=0.05)
         await batcher.enqueue(_messages(1)[0])
         opened = batcher._client is not None
-        async with asyncio.timeout(WAIT_SECONDS):  # only a connection never closed gets there
-            while batcher._client is not None:
-                await asyncio.sleep(0.02)
+        await await_until(lambda: batcher._client is None, what="the idle connection closed")
         await batcher.aclose()
         return opened
 

@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 from social_accounts.errors import InputError
 from social_accounts.settings import Settings
 from tests.support import consume_all
-from tests.waiting import WAIT_SECONDS
+from tests.waiting import await_until
 from web_callback.batching import BatchEnqueuer
 from web_callback.callback import (
     _ERROR_CODE,
@@ -292,9 +292,7 @@ def test_connection_stays_open_while_busy_and_closes_when_idle(redis_url: str) -
                 await asyncio.sleep(0.05)
                 await batcher.enqueue_call("code_received", code_received_kwargs(attempt_id=f"a{i + 1}"))
             kept = batcher._client is client and client is not None
-            async with asyncio.timeout(WAIT_SECONDS):  # only a connection never closed gets there
-                while batcher._client is not None:
-                    await asyncio.sleep(0.02)
+            await await_until(lambda: batcher._client is None, what="the idle connection closed")
             return kept, batcher._client is None
         finally:
             await batcher.aclose()
