@@ -106,7 +106,7 @@ def recompute_health(ctx: JobContext) -> int:
     """Recompute every account's score set-wise, a page of ids at a time; returns how many changed.
 
     One UPDATE over the whole table would hold the row lock of every account it changes until it
-    commits (80 s at a million rows in bench/README.md), blocking workers saving tokens. Pages of
+    commits, blocking workers saving tokens for as long as the whole table takes. Pages of
     ``HEALTH_PAGE`` ids in primary-key order, each its own short transaction, keep that to
     milliseconds per account; only rows whose score changes are written.
     """

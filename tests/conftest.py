@@ -16,30 +16,30 @@ wipe each other's queues.
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from social_accounts.settings import Settings
+from social_accounts.settings import Settings, get_settings
 from tests.fakeplatform import FakePlatformServer
 from tests.support import (
-    CONTRACT_CODES,
-    IN_CI,
     PG_ADMIN_URL,
     REDIS_URL,
     delete_namespace,
     fake_env,
     new_key,
     platform_modules,
+    root_logging_kept,
     unavailable,
 )
-
-__all__ = ["CONTRACT_CODES", "IN_CI", "fake_env", "new_key", "unavailable"]  # older imports from conftest
 
 #: fixture modules shared through this conftest: the real pipeline (``pipeline``,
 #: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)
@@ -159,6 +159,25 @@ def redis_namespace() -> str:
     """This test's own Redis key namespace (``REDIS_NAMESPACE``): broker queues, locks, cooldowns
     and the leader key all live under it, and ``redis_url`` deletes them afterwards."""
     return f"sa-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_namespace: str) -> Iterator[pytest.MonkeyPatch]:
+    """For the CLI tests: no setting from the outside world, every variable unset, an empty
+    working directory.
+
+    Setting then deleting records each variable, so whatever a command writes into
+    ``os.environ`` (``run`` does) is removed again afterwards.
+    """
+    for name in Settings.model_fields:
+        monkeypatch.setenv(name.upper(), "x")
+        monkeypatch.delenv(name.upper())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("REDIS_NAMESPACE", redis_namespace)  # the test's own keys (conftest's redis_url)
+    with root_logging_kept():
+        yield monkeypatch
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -313,3 +332,23 @@ def engine(pg_url: str) -> Iterator[Any]:
     eng = make_engine(pg_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path, migrated_sqlite: Path) -> Iterator[Any]:
+    """The embedded default's database (a file, a copy of the migrated template) and an engine on it."""
+    from models.engine import make_engine
+
+    path = tmp_path / "embedded.db"
+    shutil.copyfile(migrated_sqlite, path)
+    eng = make_engine(f"sqlite:///{path}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def ring() -> Any:
+    """A key ring of one fresh key (``k1``)."""
+    from models.crypto import KeyRing
+
+    return KeyRing([("k1", os.urandom(32))])

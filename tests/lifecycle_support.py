@@ -23,7 +23,6 @@ from models.repository import LoadedAccount, load_account
 from models.tables import SocialAccount, SocialAccountEvent
 from tests.fakeplatform import FakePlatformServer
 from tests.pipeline_support import Pipeline
-from tests.waiting import wait_until as wait_until  # re-exported: lifecycle tests import it from here
 from workers import lifecycle_actors, retrying
 
 #: lifecycle retries in milliseconds instead of seconds, same budgets' shape

@@ -5,11 +5,16 @@ settings."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import json
+import logging
 import os
 import pkgutil
 import shutil
+import signal
+import subprocess
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -100,3 +105,50 @@ def web_backend(request: Any, tmp_path: Any) -> tuple[str, str]:
         shutil.copyfile(request.getfixturevalue("migrated_sqlite"), copy)
         return f"sqlite:///{copy}", "memory://"
     return request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
+
+
+@contextlib.contextmanager
+def root_logging_kept() -> Iterator[logging.Logger]:
+    """The root logger's handlers and level as they were, put back on leaving (for a test that
+    configures logging the way a process does)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+def consume_all(broker: Any, queues: Iterable[str], *, timeout_ms: int = 1000) -> dict[str, list[Any]]:
+    """Every message waiting on each of ``queues``, consumed and acked through the broker's own
+    consumer, in the order it hands them out; a queue with nothing waiting is left out."""
+    seen: dict[str, list[Any]] = {}
+    for queue in queues:
+        broker.declare_queue(queue)
+        consumer = broker.consume(queue, prefetch=100, timeout=timeout_ms)
+        try:
+            for message in consumer:
+                if message is None:
+                    break
+                seen.setdefault(queue, []).append(message)
+                consumer.ack(message)
+        finally:
+            consumer.close()
+    return seen
+
+
+def stop_process_group(proc: subprocess.Popen[Any], *, grace: float = 30.0) -> None:
+    """SIGTERM the process group ``proc`` leads (``start_new_session=True``): the parent and what it
+    forked; SIGKILL it if it has not exited after ``grace`` seconds (a hung shutdown, not a speed limit)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

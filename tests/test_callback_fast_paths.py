@@ -25,6 +25,8 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 
 from social_accounts.errors import InputError
 from social_accounts.settings import Settings
+from tests.support import consume_all
+from tests.waiting import await_until
 from web_callback.batching import BatchEnqueuer
 from web_callback.callback import (
     _ERROR_CODE,
@@ -264,16 +266,7 @@ def test_enqueue_call_is_consumed_by_dramatiq(redis_url: str) -> None:
     asyncio.run(run())
     broker = RedisBroker(url=redis_url, namespace=namespace)
     try:
-        seen: dict[str, list[Any]] = {}
-        for queue in ("connect", "refresh"):
-            broker.declare_queue(queue)
-            consumer = broker.consume(queue, prefetch=100, timeout=1000)
-            for message in consumer:
-                if message is None:
-                    break
-                seen.setdefault(queue, []).append(message)
-                consumer.ack(message)
-            consumer.close()
+        seen = consume_all(broker, ("connect", "refresh"))
     finally:
         broker.close()
         client = redis.Redis.from_url(redis_url)
@@ -291,15 +284,15 @@ def test_connection_stays_open_while_busy_and_closes_when_idle(redis_url: str) -
     namespace = f"sa-fast-{uuid.uuid4().hex[:8]}"
 
     async def run() -> tuple[bool, bool]:
-        batcher = BatchEnqueuer(redis_url, namespace, idle_seconds=0.2)
+        batcher = BatchEnqueuer(redis_url, namespace, idle_seconds=0.5)
         try:
             await batcher.enqueue_call("code_received", code_received_kwargs(attempt_id="a0"))
             client = batcher._client
-            for i in range(8):  # 0.4 s of callbacks, never 0.2 s apart
+            for i in range(16):  # callbacks for longer than the idle period, a tenth of it apart
                 await asyncio.sleep(0.05)
                 await batcher.enqueue_call("code_received", code_received_kwargs(attempt_id=f"a{i + 1}"))
             kept = batcher._client is client and client is not None
-            await asyncio.sleep(0.5)
+            await await_until(lambda: batcher._client is None, what="the idle connection closed")
             return kept, batcher._client is None
         finally:
             await batcher.aclose()
@@ -307,7 +300,7 @@ def test_connection_stays_open_while_busy_and_closes_when_idle(redis_url: str) -
     kept, closed = asyncio.run(run())
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.llen(f"{namespace}:connect") == 9
+        assert client.llen(f"{namespace}:connect") == 17
         client.delete(f"{namespace}:connect", f"{namespace}:connect.msgs")
     finally:
         client.close()

@@ -7,13 +7,11 @@ Most tests call ``service.cli.main`` in-process (fast); a few run the installed
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +21,12 @@ from rich.console import Console
 
 from models.crypto import KeyRing
 from service import cli
-from social_accounts.settings import Settings, get_settings
-from tests.conftest import new_key
+from social_accounts.settings import Settings
+from tests.cli_support import error_lines, run_cli, seed_account
+from tests.support import new_key
 
 SCRIPT = Path(sys.executable).with_name("social-accounts")
 DEAD_DB = "postgresql+psycopg://postgres@127.0.0.1:1/x"
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_namespace: str) -> Iterator[pytest.MonkeyPatch]:
-    """No setting from the outside world: every variable unset, an empty working directory.
-
-    Setting then deleting records each variable, so whatever a command writes into
-    ``os.environ`` (``run`` does) is removed again afterwards.
-    """
-    for name in Settings.model_fields:
-        monkeypatch.setenv(name.upper(), "x")
-        monkeypatch.delenv(name.upper())
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LOG_LEVEL", "WARNING")
-    monkeypatch.setenv("REDIS_NAMESPACE", redis_namespace)  # the test's own keys (conftest's redis_url)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield monkeypatch
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    get_settings.cache_clear()
-
-
-def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
 
 
 def _script(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -106,9 +71,9 @@ def test_malformed_token_keys_is_one_clear_line(
     env.setenv("API_TOKEN", "api-token-value")
     env.setenv("STATE_SECRET", "state-secret-value")
     env.setenv("TOKEN_KEYS", token_keys)
-    code, _, err = _run(capsys, "web")
+    code, _, err = run_cli(capsys, "web")
     assert code == 1
-    assert len(_error_lines(err)) == 1 and expected in _error_lines(err)[0]
+    assert len(error_lines(err)) == 1 and expected in error_lines(err)[0]
     assert "Traceback" not in err
 
 
@@ -116,18 +81,18 @@ def test_malformed_token_keys_is_one_clear_line(
 def test_worker_and_scheduler_require_token_keys(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
-    code, _, err = _run(capsys, command)
+    code, _, err = run_cli(capsys, command)
     assert code == 1
-    assert _error_lines(err) == ["error: TOKEN_KEYS is required but not set (see .env.example)"]
+    assert error_lines(err) == ["error: TOKEN_KEYS is required but not set (see .env.example)"]
 
 
 def test_a_malformed_setting_is_named_without_echoing_its_value(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env.setenv("ALLOW_PRIVATE_NETWORK", "hunter2-looks-like-a-password")
-    code, out, err = _run(capsys, "doctor")
+    code, out, err = run_cli(capsys, "doctor")
     assert code == 1
-    assert _error_lines(err) == [
+    assert error_lines(err) == [
         "error: ALLOW_PRIVATE_NETWORK is invalid: Input should be a valid boolean, unable to interpret input"
     ]
     assert "hunter2" not in out + err
@@ -138,7 +103,7 @@ def test_an_unexpected_error_is_one_redacted_line(env: pytest.MonkeyPatch, capsy
         raise RuntimeError("platform said access_token=leaked-token-value\nsecond line")
 
     env.setattr("service.doctor.run_checks", explode)
-    code, out, err = _run(capsys, "doctor")
+    code, out, err = run_cli(capsys, "doctor")
     assert code == 1
     assert err.strip().splitlines() == ["error: RuntimeError: platform said access_token=[REDACTED]"]
     assert "leaked-token-value" not in out + err
@@ -163,7 +128,7 @@ def test_a_missing_dependency_inside_existing_code_is_not_disguised_as_not_built
 
 
 def test_usage_errors_exit_2(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "accounts", "show")
+    code, _, err = run_cli(capsys, "accounts", "show")
     assert code == 2
     assert "Missing argument 'ID'" in err
 
@@ -182,7 +147,7 @@ def test_worker_passes_processes_and_threads_through_to_dramatiq(
 
     env.setenv("TOKEN_KEYS", f"k1:{new_key()}")
     env.setattr("dramatiq.cli.main", fake_main)
-    code, _, _ = _run(capsys, "worker", "--processes", "3", "--threads", "2")
+    code, _, _ = run_cli(capsys, "worker", "--processes", "3", "--threads", "2")
     assert code == 3  # Dramatiq's own exit code is the command's
     (args,) = seen
     assert (args.processes, args.threads, args.skip_logging) == (3, 2, True)
@@ -198,7 +163,7 @@ def test_web_serves_the_app_built_from_the_settings(
     env.setenv("TOKEN_KEYS", f"k1:{new_key()}")
     env.setenv("PORT", "8123")
     env.setattr("uvicorn.run", lambda application, **kw: served.append((application, kw)))
-    code, _, err = _run(capsys, "web")
+    code, _, err = run_cli(capsys, "web")
     assert code == 0, err
     (application, options) = served[0]
     assert application.state.services.settings.api_token == "api-token-value"
@@ -215,8 +180,8 @@ def test_run_generates_local_secrets_once_and_uses_the_memory_broker(
     env.setattr("service.embedded.run_embedded", lambda settings, demo=False: seen.append((settings, demo)))
     (tmp_path / ".env").write_text("STATE_SECRET=from-dot-env-file\n")
 
-    assert _run(capsys, "run")[0] == 0
-    assert _run(capsys, "run", "--demo")[0] == 0
+    assert run_cli(capsys, "run")[0] == 0
+    assert run_cli(capsys, "run", "--demo")[0] == 0
 
     first, second = seen[0][0], seen[1][0]
     secrets_file = tmp_path / ".social-accounts" / "secrets.env"
@@ -237,38 +202,6 @@ def _where(column: str, row_id: str) -> dict[str, str]:
     return {"table": "social_accounts", "column": column, "row_id": row_id}
 
 
-def _seed_account(url: str, ring: KeyRing, *, site_id: str = "site-1", handle: str = "alice") -> str:
-    from sqlmodel import Session
-
-    from models.engine import make_engine
-    from models.ids import account_id
-    from models.tables import SocialAccount
-
-    row_id = account_id(site_id, "mastodon", handle)
-    engine = make_engine(url)
-    try:
-        with Session(engine) as session:
-            session.add(
-                SocialAccount(
-                    id=row_id,
-                    site_id=site_id,
-                    platform="mastodon",
-                    platform_account_id=handle,
-                    account_handle=f"@{handle}",
-                    access_token=ring.encrypt(
-                        "plain-access", table="social_accounts", column="access_token", row_id=row_id
-                    ),
-                    refresh_token=ring.encrypt(
-                        "plain-refresh", table="social_accounts", column="refresh_token", row_id=row_id
-                    ),
-                )
-            )
-            session.commit()
-    finally:
-        engine.dispose()
-    return row_id
-
-
 def _stored_tokens(url: str, row_id: str) -> tuple[str, str]:
     import sqlalchemy as sa
 
@@ -286,7 +219,7 @@ def _stored_tokens(url: str, row_id: str) -> tuple[str, str]:
 
 
 def _doctor(capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, dict[str, Any]]]:
-    code, out, _ = _run(capsys, "doctor", "--json")
+    code, out, _ = run_cli(capsys, "doctor", "--json")
     return code, {check["name"]: check for check in json.loads(out)}
 
 
@@ -301,10 +234,10 @@ def test_migrate_then_doctor_passes(
     assert code == 1
     assert checks["database"]["status"] == "fail" and "no schema" in checks["database"]["detail"]
 
-    code, out, err = _run(capsys, "migrate")
+    code, out, err = run_cli(capsys, "migrate")
     assert code == 0, err
     assert "migrated from an empty schema to" in out
-    code, out, _ = _run(capsys, "migrate")
+    code, out, _ = run_cli(capsys, "migrate")
     assert code == 0 and "already at head" in out
 
     code, checks = _doctor(capsys)
@@ -317,7 +250,7 @@ def test_migrate_then_doctor_passes(
     assert checks["cooldowns"]["detail"] == "none"
     assert checks["platform twitter"]["detail"] == "not configured: set TWITTER_CLIENT_ID, TWITTER_CLIENT_SECRET"
 
-    code, out, _ = _run(capsys, "doctor")
+    code, out, _ = run_cli(capsys, "doctor")
     assert code == 0
     assert "✔ database:" in out and "✔ keys:" in out and "• platform twitter: not configured" in out
 
@@ -375,8 +308,8 @@ def test_keys_rotate_end_to_end_with_doctor_before_and_after(
     env.setenv("DATABASE_URL", pg_url)
     env.setenv("BROKER_URL", redis_url)
     env.setenv("TOKEN_KEYS", f"k0:{old_key}")
-    assert _run(capsys, "migrate")[0] == 0
-    row_id = _seed_account(pg_url, KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k0:{old_key}")))  # type: ignore[call-arg]
+    assert run_cli(capsys, "migrate")[0] == 0
+    row_id = seed_account(pg_url, KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k0:{old_key}")))  # type: ignore[call-arg]
 
     # the new key alone cannot read what k0 wrote: a failure, named
     env.setenv("TOKEN_KEYS", f"k1:{new}")
@@ -389,7 +322,7 @@ def test_keys_rotate_end_to_end_with_doctor_before_and_after(
     code, checks = _doctor(capsys)
     assert checks["keys"]["status"] == "warn" and "rotation pending for 2 of 2" in checks["keys"]["detail"]
 
-    code, out, err = _run(capsys, "keys", "rotate")
+    code, out, err = run_cli(capsys, "keys", "rotate")
     assert code == 0, err
     assert "2 value(s) re-encrypted" in out
 
@@ -400,7 +333,7 @@ def test_keys_rotate_end_to_end_with_doctor_before_and_after(
 
     code, checks = _doctor(capsys)
     assert checks["keys"]["status"] == "ok" and "all 2 stored value(s) under k1" in checks["keys"]["detail"]
-    code, out, _ = _run(capsys, "keys", "rotate")
+    code, out, _ = run_cli(capsys, "keys", "rotate")
     assert code == 0 and "already under it" in out
 
 
@@ -410,12 +343,12 @@ def test_accounts_list_and_show_never_print_a_token(
     key = new_key()
     env.setenv("DATABASE_URL", pg_url)
     env.setenv("TOKEN_KEYS", f"k1:{key}")
-    assert _run(capsys, "migrate")[0] == 0
+    assert run_cli(capsys, "migrate")[0] == 0
     ring = KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k1:{key}"))  # type: ignore[call-arg]
-    first = _seed_account(pg_url, ring, site_id="site-1", handle="alice")
-    _seed_account(pg_url, ring, site_id="site-2", handle="bob[/x]")  # not rich markup
+    first = seed_account(pg_url, ring, site_id="site-1", handle="alice")
+    seed_account(pg_url, ring, site_id="site-2", handle="bob[/x]")  # not rich markup
 
-    code, out, _ = _run(capsys, "accounts", "list", "--site", "site-1", "--json")
+    code, out, _ = run_cli(capsys, "accounts", "list", "--site", "site-1", "--json")
     assert code == 0
     rows = json.loads(out)
     assert [row["id"] for row in rows] == [first]
@@ -423,16 +356,16 @@ def test_accounts_list_and_show_never_print_a_token(
     assert rows[0]["health_reason"]
 
     env.setattr(cli, "out", Console(width=200, highlight=False, soft_wrap=True))  # a wide terminal
-    code, out, _ = _run(capsys, "accounts", "list")
+    code, out, _ = run_cli(capsys, "accounts", "list")
     assert code == 0 and "@alice" in out and "@bob[/x]" in out and "2 account(s)" in out
     assert "v1:k1:" not in out and "plain-access" not in out
 
-    code, out, _ = _run(capsys, "accounts", "show", first, "--json")
+    code, out, _ = run_cli(capsys, "accounts", "show", first, "--json")
     assert code == 0 and json.loads(out)["account_handle"] == "@alice"
     assert "v1:k1:" not in out
 
-    code, _, err = _run(capsys, "accounts", "show", "no-such-id")
-    assert code == 1 and _error_lines(err) == ["error: no account with id 'no-such-id'"]
+    code, _, err = run_cli(capsys, "accounts", "show", "no-such-id")
+    assert code == 1 and error_lines(err) == ["error: no account with id 'no-such-id'"]
 
 
 def test_accounts_refresh_enqueues_on_redis(pg_url: str, redis_url: str, redis_namespace: str, tmp_path: Path) -> None:
@@ -444,7 +377,7 @@ def test_accounts_refresh_enqueues_on_redis(pg_url: str, redis_url: str, redis_n
     key = new_key()
     upgrade(pg_url)
     ring = KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k1:{key}"))  # type: ignore[call-arg]
-    row_id = _seed_account(pg_url, ring)
+    row_id = seed_account(pg_url, ring)
     namespace = redis_namespace
     env = {
         "DATABASE_URL": pg_url,

@@ -1,8 +1,9 @@
 """More of the console script: ``accounts sync --all``, the ``accounts list`` table, progress bars,
 and the worker processes' metrics exposition.
 
-In the style of ``tests/test_cli.py`` (whose ``env`` fixture and helpers are reused): commands run
-in-process through ``cli.main``; the worker runs as the installed script, as an operator starts it.
+In the style of ``tests/test_cli.py`` (the ``env`` fixture is conftest's, the helpers are in
+``tests/cli_support.py``): commands run in-process through ``cli.main``; the worker runs as the
+installed script, as an operator starts it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,18 @@ from models.crypto import KeyRing
 from models.engine import make_engine
 from service import cli
 from social_accounts.settings import Settings
-from tests import test_cli
-from tests.conftest import new_key
-from tests.test_cli import _error_lines, _run, _seed_account
+from tests.cli_support import error_lines, run_cli, seed_account
+from tests.support import new_key, stop_process_group
+from tests.waiting import wait_until
 
 SCRIPT = Path(sys.executable).with_name("social-accounts")
-env = test_cli.env  # the fixture: no setting from the outside world, an empty working directory
 
 
 def _seeded(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str) -> tuple[KeyRing, str]:
     key = new_key()
     env.setenv("DATABASE_URL", pg_url)
     env.setenv("TOKEN_KEYS", f"k1:{key}")
-    assert _run(capsys, "migrate")[0] == 0
+    assert run_cli(capsys, "migrate")[0] == 0
     return KeyRing.from_settings(Settings(_env_file=None, token_keys=f"k1:{key}")), key  # type: ignore[call-arg]
 
 
@@ -89,15 +87,15 @@ def test_sync_all_enqueues_one_message_per_syncable_account_with_a_progress_bar(
     namespace = redis_namespace
     env.setenv("BROKER_URL", redis_url)
     env.setenv("REDIS_NAMESPACE", namespace)
-    a = _seed_account(pg_url, ring, site_id="site-1", handle="alice")
-    b = _seed_account(pg_url, ring, site_id="site-1", handle="bob")
-    c = _seed_account(pg_url, ring, site_id="site-1", handle="carol")
-    d = _seed_account(pg_url, ring, site_id="site-2", handle="dave")
+    a = seed_account(pg_url, ring, site_id="site-1", handle="alice")
+    b = seed_account(pg_url, ring, site_id="site-1", handle="bob")
+    c = seed_account(pg_url, ring, site_id="site-1", handle="carol")
+    d = seed_account(pg_url, ring, site_id="site-2", handle="dave")
     _set(pg_url, c, status="expired")  # the person must reconnect: a sync would do nothing
     _set(pg_url, b, status="error")  # still has tokens: a sync may be what brings it back
     drawn = _terminal(env)
 
-    code, out, err = _run(capsys, "accounts", "sync", "--all", "--site", "site-1", "--batch-size", "1")
+    code, out, err = run_cli(capsys, "accounts", "sync", "--all", "--site", "site-1", "--batch-size", "1")
 
     assert code == 0, err
     assert "sync enqueued for 2 account(s) of site site-1" in out
@@ -107,7 +105,7 @@ def test_sync_all_enqueues_one_message_per_syncable_account_with_a_progress_bar(
     assert "sync_account enqueued" in drawn.getvalue() and "2/2" in drawn.getvalue()
     _clear(redis_url, namespace)
 
-    code, out, _ = _run(capsys, "accounts", "sync", "--all")
+    code, out, _ = run_cli(capsys, "accounts", "sync", "--all")
     assert code == 0 and "sync enqueued for 3 account(s)" in out
     ids = [p["kwargs"]["account_id"] for p in _queued(redis_url, namespace, "sync")]
     assert sorted(ids) == sorted([a, b, d])
@@ -121,7 +119,7 @@ def test_sync_all_with_no_account_enqueues_nothing(
     env.setenv("BROKER_URL", redis_url)
     env.setenv("REDIS_NAMESPACE", namespace)
 
-    code, out, _ = _run(capsys, "accounts", "sync", "--all", "--site", "nobody")
+    code, out, _ = run_cli(capsys, "accounts", "sync", "--all", "--site", "nobody")
 
     assert code == 0 and "sync enqueued for 0 account(s) of site nobody" in out
     assert _queued(redis_url, namespace, "sync") == []
@@ -138,21 +136,21 @@ def test_sync_all_with_no_account_enqueues_nothing(
 def test_sync_needs_exactly_one_target(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    code, _, err = _run(capsys, *argv)
-    assert code == 1 and _error_lines(err) == [message]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and error_lines(err) == [message]
 
 
 def test_sync_all_with_the_broker_down_is_one_line(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str
 ) -> None:
     ring, _ = _seeded(env, capsys, pg_url)
-    _seed_account(pg_url, ring)
+    seed_account(pg_url, ring)
     env.setenv("BROKER_URL", "redis://127.0.0.1:1/0")
 
-    code, out, err = _run(capsys, "accounts", "sync", "--all")
+    code, out, err = run_cli(capsys, "accounts", "sync", "--all")
 
     assert code == 1 and "enqueued" not in out
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert "ConnectionError" in line
 
 
@@ -163,12 +161,12 @@ def test_list_shows_site_platform_handle_status_health_expiry_and_last_sync(
     env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], pg_url: str
 ) -> None:
     ring, _ = _seeded(env, capsys, pg_url)
-    first = _seed_account(pg_url, ring, handle="alice")
+    first = seed_account(pg_url, ring, handle="alice")
     _set(pg_url, first, token_expires_at="2031-05-04T03:02:01+00:00", last_synced_at="2030-01-02T03:04:05+00:00")
-    _seed_account(pg_url, ring, handle="bob")
+    seed_account(pg_url, ring, handle="bob")
     env.setattr(cli, "out", Console(width=250, highlight=False, soft_wrap=True))
 
-    code, out, _ = _run(capsys, "accounts", "list")
+    code, out, _ = run_cli(capsys, "accounts", "list")
 
     assert code == 0
     header = next(line for line in out.splitlines() if "platform" in line)
@@ -179,13 +177,13 @@ def test_list_shows_site_platform_handle_status_health_expiry_and_last_sync(
     bob = next(line for line in out.splitlines() if "@bob" in line)
     assert bob.count("never") == 2  # no expiry, never synced
 
-    code, out, _ = _run(capsys, "accounts", "list", "--json")
+    code, out, _ = run_cli(capsys, "accounts", "list", "--json")
     rows = json.loads(out)
     by_handle = {r["account_handle"]: r for r in rows}
     assert set(by_handle) == {"@alice", "@bob"}
     assert by_handle["@alice"]["token_expires_at"].startswith("2031-05-04")
     assert by_handle["@bob"]["token_expires_at"] is None
-    code, out, _ = _run(capsys, "accounts", "show", first, "--json")
+    code, out, _ = run_cli(capsys, "accounts", "show", first, "--json")
     assert code == 0 and json.loads(out)["last_synced_at"].startswith("2030-01-02")
 
 
@@ -197,11 +195,11 @@ def test_keys_rotate_shows_a_progress_bar_per_table(
 ) -> None:
     ring, old = _seeded(env, capsys, pg_url)
     for handle in ("a1", "a2", "a3"):
-        _seed_account(pg_url, ring, handle=handle)
+        seed_account(pg_url, ring, handle=handle)
     env.setenv("TOKEN_KEYS", f"k2:{new_key()},k1:{old}")
     drawn = _terminal(env)
 
-    code, out, err = _run(capsys, "keys", "rotate", "--batch-size", "2")
+    code, out, err = run_cli(capsys, "keys", "rotate", "--batch-size", "2")
 
     assert code == 0, err
     assert "6 value(s) re-encrypted" in out
@@ -232,9 +230,9 @@ def test_worker_metrics_env_is_set_for_the_processes_and_removed_afterwards(
     env.setenv("TOKEN_KEYS", f"k1:{new_key()}")
     env.setenv("WORKER_METRICS_PORT", "9555")
     env.setattr("dramatiq.cli.main", fake_main)
-    assert _run(capsys, "worker")[0] == 0
+    assert run_cli(capsys, "worker")[0] == 0
     env.setenv("WORKER_METRICS_PORT", "0")
-    assert _run(capsys, "worker")[0] == 0
+    assert run_cli(capsys, "worker")[0] == 0
 
     on, off = seen
     assert (on[cli.WORKER_METRICS_FLAG], on["dramatiq_prom_host"], on["dramatiq_prom_port"]) == (
@@ -285,27 +283,19 @@ def test_a_worker_process_exposes_dramatiq_and_our_metrics_on_loopback(
             'social_accounts_message_latency_seconds_count{queue="sync"} 1.0',
             'dramatiq_messages_total{actor_name="sync_account",queue_name="sync"} 1.0',
         )
-        text = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def both_series() -> str:
+            assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
             try:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             except httpx.HTTPError:
-                text = ""
-            if all(series in text for series in expected):
-                break
-            assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
-            time.sleep(0.2)
-        missing = [series for series in expected if series not in text]
-        assert not missing, text[-3000:]
+                return ""
+            return text if all(series in text for series in expected) else ""
+
+        wait_until(both_series, what="both series on the worker's /metrics")
     finally:
         broker.close()
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop_process_group(worker)
         if worker.stderr:
             worker.stderr.close()
     assert list(tmp_path.glob("social-accounts-metrics-*")) == []  # the run's metric files are gone

@@ -4,7 +4,7 @@ under load, and a platform answering 5xx for a long while.
 
 Everything runs on servers of its own (a Redis on a free port, for the PostgreSQL restart a
 cluster of its own), so nothing else on the machine is disturbed; where they cannot be started
-the tests skip locally and fail in CI (``tests.conftest.unavailable``).
+the tests skip locally and fail in CI (``tests.support.unavailable``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 from service.doctor import run_checks
 from service.instance import INSTANCE_FILE, hold, running
 from social_accounts.settings import LOCAL_SECRETS_FILE, Settings, get_settings
-from tests.conftest import new_key
+from tests.support import new_key
 
 ROOT = Path(__file__).resolve().parent.parent
 

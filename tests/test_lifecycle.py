@@ -39,9 +39,9 @@ from tests.lifecycle_support import (
     path_of,
     raw_row,
     refresh_calls,
-    wait_until,
 )
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until
 from workers import refresh as refresh_mod
 from workers import runtime
 from workers.cooldowns import cooldown_key

@@ -17,6 +17,7 @@ from platforms.deadline import exchange_seconds
 from platforms.http import default_timeout
 from social_accounts.health import compute_health, health_colour
 from social_accounts.settings import MAX_HTTP_TIMEOUT_SECONDS, PLATFORMS, Settings
+from tests.waiting import wait_until
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown, take_budget
 from workers.coordination import RedisCoordination, for_runtime, lock_ttl_seconds
 from workers.locks import account_lock, lock_key
@@ -73,7 +74,7 @@ def test_an_expired_lock_taken_by_another_owner_is_left_to_them(redis_url: str) 
     client = redis.Redis.from_url(redis_url)
     with account_lock(client, NS, "acc-3", ttl_seconds=0.1) as got:
         assert got
-        time.sleep(0.2)
+        wait_until(lambda: client.exists(lock_key(NS, "acc-3")) == 0, what="the lock's TTL to run out")
         thief = client.lock(lock_key(NS, "acc-3"), timeout=5, thread_local=False)
         assert thief.acquire(blocking=False)
     # our release must not have deleted the thief's lock

@@ -12,7 +12,7 @@ import pytest
 
 from social_accounts import logs
 from social_accounts.logs import REDACTED, configure_logging, redact, register_secret
-from tests.conftest import new_key
+from tests.support import new_key, root_logging_kept
 
 pytestmark = pytest.mark.unit
 
@@ -20,15 +20,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture(autouse=True)
 def isolated_logging() -> Iterator[None]:
     """Each test configures the root logger; put pytest's handlers and level back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     logs.forget_secrets()
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    with root_logging_kept():
+        yield
     logs.forget_secrets()
 
 

@@ -32,8 +32,10 @@ from models.migrate import upgrade
 from social_accounts.logs import configure_logging
 from social_accounts.metrics import MESSAGE_LATENCY
 from tests.fakeplatform import FakeResponse
-from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due, wait_until
+from tests.lifecycle_support import api_client, bluesky_settings, events, load, make_due
 from tests.pipeline_support import Pipeline
+from tests.support import root_logging_kept
+from tests.waiting import wait_until
 from workers import messages
 from workers.broker import build_broker
 from workers.cooldowns import set_cooldown
@@ -112,8 +114,6 @@ def opened() -> Iterator[Opener]:
 def captured_logs() -> Iterator[Callable[[Any], io.StringIO]]:
     """``install(settings)``: the production handler (redaction, JSON) on the root logger, writing
     to a buffer; the previous root handlers come back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore", "alembic.runtime.plugins")}
 
     def install(settings: Any) -> io.StringIO:
@@ -121,12 +121,8 @@ def captured_logs() -> Iterator[Callable[[Any], io.StringIO]]:
         configure_logging(settings, stream=buffer)
         return buffer
 
-    yield install
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+    with root_logging_kept():
+        yield install
     for name, old in quiet.items():
         logging.getLogger(name).setLevel(old)
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from datetime import timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import attempts, migrate, oneshot
+from models import attempts, oneshot
 from models.crypto import KeyRing
 from models.engine import make_engine
 from models.repository import (
@@ -35,21 +33,8 @@ from models.repository import (
 )
 from models.tables import SocialAccount, SocialOAuthState
 from social_accounts.values import AccountProfile, TokenSet
-from tests.test_repository import NOW
 
-
-@pytest.fixture
-def ring() -> KeyRing:
-    return KeyRing([("k1", os.urandom(32))])
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url)
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +20,8 @@ from models.engine import make_engine
 from models.patience import retry_while_unreachable
 from models.repository import fetch_account, upsert_account
 from social_accounts.values import AccountProfile, TokenSet
-from tests.test_repository import NOW
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 class FakeTime:

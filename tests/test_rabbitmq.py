@@ -3,7 +3,7 @@
 A real Dramatiq Worker consumes from a real RabbitmqBroker built by ``workers.broker.build_broker``;
 the fake platform issues the code; PostgreSQL stores the account. RabbitMQ has no namespace for
 Dramatiq's queue names, so the queues are purged before and after the test. Locally the test
-skips when RabbitMQ does not answer; in CI it fails (``tests.conftest.unavailable``).
+skips when RabbitMQ does not answer; in CI it fails (``tests.support.unavailable``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from models.engine import make_engine
 from models.migrate import upgrade
-from tests.conftest import unavailable
-from tests.lifecycle_support import events, make_due, wait_until
+from tests.lifecycle_support import events, make_due
 from tests.pipeline_support import FAST_POLICY_KW, Pipeline
+from tests.support import unavailable
+from tests.waiting import wait_until
 from workers.cooldowns import set_cooldown
 from workers.messages import QUEUES
 from workers.publish import request_refresh

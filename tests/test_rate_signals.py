@@ -24,8 +24,9 @@ from platforms.mastodon import MastodonAdapter
 from platforms.meta import NEAR_LIMIT_WAIT_SECONDS
 from platforms.registry import get_adapter
 from social_accounts.settings import Settings
-from tests.lifecycle_support import FAST_LIFECYCLE, LIFECYCLE_SETTINGS, connect, connect_mastodon, raw_row, wait_until
+from tests.lifecycle_support import FAST_LIFECYCLE, LIFECYCLE_SETTINGS, connect, connect_mastodon, raw_row
 from tests.pipeline_support import Pipeline, events
+from tests.waiting import wait_until
 from workers import lifecycle_actors, messages, runtime
 from workers.cooldowns import active_cooldowns, cooldown_key, remaining, set_cooldown
 from workers.publish import enqueue_bluesky_login

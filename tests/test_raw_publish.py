@@ -13,8 +13,9 @@ import uuid
 
 import redis
 
-from tests.lifecycle_support import connect, events, load, make_due, raw_row, refresh_calls, wait_until
+from tests.lifecycle_support import connect, events, load, make_due, raw_row, refresh_calls
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until
 
 
 def publish_raw(client: redis.Redis, namespace: str, queue: str, actor: str, kwargs: dict[str, str]) -> str:

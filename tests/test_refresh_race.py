@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,10 +24,11 @@ import pytest
 import redis
 
 from social_accounts.settings import Settings
-from tests.conftest import fake_env
 from tests.fakeplatform import FakePlatformServer
-from tests.lifecycle_support import api_client, connect, events, load, make_due, refresh_calls, wait_until
+from tests.lifecycle_support import api_client, connect, events, load, make_due, refresh_calls
 from tests.pipeline_support import Pipeline
+from tests.support import fake_env, stop_process_group
+from tests.waiting import wait_until
 from workers import messages, publish, runtime
 from workers.tokens import get_valid_token
 
@@ -85,13 +85,7 @@ class WorkerProcess:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process_group(self.proc)
         self._out.close()
 
 

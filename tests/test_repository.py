@@ -8,20 +8,16 @@ audit trail records what happened.
 from __future__ import annotations
 
 import json
-import os
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models import ids, migrate
+from models import ids
 from models.crypto import KeyRing
-from models.engine import make_engine
 from models.public import PUBLIC_COLUMNS
 from models.repository import (
     AccountSnapshot,
@@ -50,21 +46,6 @@ from models.tables import SocialAccount, SocialAccountEvent
 from social_accounts.values import AccountProfile, Stats, TokenSet
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def ring() -> KeyRing:
-    return KeyRing([("k1", os.urandom(32))])
-
-
-@pytest.fixture
-def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    """The embedded default's database (a file, migrated to head) and an engine on it."""
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    migrate.upgrade(url)
-    eng = make_engine(url)
-    yield eng
-    eng.dispose()
 
 
 def profile(

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine
 from starlette.testclient import TestClient
 
 from social_accounts.settings import Settings
-from tests.conftest import new_key
+from tests.support import new_key
 from web_callback.app import create_app
 from workers import runtime
 from workers.runtime import Runtime

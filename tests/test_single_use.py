@@ -23,9 +23,9 @@ from tests.lifecycle_support import (
     path_of,
     raw_row,
     refresh_calls,
-    wait_until,
 )
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until
 from workers import lifecycle_actors
 from workers.publish import request_disconnect, request_refresh
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import json
 import uuid
-from typing import Any
 
 import dramatiq
 import pytest
@@ -14,6 +13,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from social_accounts.settings import Settings
+from tests.support import consume_all
 from workers import bulk
 from workers import messages as wire
 from workers.broker import HEARTBEAT_TIMEOUT_MS, MAINTENANCE_CHANCE, build_broker
@@ -65,16 +65,7 @@ def test_bulk_enqueue_spans_chunks_and_queues_and_dramatiq_consumes_it(
     ]
     try:
         assert bulk.enqueue_many(broker, sent) == 11
-        seen: dict[str, list[Any]] = {}
-        for queue in ("sync", "refresh"):
-            broker.declare_queue(queue)
-            consumer = broker.consume(queue, prefetch=50, timeout=500)
-            for message in consumer:
-                if message is None:
-                    break
-                seen.setdefault(queue, []).append(message)
-                consumer.ack(message)
-            consumer.close()
+        seen = consume_all(broker, ("sync", "refresh"))
     finally:
         broker.close()
     for queue in ("sync", "refresh"):

@@ -62,9 +62,8 @@ def freeze_startup_heap() -> None:
     """Take everything alive after start-up (imported modules, the app) out of the cyclic GC's scans.
 
     Why: a full (generation 2) collection walks every tracked object, and a served process has
-    hundreds of thousands from its imports alone; each such pass stopped the event loop for tens
-    of milliseconds, which was the callback's p99 under load (``bench/callback.py``: p99 about 170
-    ms without, 40-75 ms with, bare endpoint 15-40 ms). Objects created later are collected as
+    hundreds of thousands from its imports alone, and each such pass stops the event loop, which
+    every waiting callback feels as latency. Objects created later are collected as
     usual. Call once per process right before serving (``social-accounts web`` does); not in tests.
     """
     gc.collect()

@@ -9,15 +9,15 @@ holds it in clear, and enqueues ONE ``code_received`` message. The worker does t
 The enqueue never blocks the event loop. On Redis (production) the message goes to the loop's
 ``BatchEnqueuer`` (``web_callback.batching``): asynchronous, and every callback waiting at that
 moment is written in one round trip, which keeps this endpoint near the speed of a bare one under
-load (``bench/callback.py``). Other brokers get one worker thread per enqueue (``anyio.to_thread``).
+load. Other brokers get one worker thread per enqueue (``anyio.to_thread``).
 If the broker does not take the message (or does not answer within ``ENQUEUE_TIMEOUT``) the answer
 is ``503`` and nothing else has happened, so the user can simply retry.
 
 The query string carries the code: it is never logged here, and ``web_callback.app`` strips
 query strings from uvicorn's access log.
 
-Cost (issue #4: at least half the throughput of a bare endpoint on the same server, at most twice
-its p99; ``bench/callback.py``). Every callback runs on the event loop that also parses HTTP, so
+Why it is written close to ASGI: the endpoint must keep up with a bare endpoint on the same
+server (docs/design.md, "Speed"). Every callback runs on the event loop that also parses HTTP, so
 the endpoint is a plain ASGI app (``OAuthCallback``; Starlette's ``Route`` hands an object that is
 not a function the scope as is) instead of a ``Request`` -> ``Response`` function: no request object,
 no exception-wrapping layer, the answers sent as two prebuilt ASGI messages with the same status,

@@ -17,7 +17,7 @@ __all__ = ["adapter_for"]
 
 def adapter_for(rt: Runtime, platform: str) -> PlatformAdapter:
     """The runtime's adapter for ``platform``, built once per HTTP client (adapters keep no state
-    of their own between calls; building one per call was a few percent of a refresh's CPU)."""
+    of their own between calls, so one serves them all)."""
     from workers.ratelimits import sink_for
 
     http = rt.http

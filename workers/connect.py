@@ -12,12 +12,11 @@ same message resumes where the previous run stopped:
   without an answer ends as ``exchange_uncertain`` (codes are single-use);
 * accounts are upserted by their unique key in one transaction with the attempt's final state.
 
-Cost (``bench/connect_cpu.py``): a fresh callback is one read and three commits: claim and
-``exchanging`` together (the pause check and the decryption run before it, so a deferral leaves
-nothing claimed), the token bundle, then accounts + events + the attempt's final state. Each is
-a Core statement built once; no ORM object is loaded or flushed (that was most of the CPU).
-The app-wide pause check before each platform call is asked of Redis before the statement that
-precedes the call and read after it (``_Pauses``), so it adds no wait of its own.
+The database work of a fresh callback is one read and three commits: claim and ``exchanging``
+together (the pause check and the decryption run before it, so a deferral leaves nothing
+claimed), the token bundle, then accounts + events + the attempt's final state. Each is a Core
+statement built once: a connect needs no ORM object. The app-wide pause of every platform the
+connect may call is read from Redis in one round trip (``_Pauses``).
 
 A failed platform call propagates, named by its step (:data:`EXCHANGE`, :data:`FETCH_ACCOUNTS`,
 :data:`LOGIN`): ``workers.policy_middleware`` decides whether to retry, to defer (``NotNow``) or
@@ -231,10 +230,9 @@ def _call(step: retrying.Step, fn: Callable[[], T]) -> T:
 class _Pauses:
     """The app-wide pause checks of one connect run (no account is known yet).
 
-    Each platform call is preceded by a check, and each check was a Redis round trip of its own.
-    ``ask`` posts the question before the database statement that precedes the call anyway
-    (``Coordination.cooldowns_later``), and ``check`` reads the answer after it: no wait of its
-    own. A check nobody asked for ahead asks and waits, as before.
+    Each platform call is preceded by a check. ``ask`` reads the pauses of the given platforms
+    in one round trip (``Coordination.cooldowns_later``) and ``check`` uses that answer once, so a
+    connect does not pay a round trip per call. A check nobody asked for ahead reads on its own.
     """
 
     def __init__(self, rt: Runtime) -> None:

@@ -65,7 +65,6 @@ QUEUES = (QUEUE_CONNECT, QUEUE_REFRESH, QUEUE_SYNC, QUEUE_MAINTENANCE)
 CODE_RECEIVED = "code_received"
 #: ``bluesky_login(attempt_id)``
 BLUESKY_LOGIN = "bluesky_login"
-#: internal: Dramatiq's ``on_retry_exhausted`` target for the connect actors
 #: public: ``refresh_account(account_id, reason="requested")``
 REFRESH_ACCOUNT = "refresh_account"
 #: public: ``sync_account(account_id)``

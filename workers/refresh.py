@@ -18,7 +18,7 @@ Where today's tools lose their users' connections, and what stops it here:
 
 The new token set is committed before anything else uses it.
 
-Cost (``bench/refresh.py``): a refresh reads the account with one Core ``SELECT`` under the
+The database work of one refresh: it reads the account with one Core ``SELECT`` under the
 lock (plus one before it, to skip what is not due without touching Redis, except for scheduler
 messages whose claim already found the account due) and writes once: ``SELECT … FOR UPDATE``
 fenced on ``token_version``, one ``UPDATE`` carrying tokens, status, counters and health, and

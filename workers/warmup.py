@@ -1,10 +1,9 @@
 """Open at worker boot what the first messages would otherwise open while someone waits.
 
-Why: a worker thread's first message used to pay for a database connection (the engine's pool),
-importing and building the platform's adapter and the shared HTTP client. That is a few
-milliseconds per thread, paid by the first connects after a deploy or a scale-up, exactly when a
-burst of users is waiting. A failure here is only logged: the messages open
-what they need themselves, as before.
+Why: without it a worker thread's first message pays for a database connection (the engine's
+pool), importing and building the platform's adapter and the shared HTTP client: paid by the
+first connects after a deploy or a scale-up, exactly when a burst of users is waiting. A failure
+here is only logged: the messages open what they need themselves.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ test session, and gives tests what they need: the service and PLC URLs, the JWT 
 expired tokens), and ``create_account`` (account + app password + profile record).
 
 Locally the fixture skips when the PDS is not installed; under CI it fails
-(``tests.conftest.unavailable``), so a green CI run means the real PDS was used.
+(``tests.support.unavailable``), so a green CI run means the real PDS was used.
 """
 
 from __future__ import annotations
