@@ -30,25 +30,19 @@ from models.tables import SocialAccount, SocialAccountEvent, SocialOAuthState, t
 from scheduler import jobs
 from service import cli
 from social_accounts.settings import Settings
-from tests import pipeline_support
 from tests.fakeplatform import FakeResponse
 from tests.lifecycle_support import (
     FAST_LIFECYCLE,
-    api,
     calls,
     connect,
     connect_mastodon,
     events,
-    life,
     load,
     raw_row,
-    wait_until,
 )
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until
 from workers.publish import request_disconnect
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["api", "life", "pipeline_factory"]  # fixtures used by name below
 
 ACCOUNTS = table_of(SocialAccount)
 STATES = table_of(SocialOAuthState)
@@ -100,7 +94,7 @@ def test_api_purge_revokes_then_leaves_nothing_of_the_account_in_any_table(life:
     assert response.json() == {"account_id": alice, "enqueued": "purge"}
     wait_until(lambda: gone(life, alice), what="alice erased")
 
-    assert calls(life.fake, REVOKE) == 1  # revoked first, at the platform
+    assert calls(life.fake, REVOKE) == 2  # revoked first, at the platform (refresh and access token)
     assert life.fake.grants.check_access(tokens.access_token) == (None, "revoked")
     assert traces(life.engine, marks) == []
     assert api.get(f"/v1/accounts/{alice}").status_code == 404
@@ -178,7 +172,7 @@ def test_cli_purge_revokes_and_erases_at_once(
     assert cli.main(["accounts", "purge", alice]) == 0
     out = capsys.readouterr().out
     assert f"{alice} erased (revoked)" in out
-    assert calls(life.fake, REVOKE) == 1
+    assert calls(life.fake, REVOKE) == 2  # the refresh and the access token
     assert life.fake.grants.check_access(tokens.access_token) == (None, "revoked")
     assert traces(life.engine, marks) == []
     # nothing left to purge: one clear line, non-zero exit
@@ -197,7 +191,7 @@ def test_cli_purge_hands_a_revocation_that_must_wait_to_the_workers(
     assert cli.main(["accounts", "purge", alice]) == 0
     assert "a worker revokes, then erases it" in capsys.readouterr().out
     wait_until(lambda: gone(life, alice), what="alice erased by the worker")
-    assert calls(life.fake, REVOKE) == 2  # the failed try here, the successful one in the worker
+    assert calls(life.fake, REVOKE) == 3  # the failed try here, the successful one (two calls) in the worker
     assert traces(life.engine, marks) == []
 
 

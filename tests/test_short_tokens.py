@@ -17,14 +17,11 @@ from typing import Any, cast
 import pytest
 from starlette.testclient import TestClient
 
-from tests import pipeline_support
 from tests.fakeplatform import twitter as fake_x
-from tests.lifecycle_support import api_client, connect, events, life, load, refresh_calls, wait_until
+from tests.lifecycle_support import api_client, connect, events, load, refresh_calls
 from tests.pipeline_support import Pipeline
+from tests.waiting import wait_until
 from workers import runtime
-
-pipeline_factory = pipeline_support.pipeline_factory
-__all__ = ["life", "pipeline_factory"]  # fixtures used by name below
 
 LIFETIME = timedelta(seconds=5)
 
