@@ -1,0 +1,195 @@
+"""Odd but possible input never makes the web app answer 500, and the sign-in form holds its limits.
+
+The app runs on a SQLite file with the in-process (Stub) broker: nothing here needs PostgreSQL or
+Redis, and what is checked (status codes, messages, how much of a body was read) is the same on
+both. The property-style tests feed derandomized random strings (hypothesis) to every field of
+every JSON endpoint and form, so they are deterministic and quick.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from models.migrate import upgrade
+from web_callback.app import create_app
+
+TOKEN = "test-api-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SITE = "site-1"
+PAGE = f"/sites/{SITE}/accounts"
+
+#: the ``return_to`` values that answered 500 (issue 14, "Hardening")
+ODD_RETURN_TO = {
+    "fullwidth-number-sign": "http://127.0.0.1:8000\uff03@evil.example/",
+    "fullwidth-at-sign": "http://127.0.0.1:8000\uff20evil.example/",
+    "unclosed-bracket-host": "http://[evil.example/",
+    "unclosed-bracket-short": "http://[x",
+}
+
+
+@dataclass
+class Web:
+    client: TestClient
+    app: Any
+
+    def api(self, path: str, body: Any) -> httpx2.Response:
+        return self.client.post(path, json=body, headers=AUTH)
+
+    def login_token(self) -> str:
+        return field_value(self.client.get(PAGE).text, "login_token")
+
+    def login(self) -> None:
+        answer = self.client.post(f"{PAGE}/login", data={"api_token": TOKEN, "login_token": self.login_token()})
+        assert answer.status_code == 303, answer.text
+
+    def csrf(self) -> str:
+        return field_value(self.client.get(PAGE).text, "csrf_token")
+
+
+def field_value(text: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', text)
+    assert match, f"no {name} field in the page"
+    return html.unescape(match.group(1))
+
+
+@pytest.fixture
+def web(tmp_path: Path, settings_factory: Any) -> Iterator[Web]:
+    url = f"sqlite:///{tmp_path / 'sa.db'}"
+    upgrade(url)
+    settings = settings_factory(database_url=url, broker_url="memory://", redis_namespace=f"h-{uuid.uuid4().hex[:6]}")
+    app = create_app(settings)
+    with TestClient(app, follow_redirects=False) as client:
+        yield Web(client, app)
+
+
+def assert_clear_4xx(response: httpx2.Response, code: str | None = None) -> dict[str, Any]:
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    body: dict[str, Any] = response.json()
+    assert body["message"] and "internal" not in body["error"]
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+# ---- return_to ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("platform", ["twitter", "bluesky"])
+@pytest.mark.parametrize("case", sorted(ODD_RETURN_TO))
+def test_an_odd_return_to_is_a_clear_400(web: Web, case: str, platform: str) -> None:
+    body: dict[str, Any] = {"site_id": "s", "user_id": "u", "return_to": ODD_RETURN_TO[case]}
+    if platform == "bluesky":
+        body.update(handle="alice.bsky.social", app_password="abcd-efgh-ijkl-mnop")
+    answer = web.api(f"/v1/connect/{platform}", body)
+    assert answer.status_code == 400, answer.text
+    assert_clear_4xx(answer, "return_to_invalid")
+    assert "return_to" in answer.json()["message"]
+
+
+# ---- deeply nested JSON -----------------------------------------------------------------------------
+
+
+def test_a_json_body_nested_1500_levels_is_a_clear_422(web: Web) -> None:
+    nested = "[" * 1500 + "]" * 1500
+    answer = web.client.post(
+        "/v1/connect/twitter", content=nested, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    assert_clear_4xx(answer, "invalid_json")
+
+
+def test_a_json_object_nested_1500_levels_is_a_clear_422(web: Web) -> None:
+    nested = '{"a":' * 1500 + "1" + "}" * 1500
+    answer = web.client.post(
+        "/v1/connect/bluesky", content=nested, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    assert_clear_4xx(answer, "invalid_json")
+
+
+# ---- random strings into every field -----------------------------------------------------------------
+
+FUZZ = settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+TEXT = st.text(max_size=80) | st.sampled_from(list(ODD_RETURN_TO.values()) + ["", " ", "\x00", "[" * 50])
+JSON_VALUE = TEXT | st.none() | st.integers() | st.lists(st.text(max_size=5), max_size=3)
+
+#: every field of every JSON body (``web_callback.schemas``) and the platforms whose body it is
+JSON_FIELDS = ("site_id", "user_id", "return_to", "instance", "handle", "app_password")
+
+
+@FUZZ
+@given(
+    platform=st.sampled_from(["twitter", "mastodon", "bluesky", "linkedin"]),
+    body=st.fixed_dictionaries({}, optional={name: JSON_VALUE for name in JSON_FIELDS}),
+)
+def test_random_json_bodies_never_answer_5xx(web: Web, platform: str, body: dict[str, Any]) -> None:
+    answer = web.api(f"/v1/connect/{platform}", body)
+    assert answer.status_code < 500, (answer.status_code, answer.text, body)
+
+
+@FUZZ
+@given(path_value=TEXT)
+def test_random_ids_in_api_paths_never_answer_5xx(web: Web, path_value: str) -> None:
+    quoted = quote(path_value, safe="")
+    for method, path in (
+        ("GET", f"/v1/attempts/{quoted}"),
+        ("GET", f"/v1/accounts/{quoted}"),
+        ("GET", f"/v1/sites/{quoted}/accounts"),
+        ("POST", f"/v1/accounts/{quoted}/token"),
+        ("POST", f"/v1/accounts/{quoted}/sync"),
+        ("POST", f"/v1/connect/{quoted}"),
+    ):
+        answer = web.client.request(method, path, headers=AUTH, json={})
+        assert answer.status_code < 500, (method, path, answer.status_code, answer.text)
+
+
+@FUZZ
+@given(form=st.fixed_dictionaries({}, optional={"api_token": TEXT, "login_token": TEXT, "attempt": TEXT}))
+def test_random_sign_in_forms_never_answer_5xx(web: Web, form: dict[str, str]) -> None:
+    answer = web.client.post(f"{PAGE}/login", data=form)
+    assert answer.status_code < 500, (answer.status_code, form)
+
+
+@FUZZ
+@given(
+    platform=st.sampled_from(["twitter", "mastodon", "bluesky"]),
+    form=st.fixed_dictionaries({}, optional={"handle": TEXT, "app_password": TEXT, "instance": TEXT}),
+    with_csrf=st.booleans(),
+)
+def test_random_page_forms_never_answer_5xx(web: Web, platform: str, form: dict[str, str], with_csrf: bool) -> None:
+    if not web.client.cookies:
+        web.login()
+    if with_csrf:
+        form = {**form, "csrf_token": web.csrf()}
+    answer = web.client.post(f"{PAGE}/connect/{platform}", data=form)
+    assert answer.status_code < 500, (answer.status_code, form)
+    for action in ("sync", "refresh", "disconnect"):
+        answer = web.client.post(f"{PAGE}/{uuid.uuid4()}/{action}", data=form)
+        assert answer.status_code < 500, (action, answer.status_code)
+
+
+def test_the_fuzzed_bodies_reach_validation(web: Web) -> None:
+    """The property tests above are only worth something if a valid body gets through: it does."""
+    answer = web.api("/v1/connect/twitter", {"site_id": "s", "user_id": "u", "return_to": "http://127.0.0.1:8000/x"})
+    assert answer.status_code == 201, answer.text
+    assert json.loads(answer.text)["authorization_url"].startswith("http")
