@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx2
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +27,7 @@ from starlette.testclient import TestClient
 
 from models.migrate import upgrade
 from web_callback.app import create_app
+from web_callback.schemas import MAX_BODY_BYTES
 
 TOKEN = "test-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -193,3 +195,81 @@ def test_the_fuzzed_bodies_reach_validation(web: Web) -> None:
     answer = web.api("/v1/connect/twitter", {"site_id": "s", "user_id": "u", "return_to": "http://127.0.0.1:8000/x"})
     assert answer.status_code == 201, answer.text
     assert json.loads(answer.text)["authorization_url"].startswith("http")
+
+
+# ---- the sign-in form's body limit holds for chunked bodies ---------------------------------------
+
+
+def drive(app: Any, path: str, chunks: Iterator[bytes], headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """Send a chunked body (no Content-Length) straight to the ASGI app; ``(status, bytes it read)``.
+
+    Straight ASGI because the TestClient reads the whole request body before the app sees any of it.
+    """
+    read = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal read
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        read += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"), *headers],
+        "client": ("203.0.113.9", 50000),
+        "server": ("testserver", 80),
+        "root_path": "",
+        "state": {},
+    }
+    anyio.run(app, scope, receive, send)
+    return status, read
+
+
+def nineteen_megabytes(prefix: bytes) -> Iterator[bytes]:
+    yield prefix
+    for _ in range(19 * 16):
+        yield b"x" * 65536
+
+
+@pytest.mark.parametrize(
+    ("content_type", "prefix"),
+    [
+        (b"application/x-www-form-urlencoded", b"api_token="),
+        (b"multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-data; name="api_token"\r\n\r\n'),
+    ],
+)
+def test_a_chunked_sign_in_body_is_cut_off_at_the_limit(web: Web, content_type: bytes, prefix: bytes) -> None:
+    status, read = drive(web.app, f"{PAGE}/login", nineteen_megabytes(prefix), [(b"content-type", content_type)])
+    limit = MAX_BODY_BYTES + 65536 + len(prefix)  # at most the chunk that crossed the limit
+    assert (status, read <= limit) == (413, True), (status, read)
+
+
+def test_a_chunked_body_on_a_signed_in_form_is_cut_off_too(web: Web) -> None:
+    web.login()
+    cookie = "; ".join(f"{name}={value}" for name, value in web.client.cookies.items())
+    headers = [(b"content-type", b"application/x-www-form-urlencoded"), (b"cookie", cookie.encode())]
+    status, read = drive(web.app, f"{PAGE}/logout", nineteen_megabytes(b"csrf_token="), headers)
+    assert (status, read <= MAX_BODY_BYTES + 65536 + len(b"csrf_token=")) == (413, True), (status, read)
+
+
+def test_a_small_chunked_sign_in_body_is_read_whole(web: Web) -> None:
+    """The limit cuts only what is too large: a chunked form under it is parsed as usual (a
+    wrong login token is a 403, not a 413)."""
+    chunks = iter([b"api_token=wrong", b"&login_token=nope"])
+    status, read = drive(web.app, f"{PAGE}/login", chunks, [(b"content-type", b"application/x-www-form-urlencoded")])
+    assert (status, read) == (403, len(b"api_token=wrong&login_token=nope"))

@@ -31,6 +31,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import Message
 
 from platforms.registry import PlatformStatus, enabled_platforms, platform_statuses
 from social_accounts.health import health_colour
@@ -259,12 +260,35 @@ def _login_page(request: Request, site_id: str, *, status: int = 401, error: str
     return response
 
 
+class _TooLarge(Exception):
+    """The body went past ``MAX_BODY_BYTES`` while it was being read."""
+
+
 async def _form(request: Request) -> FormData | None:
-    """The posted form, bounded like the API's bodies; None when it is too large."""
+    """The posted form, bounded like the API's bodies; None when it is too large.
+
+    A declared ``Content-Length`` over the limit is refused unread. A chunked body declares none,
+    so the form is parsed from a ``receive`` that counts the bytes as they arrive and stops at the
+    limit: never more than one chunk past ``MAX_BODY_BYTES`` is read.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         return None
-    return await request.form(max_files=0, max_fields=20)
+    size = 0
+
+    async def bounded() -> Message:
+        nonlocal size
+        message = await request.receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:
+                raise _TooLarge
+        return message
+
+    try:
+        return await Request(request.scope, bounded).form(max_files=0, max_fields=20)
+    except _TooLarge:
+        return None
 
 
 async def login(request: Request) -> Response:
