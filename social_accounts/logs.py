@@ -52,8 +52,9 @@ _SECRET_NAMES = (
     r"access_token|refresh_token|id_token|code|code_verifier|client_secret|app_password|password|"
     r"passwd|api_token|api_key|apikey|token|state_secret|token_keys|secret|accessJwt|refreshJwt|fb_exchange_token"
 )
-#: ``name=`` always; ``name:`` too (YAML, headers, reprs), except ``code:`` ("status code: 404")
-_ASSIGN = r"(?:\s*=|(?<!code)\s*:)"
+#: ``name=`` and its percent-encoded ``name%3D`` (a URL quoted into a path or another URL's
+#: query) always; ``name:`` too (YAML, headers, reprs), except ``code:`` ("status code: 404")
+_ASSIGN = r"(?:\s*=|%3D|(?<!code)\s*:)"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "access_token": "…" (JSON) and 'access_token': '…' (a Python repr of a dict)

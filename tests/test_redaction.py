@@ -43,6 +43,7 @@ FORMS = {
     "key-colon-quoted": ('refresh_token: "{s}"', f'refresh_token: "{REDACTED}"'),
     "bare-token": ("retry with token={s}", f"retry with token={REDACTED}"),
     "api-key": ("api_key={s}", f"api_key={REDACTED}"),
+    "percent-encoded": ("GET /cb/access_token%3D{s} HTTP/1.1", f"GET /cb/access_token%3D{REDACTED} HTTP/1.1"),
     "json": ('{{"access_token": "{s}", "expires_in": 60}}', f'{{"access_token": "{REDACTED}", "expires_in": 60}}'),
     "json-compact": ('{{"refreshJwt":"{s}"}}', f'{{"refreshJwt":"{REDACTED}"}}'),
     "repr": ("{{'app_password': '{s}'}}", f"{{'app_password': '{REDACTED}'}}"),
