@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from starlette.testclient import TestClient
 from models.migrate import upgrade
 from web_callback.app import create_app
 from web_callback.schemas import MAX_BODY_BYTES
+from web_callback.signin import FAILURE_LIMIT, LocalSignInStore
 
 TOKEN = "test-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -273,3 +275,79 @@ def test_a_small_chunked_sign_in_body_is_read_whole(web: Web) -> None:
     chunks = iter([b"api_token=wrong", b"&login_token=nope"])
     status, read = drive(web.app, f"{PAGE}/login", chunks, [(b"content-type", b"application/x-www-form-urlencoded")])
     assert (status, read) == (403, len(b"api_token=wrong&login_token=nope"))
+
+
+# ---- brute force on the sign-in, and signing out on the server -------------------------------------
+
+
+class FakeClock:
+    """Moved by the tests; starts at the real time because session cookies carry real expiries."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(web: Web) -> FakeClock:
+    fake = FakeClock()
+    web.app.state.signin = LocalSignInStore(clock=fake)
+    return fake
+
+
+def sign_in(client: TestClient, token: str) -> httpx2.Response:
+    login_token = field_value(client.get(PAGE).text, "login_token")
+    return client.post(f"{PAGE}/login", data={"api_token": token, "login_token": login_token})
+
+
+def test_ten_wrong_tokens_a_minute_then_429_with_retry_after(web: Web, clock: FakeClock) -> None:
+    for n in range(FAILURE_LIMIT):
+        clock.now += 1
+        answer = sign_in(web.client, f"wrong-{n}")
+        assert answer.status_code == 401, n
+        assert "not right" in answer.text
+    clock.now += 0.5
+    refused = sign_in(web.client, TOKEN)  # even the right token: it is not looked at any more
+    assert refused.status_code == 429
+    # the first failure (9.5 s ago) leaves the one-minute window in 50.5 s
+    assert refused.headers["Retry-After"] == "51"
+    assert "Too many wrong tokens; try again in 51 seconds." in html.unescape(refused.text)
+    assert not any("sa_session" in header for header in refused.headers.get_list("set-cookie"))
+    clock.now += 50  # still 0.5 s to go
+    assert sign_in(web.client, TOKEN).status_code == 429
+    clock.now += 0.5
+    assert sign_in(web.client, TOKEN).status_code == 303
+
+
+def test_the_limit_is_per_client_address(web: Web, clock: FakeClock) -> None:
+    for n in range(FAILURE_LIMIT):
+        assert sign_in(web.client, f"wrong-{n}").status_code == 401
+    assert sign_in(web.client, TOKEN).status_code == 429
+    with TestClient(web.app, follow_redirects=False, client=("198.51.100.7", 40000)) as other:
+        assert sign_in(other, TOKEN).status_code == 303
+
+
+def test_right_tokens_do_not_count(web: Web, clock: FakeClock) -> None:
+    for _ in range(FAILURE_LIMIT + 5):
+        assert sign_in(web.client, TOKEN).status_code == 303
+        web.client.cookies.clear()  # signed out again, back to the form
+    for n in range(FAILURE_LIMIT):
+        assert sign_in(web.client, f"wrong-{n}").status_code == 401
+
+
+def test_a_copied_cookie_stops_working_after_logout(web: Web, clock: FakeClock) -> None:
+    web.login()
+    copied = dict(web.client.cookies.items())
+    with TestClient(web.app, follow_redirects=False, cookies=copied) as thief:
+        assert thief.get(PAGE).status_code == 200  # the copy works while the session lasts
+        out = web.client.post(f"{PAGE}/logout", data={"csrf_token": web.csrf()})
+        assert out.status_code == 303
+        shown = thief.get(PAGE)
+        assert shown.status_code == 401 and 'name="api_token"' in shown.text
+        action = thief.post(f"{PAGE}/{uuid.uuid4()}/sync", data={"csrf_token": field_value(shown.text, "login_token")})
+        assert action.status_code == 303 and action.headers["location"] == PAGE
+    # a new sign-in is a new session, unaffected by the ended one
+    web.login()
+    assert web.client.get(PAGE).status_code == 200

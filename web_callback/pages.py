@@ -16,6 +16,7 @@ script at all; avatars come from the platforms' CDNs and are fetched without a r
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from web_callback.errors import answer_for
 from web_callback.messages import error_message
 from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody
 from web_callback.session import Session, SessionSigner
+from web_callback.signin import SignInStore, store_for
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -100,6 +102,27 @@ def _services(request: Request) -> Runtime:
 
 def _signer(request: Request) -> SessionSigner:
     return SessionSigner(_services(request).settings)
+
+
+def _signin(request: Request) -> SignInStore:
+    """The app's sign-in store (``web_callback.signin``), made on first use."""
+    state = request.app.state
+    store: SignInStore | None = getattr(state, "signin", None)
+    if store is None:
+        store = state.signin = store_for(_services(request))
+    return store
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _read_session(request: Request, signer: SessionSigner) -> Session | None:
+    """The cookie's session, unless it is forged, expired or was signed out."""
+    session = signer.read_session(request)
+    if session is None or _signin(request).is_ended(session.sid):
+        return None
+    return session
 
 
 def _page_url(site_id: str, **query: str) -> str:
@@ -301,7 +324,17 @@ async def login(request: Request) -> Response:
     signer = _signer(request)
     if not signer.login_ok(request, str(form.get("login_token") or "")):
         return _login_page(request, site_id, status=403, error="The sign-in form expired; please try again.")
+    store, address = _signin(request), _address(request)
+    wait = await run_in_threadpool(store.retry_after, address)
+    if wait > 0:  # checked before the token: past the limit even the right one is not looked at
+        seconds = max(1, math.ceil(wait))
+        response = _login_page(
+            request, site_id, status=429, error=f"Too many wrong tokens; try again in {seconds} seconds."
+        )
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if not signer.token_matches(str(form.get("api_token") or "")):
+        await run_in_threadpool(store.failed, address)
         return _login_page(request, site_id, error="That token is not right.")
     attempt = str(form.get("attempt") or "")
     target = _page_url(site_id, attempt=attempt) if connecting.valid_id(attempt) else _page_url(site_id)
@@ -318,7 +351,7 @@ async def _authorized_post(request: Request) -> tuple[str, FormData, Session] | 
     if site_id is None:
         return _plain_page(request, 404, "Not found", "There is no such site.")
     signer = _signer(request)
-    session = signer.read_session(request)
+    session = await run_in_threadpool(_read_session, request, signer)
     if session is None:
         return RedirectResponse(_page_url(site_id), status_code=303, headers=page_headers())
     form = await _form(request)
@@ -339,7 +372,9 @@ async def logout(request: Request) -> Response:
     checked = await _authorized_post(request)
     if isinstance(checked, Response):
         return checked
-    site_id, _, _ = checked
+    site_id, _, session = checked
+    # ended on the server too: a copy of the cookie stops working now, not when it expires
+    await run_in_threadpool(_signin(request).end_session, session.sid, expires_at=session.expires_at)
     response = RedirectResponse(_page_url(site_id), status_code=303, headers=page_headers())
     _signer(request).clear_session_cookie(response)
     return response
@@ -348,20 +383,20 @@ async def logout(request: Request) -> Response:
 # ---- the page -----------------------------------------------------------------------------------
 
 
-def _signed_in(request: Request) -> tuple[str, SessionSigner, Session] | Response:
+async def _signed_in(request: Request) -> tuple[str, SessionSigner, Session] | Response:
     """Site id, signer and session of a GET from a signed-in browser, else the page to show instead."""
     site_id = _site(request)
     if site_id is None:
         return _plain_page(request, 404, "Not found", "There is no such site.")
     signer = _signer(request)
-    session = signer.read_session(request)
+    session = await run_in_threadpool(_read_session, request, signer)
     if session is None:
         return _login_page(request, site_id)
     return site_id, signer, session
 
 
 async def accounts_page(request: Request, *, banner: dict[str, Any] | None = None, status: int = 200) -> Response:
-    signed_in = _signed_in(request)
+    signed_in = await _signed_in(request)
     if isinstance(signed_in, Response):
         return signed_in
     site_id, signer, session = signed_in
@@ -456,7 +491,7 @@ def _action_endpoint(action: connecting.Action) -> Any:
 
 async def confirm_disconnect(request: Request) -> Response:
     """The confirmation step: a page of its own with one POST button (and a way back)."""
-    signed_in = _signed_in(request)
+    signed_in = await _signed_in(request)
     if isinstance(signed_in, Response):
         return signed_in
     site_id, signer, session = signed_in
