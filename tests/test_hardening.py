@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 
 from models.migrate import upgrade
 from web_callback.app import create_app
+from web_callback.demo import install as install_demo
 from web_callback.schemas import MAX_BODY_BYTES
 from web_callback.signin import FAILURE_LIMIT, LocalSignInStore
 
@@ -351,3 +352,44 @@ def test_a_copied_cookie_stops_working_after_logout(web: Web, clock: FakeClock) 
     # a new sign-in is a new session, unaffected by the ended one
     web.login()
     assert web.client.get(PAGE).status_code == 200
+
+
+# ---- the demo provider's forms (``run --demo``) -----------------------------------------------------
+
+
+@pytest.fixture
+def demo(tmp_path: Path, settings_factory: Any) -> Iterator[TestClient]:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    upgrade(url)
+    settings = settings_factory(database_url=url, broker_url="memory://", demo_enabled=True)
+    app = create_app(settings)
+    install_demo(app, settings)
+    with TestClient(app, follow_redirects=False) as client:
+        yield client
+
+
+DEMO_FIELDS = ("client_id", "client_secret", "grant_type", "code", "code_verifier", "redirect_uri", "refresh_token")
+
+
+@FUZZ
+@given(
+    query=st.fixed_dictionaries(
+        {},
+        optional={
+            name: TEXT
+            for name in ("client_id", "redirect_uri", "response_type", "state", "code_challenge", "scope")
+        },
+    ),
+    consent=st.fixed_dictionaries({}, optional={"ticket": TEXT, "persona": TEXT, "decision": TEXT}),
+    token=st.fixed_dictionaries({}, optional={name: TEXT for name in DEMO_FIELDS}),
+)
+def test_random_demo_provider_requests_never_answer_5xx(
+    demo: TestClient, query: dict[str, str], consent: dict[str, str], token: dict[str, str]
+) -> None:
+    answers = [
+        demo.get("/demo/authorize", params=query),
+        demo.post("/demo/authorize", data=consent),
+        demo.post("/demo/token", data=token),
+        demo.post("/demo/revoke", data={**token, "token": token.get("code", "")}),
+    ]
+    assert all(answer.status_code < 500 for answer in answers), [a.status_code for a in answers]
