@@ -376,8 +376,7 @@ DEMO_FIELDS = ("client_id", "client_secret", "grant_type", "code", "code_verifie
     query=st.fixed_dictionaries(
         {},
         optional={
-            name: TEXT
-            for name in ("client_id", "redirect_uri", "response_type", "state", "code_challenge", "scope")
+            name: TEXT for name in ("client_id", "redirect_uri", "response_type", "state", "code_challenge", "scope")
         },
     ),
     consent=st.fixed_dictionaries({}, optional={"ticket": TEXT, "persona": TEXT, "decision": TEXT}),
