@@ -392,3 +392,12 @@ def test_random_demo_provider_requests_never_answer_5xx(
         demo.post("/demo/revoke", data={**token, "token": token.get("code", "")}),
     ]
     assert all(answer.status_code < 500 for answer in answers), [a.status_code for a in answers]
+
+
+@FUZZ
+@given(
+    query=st.fixed_dictionaries({}, optional={name: TEXT for name in ("state", "code", "error", "error_description")})
+)
+def test_random_callback_queries_never_answer_5xx(web: Web, query: dict[str, str]) -> None:
+    answer = web.client.get("/oauth/callback", params=query)
+    assert answer.status_code < 500, (answer.status_code, query)
