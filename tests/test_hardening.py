@@ -401,3 +401,11 @@ def test_random_demo_provider_requests_never_answer_5xx(
 def test_random_callback_queries_never_answer_5xx(web: Web, query: dict[str, str]) -> None:
     answer = web.client.get("/oauth/callback", params=query)
     assert answer.status_code < 500, (answer.status_code, query)
+
+
+@pytest.mark.parametrize("path", ["/demo/token", "/demo/revoke", "/demo/authorize"])
+def test_the_demo_providers_forms_are_cut_off_at_the_limit_too(demo: TestClient, path: str) -> None:
+    app = demo.app
+    chunks = nineteen_megabytes(b"client_id=")
+    status, read = drive(app, path, chunks, [(b"content-type", b"application/x-www-form-urlencoded")])
+    assert status in (400, 413) and read <= MAX_BODY_BYTES + 65536 + len(b"client_id="), (status, read)

@@ -32,14 +32,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import Message
 
 from platforms.registry import PlatformStatus, enabled_platforms, platform_statuses
 from social_accounts.health import health_colour
 from web_callback import connecting
 from web_callback.errors import answer_for
+from web_callback.forms import read_form
 from web_callback.messages import error_message
-from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody
+from web_callback.schemas import BlueskyConnectBody, ConnectBody
 from web_callback.session import Session, SessionSigner
 from web_callback.signin import SignInStore, store_for
 
@@ -283,35 +283,9 @@ def _login_page(request: Request, site_id: str, *, status: int = 401, error: str
     return response
 
 
-class _TooLarge(Exception):
-    """The body went past ``MAX_BODY_BYTES`` while it was being read."""
-
-
 async def _form(request: Request) -> FormData | None:
-    """The posted form, bounded like the API's bodies; None when it is too large.
-
-    A declared ``Content-Length`` over the limit is refused unread. A chunked body declares none,
-    so the form is parsed from a ``receive`` that counts the bytes as they arrive and stops at the
-    limit: never more than one chunk past ``MAX_BODY_BYTES`` is read.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        return None
-    size = 0
-
-    async def bounded() -> Message:
-        nonlocal size
-        message = await request.receive()
-        if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > MAX_BODY_BYTES:
-                raise _TooLarge
-        return message
-
-    try:
-        return await Request(request.scope, bounded).form(max_files=0, max_fields=20)
-    except _TooLarge:
-        return None
+    """The posted form, bounded like the API's bodies, chunked or not; None when it is too large."""
+    return await read_form(request, max_fields=20)
 
 
 async def login(request: Request) -> Response:
