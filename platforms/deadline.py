@@ -139,6 +139,10 @@ def pinned_request(request: httpx.Request) -> httpx.Request:
     server name for SNI and for the certificate check
     (https://www.python-httpx.org/advanced/extensions/#request-extensions). A request without
     the extension is returned as it is.
+
+    httpcore pools connections by address and port, so a keep-alive connection verified for one
+    name may carry a later request for another name pinned to the same address. That address was
+    checked for both; what the pool does not repeat is the certificate check for the second name.
     """
     address = request.extensions.get(PINNED_ADDRESS)
     if not address:

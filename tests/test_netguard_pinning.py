@@ -14,11 +14,18 @@ Two gaps closed here:
 from __future__ import annotations
 
 import http.server
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from platforms.deadline import PINNED_ADDRESS, DeadlineTransport, pinned_request
 from platforms.netguard import NetGuard, guarded_send
@@ -166,3 +173,62 @@ def test_the_deadline_transport_connects_to_the_pinned_address_not_the_name(loop
     assert response.status_code == 200
     assert response.text == f"never.invalid:{loopback_server}"  # the Host header kept the name
     assert str(response.url) == f"http://never.invalid:{loopback_server}/x"
+
+
+# ---- TLS: the pinned connection still verifies the name's certificate ------------------------------
+
+
+def _self_signed(name: str, directory: Path) -> tuple[Path, Path]:
+    """A certificate for ``name`` (and only ``name``) with its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """An https server on loopback whose certificate names ``pinned.test`` only."""
+    cert_path, key_path = _self_signed("pinned.test", tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], cert_path
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_pinned_https_request_verifies_the_certificate_for_the_name(tls_server: tuple[int, Path]) -> None:
+    port, cert_path = tls_server
+    verify = ssl.create_default_context(cafile=str(cert_path))
+    with httpx.Client(transport=DeadlineTransport(retries=0, verify=verify), timeout=5) as client:
+        ok = client.get(f"https://pinned.test:{port}/", extensions={PINNED_ADDRESS: "127.0.0.1"})
+        assert (ok.status_code, ok.text) == (200, f"pinned.test:{port}")
+        # the same address under a name the certificate does not carry, on a new connection
+        # (http.server closes each one after its answer): refused by TLS, so pinning never
+        # turns the certificate check into a check of the IP address
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"https://other.test:{port}/", extensions={PINNED_ADDRESS: "127.0.0.1"})
