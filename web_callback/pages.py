@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,8 +299,8 @@ async def login(request: Request) -> Response:
     signer = _signer(request)
     if not signer.login_ok(request, str(form.get("login_token") or "")):
         return _login_page(request, site_id, status=403, error="The sign-in form expired; please try again.")
-    store, address = _signin(request), _address(request)
-    wait = await run_in_threadpool(store.retry_after, address)
+    store, address, ticket = _signin(request), _address(request), secrets.token_hex(8)
+    wait = await run_in_threadpool(store.try_sign_in, address, ticket)
     if wait > 0:  # checked before the token: past the limit even the right one is not looked at
         seconds = max(1, math.ceil(wait))
         response = _login_page(
@@ -308,8 +309,8 @@ async def login(request: Request) -> Response:
         response.headers["Retry-After"] = str(seconds)
         return response
     if not signer.token_matches(str(form.get("api_token") or "")):
-        await run_in_threadpool(store.failed, address)
-        return _login_page(request, site_id, error="That token is not right.")
+        return _login_page(request, site_id, error="That token is not right.")  # stays counted
+    await run_in_threadpool(store.forgive, address, ticket)
     attempt = str(form.get("attempt") or "")
     target = _page_url(site_id, attempt=attempt) if connecting.valid_id(attempt) else _page_url(site_id)
     value, _ = signer.new_session()

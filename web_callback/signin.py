@@ -21,8 +21,7 @@ import logging
 import math
 import threading
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -56,11 +55,16 @@ log = logging.getLogger(__name__)
 
 
 class SignInStore(Protocol):
-    def retry_after(self, address: str) -> float:
-        """Seconds until ``address`` may try a token again; 0 when it may now."""
+    def try_sign_in(self, address: str, ticket: str) -> float:
+        """Count a sign-in from ``address`` as a wrong token until :meth:`forgive` says otherwise.
 
-    def failed(self, address: str) -> None:
-        """Count one wrong token from ``address``."""
+        Returns 0 when it may go ahead (counted under ``ticket``), else the seconds until the
+        address may try again (nothing counted). Counting before the token is compared makes the
+        limit hold for concurrent tries too: a burst cannot all see "9 so far" and go ahead.
+        """
+
+    def forgive(self, address: str, ticket: str) -> None:
+        """The sign-in counted under ``ticket`` had the right token: it does not count."""
 
     def end_session(self, sid: str, *, expires_at: float) -> None:
         """Refuse session ``sid`` from now until ``expires_at`` (epoch seconds)."""
@@ -69,8 +73,8 @@ class SignInStore(Protocol):
         """True when session ``sid`` was signed out."""
 
 
-def _wait(oldest_counted: float, now: float) -> float:
-    return max(0.0, oldest_counted + FAILURE_WINDOW - now)
+#: a refusal always waits a little, even when the oldest try leaves the window this instant
+_MIN_WAIT = 0.001
 
 
 class LocalSignInStore:
@@ -79,35 +83,29 @@ class LocalSignInStore:
     def __init__(self, *, clock: Clock = time.time) -> None:
         self.clock = clock
         self._mutex = threading.Lock()
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        #: per address, the times of its counted sign-ins by ticket, oldest first
+        self._counted: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
         self._ended: OrderedDict[str, float] = OrderedDict()
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        times = self._failures.get(address)
-        if times is None:
-            return deque()
-        while times and times[0] <= now - FAILURE_WINDOW:
-            times.popleft()
-        if not times:
-            del self._failures[address]
-        return times
-
-    def retry_after(self, address: str) -> float:
+    def try_sign_in(self, address: str, ticket: str) -> float:
         now = self.clock()
         with self._mutex:
-            times = self._recent(address, now)
-            if len(times) < FAILURE_LIMIT:
-                return 0.0
-            return _wait(times[len(times) - FAILURE_LIMIT], now)
+            counted = self._counted.setdefault(address, OrderedDict())
+            while counted and next(iter(counted.values())) <= now - FAILURE_WINDOW:
+                counted.popitem(last=False)
+            if len(counted) >= FAILURE_LIMIT:
+                return max(_MIN_WAIT, next(iter(counted.values())) + FAILURE_WINDOW - now)
+            counted[ticket] = now
+            self._counted.move_to_end(address)
+            while len(self._counted) > MAX_LOCAL_ENTRIES:
+                self._counted.popitem(last=False)
+            return 0.0
 
-    def failed(self, address: str) -> None:
-        now = self.clock()
+    def forgive(self, address: str, ticket: str) -> None:
         with self._mutex:
-            self._recent(address, now)
-            self._failures.setdefault(address, deque()).append(now)
-            self._failures.move_to_end(address)
-            while len(self._failures) > MAX_LOCAL_ENTRIES:
-                self._failures.popitem(last=False)
+            counted = self._counted.get(address)
+            if counted is not None:
+                counted.pop(ticket, None)
 
     def end_session(self, sid: str, *, expires_at: float) -> None:
         with self._mutex:
@@ -126,41 +124,47 @@ class LocalSignInStore:
             return until is not None
 
 
+#: count one sign-in unless FAILURE_LIMIT are counted in the window, else answer the ms to wait
+#: (the sliding window of ``workers.cooldowns``' budgets)
+_TRY_SIGN_IN = """
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+
 class RedisSignInStore:
     """The store in Redis, shared by every web process.
 
-    Failures are a sorted set per address (member: a random id, score: the time), trimmed to the
-    window on every look and expiring with it; an ended session is a key that expires when the
-    session would have.
+    Counted sign-ins are a sorted set per address (member: the ticket, score: the time in ms),
+    trimmed and counted in one script, so concurrent tries cannot overshoot the limit; it expires
+    with the window. An ended session is a key that expires when the session would have.
     """
 
     def __init__(self, client: redis.Redis, namespace: str, *, clock: Clock = time.time) -> None:
         self.client = client
         self.namespace = namespace
         self.clock = clock
+        self._try_sign_in = client.register_script(_TRY_SIGN_IN)
 
-    def _failures_key(self, address: str) -> str:
-        return f"{self.namespace}:signin:failures:{address}"
+    def _counted_key(self, address: str) -> str:
+        return f"{self.namespace}:signin:counted:{address}"
 
-    def retry_after(self, address: str) -> float:
-        now = self.clock()
-        key = self._failures_key(address)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, "-inf", now - FAILURE_WINDOW)
-        pipe.zrange(key, -FAILURE_LIMIT, -FAILURE_LIMIT, withscores=True)
-        _, counted = pipe.execute()
-        if not counted:  # fewer than FAILURE_LIMIT failures in the window
-            return 0.0
-        return _wait(float(counted[0][1]), now)
+    def try_sign_in(self, address: str, ticket: str) -> float:
+        args: list[int | str] = [int(self.clock() * 1000), int(FAILURE_WINDOW * 1000), FAILURE_LIMIT, ticket]
+        wait_ms = self._try_sign_in(keys=[self._counted_key(address)], args=args)
+        return int(str(wait_ms)) / 1000.0
 
-    def failed(self, address: str) -> None:
-        now = self.clock()
-        key = self._failures_key(address)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, "-inf", now - FAILURE_WINDOW)
-        pipe.zadd(key, {uuid.uuid4().hex: now})
-        pipe.expire(key, math.ceil(FAILURE_WINDOW))
-        pipe.execute()
+    def forgive(self, address: str, ticket: str) -> None:
+        self.client.zrem(self._counted_key(address), ticket)
 
     def end_session(self, sid: str, *, expires_at: float) -> None:
         seconds = math.ceil(expires_at - self.clock())
@@ -187,16 +191,19 @@ class SharedSignInStore:
         try:
             return call()
         except (redis_errors.RedisError, OSError) as exc:
-            log.warning("sign-in store: Redis did not answer (%s); %s from this process only", type(exc).__name__, what)
+            log.warning("sign-in store: Redis did not answer (%s); %s in this process only", type(exc).__name__, what)
             return default
 
-    def retry_after(self, address: str) -> float:
-        shared = self._try("counting", lambda: self.shared.retry_after(address), 0.0)
-        return max(shared, self.local.retry_after(address))
+    def try_sign_in(self, address: str, ticket: str) -> float:
+        local = self.local.try_sign_in(address, ticket)
+        shared = self._try("counting", lambda: self.shared.try_sign_in(address, ticket), 0.0)
+        if local > 0 or shared > 0:  # refused by one: nothing may stay counted in the other
+            self.forgive(address, ticket)
+        return max(local, shared)
 
-    def failed(self, address: str) -> None:
-        self.local.failed(address)
-        self._try("counting", lambda: self.shared.failed(address), None)
+    def forgive(self, address: str, ticket: str) -> None:
+        self.local.forgive(address, ticket)
+        self._try("counting", lambda: self.shared.forgive(address, ticket), None)
 
     def end_session(self, sid: str, *, expires_at: float) -> None:
         self.local.end_session(sid, expires_at=expires_at)
