@@ -11,8 +11,9 @@ browser to forget the cookie; a copy of it would keep working until it expires. 
   cookie naming an ended session is refused.
 
 Where it lives follows ``workers.coordination``: in Redis when the service has one (every web
-process sees the same counts and the same ended sessions), in this process's memory under the
-embedded ``run`` (one process). The clock is injected so tests move time instead of sleeping.
+process sees the same counts and the same ended sessions; this process's memory as well, so a
+Redis outage neither locks people out nor lifts the limit), in memory alone under the embedded
+``run`` (one process). The clock is injected so tests move time instead of sleeping.
 """
 
 from __future__ import annotations
