@@ -11,9 +11,9 @@ browser to forget the cookie; a copy of it would keep working until it expires. 
   cookie naming an ended session is refused.
 
 Where it lives follows ``workers.coordination``: in Redis when the service has one (every web
-process sees the same counts and the same ended sessions; this process's memory as well, so a
-Redis outage neither locks people out nor lifts the limit), in memory alone under the embedded
-``run`` (one process). The clock is injected so tests move time instead of sleeping.
+process sees the same counts and the same ended sessions; this process's memory stands in while
+Redis does not answer), in memory alone under the embedded ``run`` (one process). The clock is
+injected so tests move time instead of sleeping.
 """
 
 from __future__ import annotations
@@ -177,41 +177,39 @@ class RedisSignInStore:
 
 
 class SharedSignInStore:
-    """Redis and this process's memory together, so a Redis outage never locks people out.
+    """Redis, with this process's memory standing in while Redis does not answer.
 
-    Everything is recorded in both; a refusal from either counts. While Redis does not answer
-    (it is also the broker, and the page is where people look when the broker is down) the page
-    keeps working on this process's own counts and sign-outs, and says so in the log.
+    Redis is also the broker, and the page is where people look when the broker is down: an
+    outage must neither lock them out nor lift the limit. So tries are counted in Redis, or in
+    memory (this process's own limit) when Redis fails; sign-outs are recorded in both, and a
+    session ended in either is refused. Every fallback is logged.
     """
 
     def __init__(self, shared: RedisSignInStore, local: LocalSignInStore) -> None:
         self.shared = shared
         self.local = local
 
-    def _try(self, what: str, call: Callable[[], _T], default: _T) -> _T:
+    def _try(self, what: str, call: Callable[[], _T]) -> _T | None:
         try:
             return call()
         except (redis_errors.RedisError, OSError) as exc:
             log.warning("sign-in store: Redis did not answer (%s); %s in this process only", type(exc).__name__, what)
-            return default
+            return None
 
     def try_sign_in(self, address: str, ticket: str) -> float:
-        local = self.local.try_sign_in(address, ticket)
-        shared = self._try("counting", lambda: self.shared.try_sign_in(address, ticket), 0.0)
-        if local > 0 or shared > 0:  # refused by one: nothing may stay counted in the other
-            self.forgive(address, ticket)
-        return max(local, shared)
+        wait = self._try("counting", lambda: self.shared.try_sign_in(address, ticket))
+        return wait if wait is not None else self.local.try_sign_in(address, ticket)
 
     def forgive(self, address: str, ticket: str) -> None:
         self.local.forgive(address, ticket)
-        self._try("counting", lambda: self.shared.forgive(address, ticket), None)
+        self._try("counting", lambda: self.shared.forgive(address, ticket))
 
     def end_session(self, sid: str, *, expires_at: float) -> None:
         self.local.end_session(sid, expires_at=expires_at)
-        self._try("signing out", lambda: self.shared.end_session(sid, expires_at=expires_at), None)
+        self._try("signing out", lambda: self.shared.end_session(sid, expires_at=expires_at))
 
     def is_ended(self, sid: str) -> bool:
-        return self.local.is_ended(sid) or self._try("signing out", lambda: self.shared.is_ended(sid), False)
+        return self.local.is_ended(sid) or bool(self._try("signing out", lambda: self.shared.is_ended(sid)))
 
 
 def store_for(services: Runtime) -> SignInStore:
