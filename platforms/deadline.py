@@ -13,6 +13,10 @@ the worst case of its phases (every connect attempt timing out, the write, the r
   through the SSL context's ``sslsocket_class`` (https://docs.python.org/3/library/ssl.html#ssl.SSLContext.sslsocket_class).
   On plain ``http`` the headers are bounded per read only.
 
+It also connects to the address ``platforms.netguard`` checked, when the request names one
+(:func:`pinned_request`), so a name cannot resolve to one address for the check and another for
+the connection.
+
 What ``HTTPTransport`` keeps as it is: keep-alive pooling, TLS verification (certifi, as httpx),
 ``retries`` for failures to connect only (nothing was sent, so repeating is safe even for a
 single-use code exchange), and the meaning of its exceptions: ``ConnectError``/``ConnectTimeout``
@@ -29,7 +33,11 @@ from contextvars import ContextVar
 
 import httpx
 
-__all__ = ["DeadlineTransport", "connect_backoff_seconds", "exchange_seconds"]
+__all__ = ["PINNED_ADDRESS", "DeadlineTransport", "connect_backoff_seconds", "exchange_seconds", "pinned_request"]
+
+#: request extension naming the IP address to connect to (set by ``platforms.netguard.guarded_send``
+#: to the address it checked); the URL's name still goes into ``Host`` and TLS
+PINNED_ADDRESS = "social_accounts.pinned_address"
 
 Clock = Callable[[], float]
 
@@ -122,6 +130,34 @@ class _DeadlineStream(httpx.SyncByteStream):
         self._inner.close()
 
 
+def pinned_request(request: httpx.Request) -> httpx.Request:
+    """``request`` sent to its :data:`PINNED_ADDRESS` instead of wherever its name resolves now.
+
+    The URL's host becomes the address, so httpcore connects there without resolving anything;
+    the ``Host`` header (set by httpx from the URL when the request was built) keeps the name,
+    and so does TLS through httpx's ``sni_hostname`` request extension, which httpcore uses as the
+    server name for SNI and for the certificate check
+    (https://www.python-httpx.org/advanced/extensions/#request-extensions). A request without
+    the extension is returned as it is.
+
+    httpcore pools connections by address and port, so a keep-alive connection verified for one
+    name may carry a later request for another name pinned to the same address. That address was
+    checked for both; what the pool does not repeat is the certificate check for the second name.
+    """
+    address = request.extensions.get(PINNED_ADDRESS)
+    if not address:
+        return request
+    extensions = {key: value for key, value in request.extensions.items() if key != PINNED_ADDRESS}
+    extensions["sni_hostname"] = request.url.raw_host.decode("ascii")
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(host=str(address)),
+        headers=request.headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
+
+
 class DeadlineTransport(httpx.BaseTransport):
     """``httpx.HTTPTransport`` whose exchanges end within :func:`exchange_seconds`.
 
@@ -142,6 +178,7 @@ class DeadlineTransport(httpx.BaseTransport):
         self._inner = httpx.HTTPTransport(verify=context, retries=retries, limits=LIMITS)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request = pinned_request(request)
         limit = exchange_seconds(request.extensions.get("timeout", {}), self.retries)
         if limit is None:
             return self._inner.handle_request(request)

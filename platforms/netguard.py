@@ -14,11 +14,16 @@ host could do the same one hop later. So every such request goes through :func:`
 * redirects are never followed blindly: each hop is checked again before it is requested, only
   for GET/HEAD, and at most :data:`MAX_REDIRECTS` times.
 
-Residual risk, stated plainly: the check resolves the name and then httpx resolves it again to
-connect, so a DNS server that answers public-then-private (rebinding) within that window could
-still slip through. Pinning the connection to the checked address would need our own transport,
-and the adapters deliberately use the injected ``httpx.Client`` (the test seam); the window is a
-few milliseconds and every hop is checked.
+The host checked is the host httpx will use: ``httpx.URL(url).raw_host``, the name encoded with
+IDNA 2008 as httpx encodes it. Handing the name as typed to the system resolver would check its
+IDNA 2003 twin instead (``ß.example`` -> ``ss.example``, while httpx connects to
+``xn--zca.example``).
+
+The connection is pinned to the checked address: :func:`guarded_send` names it in the request's
+``PINNED_ADDRESS`` extension and the workers' transport (``platforms.deadline``) connects there,
+keeping the name for ``Host``, SNI and the certificate check, so a DNS server answering
+public-then-private (rebinding) gains nothing. A client with another transport (a test's
+``MockTransport``) ignores the extension. IPv4 is preferred when a name has both families.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from platforms.deadline import PINNED_ADDRESS
 from platforms.http import Classifier, send
 from social_accounts.errors import Permanent, PlatformError, Transient, UnsafeAddress
 
@@ -124,29 +130,37 @@ class NetGuard:
           UnsafeAddress: bad scheme, user-info, oversized, no host, or any non-public address.
           Transient: the host name does not resolve right now (nothing was sent).
         """
+        self.checked_address(url)
+        return url
+
+    def checked_address(self, url: str) -> str | None:
+        """The address ``url`` may be requested at (to pin the connection to); None when
+        ``allow_private`` skips the check. Raises as :meth:`check_url`."""
         if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
             raise UnsafeAddress("the URL is too long")
         try:
             parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
+            parts.port  # noqa: B018 - a port that is not a number raises here
+            parsed = httpx.URL(url)  # the URL as the client will send it
+            host = parsed.raw_host.decode("ascii").rstrip(".")
+        except (ValueError, UnicodeError, httpx.InvalidURL):
             raise UnsafeAddress("not a valid URL") from None
         allowed = ("https", "http") if self.allow_private else ("https",)
-        if parts.scheme.lower() not in allowed:
+        if parts.scheme.lower() not in allowed or parsed.scheme not in allowed:
             raise UnsafeAddress("only https URLs are allowed")
-        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc or parsed.userinfo:
             raise UnsafeAddress("URLs with user information are not allowed")
-        host = (parts.hostname or "").rstrip(".")
         if not host:
             raise UnsafeAddress("the URL has no host")
         if self.allow_private:
-            return url
-        port = port or (443 if parts.scheme.lower() == "https" else 80)
-        self.check_host(host, port)
-        return url
+            return None
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = self.check_host(host, port)
+        return next((a for a in addresses if ":" not in a), addresses[0])
 
-    def check_host(self, host: str, port: int) -> None:
-        """Resolve ``host`` and refuse it unless every address is public."""
+    def check_host(self, host: str, port: int) -> list[str]:
+        """Resolve ``host`` (ASCII, as the client sends it) and return its addresses; refuse it
+        unless every one is public."""
         try:
             ipaddress.ip_address(host.split("%", 1)[0])
             addresses: list[str] = [host]
@@ -159,6 +173,7 @@ class NetGuard:
             raise Transient("the host name does not resolve", platform=self.platform)
         if not all(is_public_address(a) for a in addresses):
             raise UnsafeAddress("the address is not on the public internet (private, loopback or reserved)")
+        return addresses
 
 
 class Redirected(Permanent):
@@ -198,8 +213,11 @@ def guarded_send(
     and ``Redirected`` (a redirect of a non-GET request, or more than ``max_redirects`` hops).
     """
     kwargs.pop("follow_redirects", None)
+    extensions = dict(kwargs.pop("extensions", None) or {})
     for _hop in range(max_redirects + 1):
-        guard.check_url(url)
+        address = guard.checked_address(url)
+        # connect where the check looked (platforms.deadline)
+        pinned = {**extensions, PINNED_ADDRESS: address} if address is not None else extensions
         try:
             return send(
                 client,
@@ -208,6 +226,7 @@ def guarded_send(
                 platform=platform,
                 classify=_redirect_aware(classify, platform),
                 follow_redirects=False,
+                extensions=pinned or None,
                 **kwargs,
             )
         except Redirected as redirect:

@@ -112,6 +112,9 @@ def run_embedded(settings: Settings, *, demo: bool = False) -> None:
         signal.signal(signal.SIGTERM, _leave_on_sigterm)
     try:
         with hold(settings):
-            uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+            # log_config=None: uvicorn installs no handlers of its own, so its access and error
+            # lines propagate to the one redacting root handler (``social_accounts.logs``), in
+            # JSON under LOG_FORMAT=json (https://www.uvicorn.org/settings/#logging)
+            uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
     finally:
         stop_background(worker, scheduler, leader)

@@ -11,7 +11,7 @@ Two nets catch secrets:
 * values registered at runtime with :func:`register_secret` (decrypted tokens, codes, client
   secrets, the settings' own secrets) are replaced wherever they appear;
 * patterns catch the shapes secrets travel in even when nobody registered them:
-  ``access_token=…``, ``code=…``, ``client_secret=…``, ``password=…``, JSON
+  ``access_token=…``, ``code=…``, ``client_secret=…``, ``password="…"``, ``token: …``, JSON
   ``"access_token": "…"``, ``Authorization: Bearer …``, JWT-looking strings and the password
   part of a URL such as ``postgresql://user:pass@host``.
 
@@ -50,8 +50,11 @@ MAX_REGISTERED = 10_000
 
 _SECRET_NAMES = (
     r"access_token|refresh_token|id_token|code|code_verifier|client_secret|app_password|password|"
-    r"passwd|api_token|state_secret|token_keys|secret|accessJwt|refreshJwt|fb_exchange_token"
+    r"passwd|api_token|api_key|apikey|token|state_secret|token_keys|secret|accessJwt|refreshJwt|fb_exchange_token"
 )
+#: ``name=`` and its percent-encoded ``name%3D`` (a URL quoted into a path or another URL's
+#: query) always; ``name:`` too (YAML, headers, reprs), except ``code:`` ("status code: 404")
+_ASSIGN = r"(?:\s*=|%3D|(?<!code)\s*:)"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "access_token": "…" (JSON) and 'access_token': '…' (a Python repr of a dict)
@@ -59,9 +62,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(rf'(?i)(["\'](?:{_SECRET_NAMES})["\']\s*:\s*)(["\'])(?:\\.|(?!\2).)*\2'),
         rf"\1\2{REDACTED}\2",
     ),
+    # password="…" / client_secret='…' / access_token: "…" (a quoted value, spaces and all)
+    (
+        re.compile(rf"(?i)(?<![\w-])((?:{_SECRET_NAMES}){_ASSIGN}\s*)([\"'])(?:\\.|(?!\2).)*\2"),
+        rf"\1\2{REDACTED}\2",
+    ),
     # access_token=… in query strings, form bodies, key=value log lines (not error_code=…)
     (
-        re.compile(rf"(?i)(?<![\w-])((?:{_SECRET_NAMES})\s*=\s*)(?!\[REDACTED\])[^\s&\"',;)\]}}]+"),
+        re.compile(rf"(?i)(?<![\w-])((?:{_SECRET_NAMES}){_ASSIGN}\s*)(?!\[REDACTED\])[^\s&\"',;)\]}}]+"),
         rf"\1{REDACTED}",
     ),
     # Authorization: Bearer … / Basic …, also a bare "Bearer …"
@@ -75,7 +83,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 #: every pattern above needs one of these in the text (a secret name, bearer/basic, a JWT's
 #: ``eyJ``, a URL's ``://``): a line without any skips the five substitutions. Case-insensitive
 #: like the patterns, so it matches a superset of what they match.
-_CANDIDATES = ("token", "code", "secret", "passw", "jwt", "bearer", "basic", "eyj", "://")
+_CANDIDATES = ("token", "code", "secret", "passw", "api_key", "apikey", "jwt", "bearer", "basic", "eyj", "://")
 
 _registered: OrderedDict[str, None] = OrderedDict()
 _registered_sorted: tuple[str, ...] = ()

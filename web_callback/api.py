@@ -52,6 +52,8 @@ async def _read_body(request: Request, model: type[_Body]) -> _Body:
         data = json.loads(b"".join(chunks) or b"null")
     except ValueError:
         raise Refused(422, "invalid_json", "the request body is not valid JSON") from None
+    except RecursionError:  # the decoder's nesting limit (about 1,000 levels), not a server fault
+        raise Refused(422, "invalid_json", "the request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -62,13 +62,30 @@ def valid_id(value: str) -> bool:
 
 
 def check_return_to(services: Runtime, return_to: str | None) -> None:
-    """``return_to`` must be an absolute http(s) URL on an allowed origin (RETURN_TO_ALLOWED)."""
+    """``return_to`` must be an absolute http(s) URL on an allowed origin (RETURN_TO_ALLOWED).
+
+    Refused as ``return_to_invalid`` (400), before anything is written: a URL ``urlsplit`` cannot
+    parse (an unclosed ``[`` IPv6 bracket; a host with characters such as the fullwidth ``＃`` or
+    ``＠`` that NFKC turns into URL delimiters, https://docs.python.org/3/library/urllib.parse.html#urllib.parse.urlsplit),
+    user information, and whitespace or control characters (the browser is later redirected
+    there, and a line break cannot go into a ``Location`` header).
+    """
     if return_to is None:
         return
-    parts = urlsplit(return_to)
+    invalid = InputError(
+        "return_to must be an absolute http(s) URL without user information, spaces or control characters",
+        code="return_to_invalid",
+    )
+    if any(ch.isspace() or not ch.isprintable() for ch in return_to):
+        raise invalid
+    try:
+        parts = urlsplit(return_to)
+        parts.port  # noqa: B018 - a port that is not a number (or out of range) raises here
+    except ValueError:
+        raise invalid from None
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
-        raise InputError("return_to must be an absolute http(s) URL", code="return_to_invalid")
+        raise invalid
     if origin not in services.settings.allowed_return_origins:
         raise InputError(
             f"return_to must be on one of the allowed origins ({', '.join(services.settings.allowed_return_origins)})",

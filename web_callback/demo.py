@@ -38,6 +38,7 @@ from platforms.demo import ACCESS_TOKEN_SECONDS, DEMO_CLIENT_ID, demo_client_sec
 from platforms.oauth2 import s256_challenge
 from social_accounts.settings import Settings
 from social_accounts.signing import BadSignature, Signer, constant_time_equal, derive_key
+from web_callback.forms import read_form
 
 __all__ = ["PERSONAS", "DemoProvider", "install", "routes"]
 
@@ -231,7 +232,9 @@ async def authorize(request: Request) -> Response:
 async def decide(request: Request) -> Response:
     """Allow or Deny: back to our callback with a code or ``error=access_denied``."""
     provider = _provider(request)
-    form = await request.form(max_files=0, max_fields=10)
+    form = await read_form(request, max_fields=10)
+    if form is None:
+        return _consent_error(request, "The form was too large.")
     ticket = provider.verify("consent", str(form.get("ticket") or ""))
     if ticket is None:
         return _consent_error(request, "This consent page expired; please start connecting again.")
@@ -246,7 +249,10 @@ async def decide(request: Request) -> Response:
 
 async def token(request: Request) -> Response:
     provider = _provider(request)
-    form = {k: str(v) for k, v in (await request.form(max_files=0, max_fields=20)).items()}
+    posted = await read_form(request, max_fields=20)
+    if posted is None:
+        return _oauth_error(413, "invalid_request", "the request body is too large")
+    form = {k: str(v) for k, v in posted.items()}
     if not provider.client_ok(form):
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     grant_type = form.get("grant_type")
@@ -278,7 +284,10 @@ async def me(request: Request) -> Response:
 
 async def revoke(request: Request) -> Response:
     provider = _provider(request)
-    form = {k: str(v) for k, v in (await request.form(max_files=0, max_fields=10)).items()}
+    posted = await read_form(request, max_fields=10)
+    if posted is None:
+        return _oauth_error(413, "invalid_request", "the request body is too large")
+    form = {k: str(v) for k, v in posted.items()}
     if not provider.client_ok(form):
         return _oauth_error(401, "invalid_client", "unknown client or wrong secret")
     provider.revoke(form.get("token", ""))

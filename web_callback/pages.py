@@ -16,7 +16,9 @@ script at all; avatars come from the platforms' CDNs and are fetched without a r
 
 from __future__ import annotations
 
+import math
 import re
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +38,11 @@ from platforms.registry import PlatformStatus, enabled_platforms, platform_statu
 from social_accounts.health import health_colour
 from web_callback import connecting
 from web_callback.errors import answer_for
+from web_callback.forms import read_form
 from web_callback.messages import error_message
-from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody
+from web_callback.schemas import BlueskyConnectBody, ConnectBody
 from web_callback.session import Session, SessionSigner
+from web_callback.signin import SignInStore, store_for
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -99,6 +103,27 @@ def _services(request: Request) -> Runtime:
 
 def _signer(request: Request) -> SessionSigner:
     return SessionSigner(_services(request).settings)
+
+
+def _signin(request: Request) -> SignInStore:
+    """The app's sign-in store (``web_callback.signin``), made on first use."""
+    state = request.app.state
+    store: SignInStore | None = getattr(state, "signin", None)
+    if store is None:
+        store = state.signin = store_for(_services(request))
+    return store
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _read_session(request: Request, signer: SessionSigner) -> Session | None:
+    """The cookie's session, unless it is forged, expired or was signed out."""
+    session = signer.read_session(request)
+    if session is None or _signin(request).is_ended(session.sid):
+        return None
+    return session
 
 
 def _page_url(site_id: str, **query: str) -> str:
@@ -260,11 +285,8 @@ def _login_page(request: Request, site_id: str, *, status: int = 401, error: str
 
 
 async def _form(request: Request) -> FormData | None:
-    """The posted form, bounded like the API's bodies; None when it is too large."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        return None
-    return await request.form(max_files=0, max_fields=20)
+    """The posted form, bounded like the API's bodies, chunked or not; None when it is too large."""
+    return await read_form(request, max_fields=20)
 
 
 async def login(request: Request) -> Response:
@@ -277,8 +299,18 @@ async def login(request: Request) -> Response:
     signer = _signer(request)
     if not signer.login_ok(request, str(form.get("login_token") or "")):
         return _login_page(request, site_id, status=403, error="The sign-in form expired; please try again.")
+    store, address, ticket = _signin(request), _address(request), secrets.token_hex(8)
+    wait = await run_in_threadpool(store.try_sign_in, address, ticket)
+    if wait > 0:  # checked before the token: past the limit even the right one is not looked at
+        seconds = max(1, math.ceil(wait))
+        response = _login_page(
+            request, site_id, status=429, error=f"Too many wrong tokens; try again in {seconds} seconds."
+        )
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if not signer.token_matches(str(form.get("api_token") or "")):
-        return _login_page(request, site_id, error="That token is not right.")
+        return _login_page(request, site_id, error="That token is not right.")  # stays counted
+    await run_in_threadpool(store.forgive, address, ticket)
     attempt = str(form.get("attempt") or "")
     target = _page_url(site_id, attempt=attempt) if connecting.valid_id(attempt) else _page_url(site_id)
     value, _ = signer.new_session()
@@ -294,7 +326,7 @@ async def _authorized_post(request: Request) -> tuple[str, FormData, Session] | 
     if site_id is None:
         return _plain_page(request, 404, "Not found", "There is no such site.")
     signer = _signer(request)
-    session = signer.read_session(request)
+    session = await run_in_threadpool(_read_session, request, signer)
     if session is None:
         return RedirectResponse(_page_url(site_id), status_code=303, headers=page_headers())
     form = await _form(request)
@@ -315,7 +347,9 @@ async def logout(request: Request) -> Response:
     checked = await _authorized_post(request)
     if isinstance(checked, Response):
         return checked
-    site_id, _, _ = checked
+    site_id, _, session = checked
+    # ended on the server too: a copy of the cookie stops working now, not when it expires
+    await run_in_threadpool(_signin(request).end_session, session.sid, expires_at=session.expires_at)
     response = RedirectResponse(_page_url(site_id), status_code=303, headers=page_headers())
     _signer(request).clear_session_cookie(response)
     return response
@@ -324,20 +358,20 @@ async def logout(request: Request) -> Response:
 # ---- the page -----------------------------------------------------------------------------------
 
 
-def _signed_in(request: Request) -> tuple[str, SessionSigner, Session] | Response:
+async def _signed_in(request: Request) -> tuple[str, SessionSigner, Session] | Response:
     """Site id, signer and session of a GET from a signed-in browser, else the page to show instead."""
     site_id = _site(request)
     if site_id is None:
         return _plain_page(request, 404, "Not found", "There is no such site.")
     signer = _signer(request)
-    session = signer.read_session(request)
+    session = await run_in_threadpool(_read_session, request, signer)
     if session is None:
         return _login_page(request, site_id)
     return site_id, signer, session
 
 
 async def accounts_page(request: Request, *, banner: dict[str, Any] | None = None, status: int = 200) -> Response:
-    signed_in = _signed_in(request)
+    signed_in = await _signed_in(request)
     if isinstance(signed_in, Response):
         return signed_in
     site_id, signer, session = signed_in
@@ -432,7 +466,7 @@ def _action_endpoint(action: connecting.Action) -> Any:
 
 async def confirm_disconnect(request: Request) -> Response:
     """The confirmation step: a page of its own with one POST button (and a way back)."""
-    signed_in = _signed_in(request)
+    signed_in = await _signed_in(request)
     if isinstance(signed_in, Response):
         return signed_in
     site_id, signer, session = signed_in

@@ -3,7 +3,8 @@
 Why this shape:
 
 * The page is for the people who run the dashboard, who already hold ``API_TOKEN``. They type it
-  once into a small form; from then on a cookie proves it. No user table, no server-side store.
+  once into a small form; from then on a cookie proves it. No user table; the only server-side
+  state is what ``web_callback.signin`` keeps (wrong tokens per address, signed-out sessions).
 * The cookie is ``base64url(json {exp, sid}) "." base64url(hmac)``, signed with a key derived
   from ``STATE_SECRET`` *and* a hash of ``API_TOKEN``: rotating either ends every session. It is
   ``HttpOnly`` (scripts cannot read it), ``SameSite=Lax`` (sent on the top-level navigation back
@@ -17,8 +18,9 @@ Why this shape:
 * Every POST form carries a CSRF token: ``hmac(key, "csrf|" + sid)``, bound to the session, checked
   in constant time. The login form itself has one too, bound to a short-lived pre-login cookie
   (double submit), so another site cannot post a token into the form on the user's behalf.
-* Signing out only deletes the cookie (sessions are stateless); a copied cookie stays valid until
-  it expires, which is why ``SESSION_SECONDS`` is hours, not weeks.
+* Signing out deletes the cookie and records its session id as ended on the server
+  (``web_callback.signin``) until the session would have expired, so a copied cookie stops
+  working at once; ``SESSION_SECONDS`` stays hours, not weeks, all the same.
 """
 
 from __future__ import annotations
