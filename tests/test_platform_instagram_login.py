@@ -63,6 +63,19 @@ def test_registered_beside_instagram_with_its_own_app_credentials(settings_facto
     assert ready.configured and ready.missing_env == []
 
 
+def test_doctor_names_what_the_instagram_login_path_still_needs(settings_factory: Any):
+    from service.doctor import Check, check_platforms
+
+    out: list[Check] = []
+    check_platforms(settings_factory(instagram_app_secret=None), out)
+    (line,) = [c for c in out if c.name == "platform instagram_login"]
+    assert (line.status, line.detail) == ("info", "not configured: set INSTAGRAM_APP_SECRET")
+    out.clear()
+    check_platforms(settings_factory(), out)
+    (line,) = [c for c in out if c.name == "platform instagram_login"]
+    assert (line.status, line.detail) == ("ok", "configured")
+
+
 def test_authorization_url_is_instagram_business_login(settings_factory: Any, http: httpx.Client):
     adapter = InstagramLoginAdapter(settings_factory(instagram_login_authorize_url=None), http)
     url = adapter.authorization_url(state="abc", redirect_uri=REDIRECT, code_challenge="ignored")
@@ -326,3 +339,28 @@ def test_no_token_in_any_error(adapter: InstagramLoginAdapter, account: AccountP
 
 def test_no_revocation_endpoint(adapter: InstagramLoginAdapter, account: AccountProfile, fake: FakePlatformServer):
     assert_no_revocation(adapter, fake, account.tokens)
+
+
+# ---- the command line -------------------------------------------------------------------------------
+
+
+def test_platforms_command_lists_instagram_login(env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.cli_support import run_cli
+
+    env.setenv("INSTAGRAM_APP_ID", fakeig.APP_ID)
+    code, out, _ = run_cli(capsys, "platforms")
+    assert code == 0
+    assert "platform instagram_login: not configured: set INSTAGRAM_APP_SECRET" in out
+    env.setenv("INSTAGRAM_APP_SECRET", fakeig.APP_SECRET)
+    code, out, _ = run_cli(capsys, "platforms", "--json")
+    assert code == 0
+    listing = {item["platform"]: item for item in json.loads(out)}
+    assert listing["instagram_login"] == {
+        "platform": "instagram_login",
+        "auth_type": "oauth2",
+        "configured": True,
+        "missing_env": [],
+    }
+    assert listing["instagram"]["missing_env"] == ["META_APP_ID", "META_APP_SECRET"]
