@@ -143,10 +143,9 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
         permissions = body.get("permissions")
         if isinstance(permissions, str | list) and "scope" not in body:
             body = {**body, "scope": permissions}
-        tokens = self.parse_token_response(body)
         if body.get("expires_in") is None:  # documented as a one-hour token, not a 60-day one
-            tokens = tokens.replace(expires_at=self.clock() + SHORT_LIFETIME)
-        return self.after_exchange(tokens, body)
+            body = {**body, "expires_in": int(SHORT_LIFETIME.total_seconds())}
+        return self.after_exchange(self.parse_token_response(body), body)
 
     def after_exchange(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
         """Record the app-scoped user id and trade the short token for a 60-day one right away

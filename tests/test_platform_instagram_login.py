@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,8 +144,9 @@ def test_reused_code_is_permanent_with_the_documented_message(adapter: Instagram
 
 
 def test_failed_upgrade_keeps_the_login_and_fetch_accounts_finishes_it(
-    adapter: InstagramLoginAdapter, http: httpx.Client, fake: FakePlatformServer
+    adapter: InstagramLoginAdapter, http: httpx.Client, fake: FakePlatformServer, caplog: pytest.LogCaptureFixture
 ):
+    caplog.set_level(logging.WARNING)
     url = adapter.authorization_url(state="s", redirect_uri=REDIRECT, code_challenge=None)
     code = follow_dialog(http, url)["code"]
     fake.fail("/iglogin/graph/access_token", FakeResponse(503, "busy"))
@@ -152,6 +154,7 @@ def test_failed_upgrade_keeps_the_login_and_fetch_accounts_finishes_it(
     short = adapter.exchange_code(code=code, redirect_uri=REDIRECT, code_verifier=None)
     assert short.access_token.startswith("IGs") and short.metadata["long_lived"] is False
     assert short.expires_at is not None and short.expires_at - before <= timedelta(hours=1, seconds=30)
+    assert not [r for r in caplog.records if "expires_in" in r.getMessage()]  # one hour is documented, not assumed
     (profile,) = adapter.fetch_accounts(short)
     assert profile.tokens.access_token.startswith("IGl") and profile.tokens.metadata["long_lived"] is True
 
