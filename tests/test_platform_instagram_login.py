@@ -242,8 +242,7 @@ def test_refresh_of_an_expired_token_needs_reconnect(
     old = aged(account.tokens, 2 * DAY)
     fake.grants.expire_access(old.access_token)  # expired at the platform, not by our clock
     with pytest.raises(NeedsReconnect) as info:
-        adapter_now = InstagramLoginAdapter(settings_factory(), http)
-        adapter_now.refresh(old)
+        InstagramLoginAdapter(settings_factory(), http).refresh(old)
     assert info.value.code == "190/463"
 
 
@@ -265,7 +264,7 @@ def test_margin_falls_after_the_first_day_and_a_week_before_expiry(account: Acco
     issued = datetime.fromisoformat(tokens.metadata["issued_at"])
     assert tokens.expires_at is not None
     margin = InstagramLoginAdapter.refresh_margin
-    when = next_refresh_at(tokens.replace(metadata={**tokens.metadata}), margin, issued)
+    when = next_refresh_at(tokens, margin, issued)
     assert when is not None
     assert when - issued >= MIN_REFRESH_AGE
     assert tokens.expires_at - when >= timedelta(days=7)
