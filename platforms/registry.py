@@ -5,7 +5,7 @@ never stops the others (and ``GET /v1/platforms`` stays cheap).
 
 The built-in demo platform (``platforms.demo``, served by ``web_callback.demo``) exists only when
 ``settings.demo_enabled`` (``social-accounts run --demo``): ``ADAPTERS`` and ``PLATFORMS`` stay the
-ten of the contract, and every lookup that has no settings, or settings with the demo off, treats
+platforms of the contract, and every lookup that has no settings, or settings with the demo off, treats
 ``demo`` as an unknown platform.
 """
 
@@ -35,6 +35,7 @@ __all__ = [
 ADAPTERS: dict[str, str] = {
     "facebook": "platforms.facebook:FacebookAdapter",
     "instagram": "platforms.instagram:InstagramAdapter",
+    "instagram_login": "platforms.instagram_login:InstagramLoginAdapter",
     "twitter": "platforms.twitter:TwitterAdapter",
     "linkedin": "platforms.linkedin:LinkedInAdapter",
     "tiktok": "platforms.tiktok:TikTokAdapter",
@@ -52,7 +53,7 @@ DEMO_ADAPTER = "platforms.demo:DemoAdapter"
 
 
 def enabled_platforms(settings: Settings | None) -> tuple[str, ...]:
-    """The ten platforms, plus ``demo`` when these settings enable it."""
+    """The contract's platforms, plus ``demo`` when these settings enable it."""
     if settings is not None and settings.demo_enabled:
         return (*PLATFORMS, DEMO_PLATFORM)
     return PLATFORMS
@@ -95,7 +96,7 @@ def get_adapter(platform: str, settings: Settings, http: httpx.Client, clock: Cl
 
 
 def platform_statuses(settings: Settings) -> list[PlatformStatus]:
-    """All ten platforms (and ``demo`` when enabled), each configured or with the env vars it lacks."""
+    """All platforms (and ``demo`` when enabled), each configured or with the env vars it lacks."""
     statuses = []
     for platform in enabled_platforms(settings):
         cls = adapter_class(platform, settings)

@@ -328,6 +328,21 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks 
         raise typer.Exit(1)
 
 
+@app.command()
+def platforms(as_json: bool = typer.Option(False, "--json", help="Print the list as GET /v1/platforms does.")) -> None:
+    """Each platform: configured, or the env vars it still lacks (reads only the settings)."""
+    from platforms.registry import platform_statuses
+    from service.doctor import check_platforms
+
+    settings = _settings()
+    if as_json:
+        _print_json([status.as_dict() for status in platform_statuses(settings)])
+        return
+    checks: list[Check] = []
+    check_platforms(settings, checks)
+    _print_checks(checks)
+
+
 def _print_checks(checks: list[Check]) -> None:
     for check in checks:
         _line(check.status, f"{check.name}: {check.detail}")

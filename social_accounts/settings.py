@@ -41,6 +41,7 @@ __all__ = [
 PLATFORMS = (
     "facebook",
     "instagram",
+    "instagram_login",
     "twitter",
     "linkedin",
     "tiktok",
@@ -51,7 +52,7 @@ PLATFORMS = (
     "mastodon",
 )
 #: platforms whose endpoints can be overridden with P_AUTHORIZE_URL / P_TOKEN_URL / P_API_URL / P_REVOKE_URL
-OAUTH_PLATFORMS = PLATFORMS[:8]
+OAUTH_PLATFORMS = tuple(p for p in PLATFORMS if p not in ("bluesky", "mastodon"))
 ENDPOINT_KINDS = ("authorize_url", "token_url", "api_url", "revoke_url")
 
 #: the longest HTTP_TIMEOUT_SECONDS accepted: the connect and refresh messages that make platform
@@ -128,6 +129,9 @@ class Settings(BaseSettings):
 
     meta_app_id: str | None = None
     meta_app_secret: str | None = None
+    #: the Instagram app of "Instagram API with Instagram Login" (platform ``instagram_login``)
+    instagram_app_id: str | None = None
+    instagram_app_secret: str | None = None
     threads_app_id: str | None = None
     threads_app_secret: str | None = None
     twitter_client_id: str | None = None
@@ -152,6 +156,10 @@ class Settings(BaseSettings):
     instagram_token_url: str | None = None
     instagram_api_url: str | None = None
     instagram_revoke_url: str | None = None
+    instagram_login_authorize_url: str | None = None
+    instagram_login_token_url: str | None = None
+    instagram_login_api_url: str | None = None
+    instagram_login_revoke_url: str | None = None
     twitter_authorize_url: str | None = None
     twitter_token_url: str | None = None
     twitter_api_url: str | None = None

@@ -21,6 +21,7 @@ import pytest
 from platforms.base import PlatformAdapter
 from platforms.demo import DemoAdapter
 from platforms.instagram import InstagramAdapter
+from platforms.instagram_login import InstagramLoginAdapter
 from platforms.linkedin import LinkedInAdapter
 from platforms.mastodon import MastodonAdapter
 from platforms.pinterest import PinterestAdapter
@@ -42,6 +43,7 @@ DOCUMENTED: dict[type[PlatformAdapter], timedelta] = {
     LinkedInAdapter: timedelta(days=60),
     PinterestAdapter: timedelta(days=30),
     ThreadsAdapter: timedelta(days=60),
+    InstagramLoginAdapter: timedelta(days=60),
     DemoAdapter: timedelta(minutes=5),
 }
 

@@ -67,7 +67,8 @@ _CSP = (
 #: display names of the platform ids
 LABELS = {
     "facebook": "Facebook Pages",
-    "instagram": "Instagram",
+    "instagram": "Instagram (Facebook Page)",
+    "instagram_login": "Instagram (Instagram Login)",
     "twitter": "X (Twitter)",
     "linkedin": "LinkedIn",
     "tiktok": "TikTok",
