@@ -410,3 +410,23 @@ def test_the_state_carries_the_issuer_and_the_callback_checks_iss() -> None:
         assert refused.value.code == "state_invalid"
     plain = verify_state(sign_state(SignedState("b" * 36, "twitter", expires), "secret"), "secret")
     check_issuer(plain, {"code": "c"})  # other platforms send no iss
+
+
+# ---- doctor -------------------------------------------------------------------------------------
+
+
+def test_doctor_names_what_the_bluesky_oauth_path_still_needs() -> None:
+    from service.doctor import Check, check_bluesky_oauth
+
+    def checked(**values: Any) -> Check:
+        out: list[Check] = []
+        check_bluesky_oauth(settings(**values), out)
+        [check] = out
+        return check
+
+    assert checked().status == "ok" and "k-new" in checked().detail and METADATA_URL in checked().items
+    missing = checked(bluesky_oauth_keys=None)
+    assert (missing.status, missing.items) == ("info", ["BLUESKY_OAUTH_KEYS"])
+    assert checked(public_url="http://127.0.0.1:8000").detail.startswith("loopback development client")
+    broken = checked(bluesky_oauth_keys="k1:" + b64url_encode(b"short"))
+    assert broken.status == "fail" and "k1" in broken.detail
