@@ -115,10 +115,13 @@ class ClientIdentity:
 
     def __init__(self, settings: Settings) -> None:
         self.public_url = settings.public_url.rstrip("/")
-        self.redirect_uri = settings.redirect_uri
         self.scope = " ".join(settings.bluesky_oauth_scope.split())
         #: the atproto loopback development client (https://atproto.com/specs/oauth#localhost-client-development)
         self.loopback = _is_loopback(self.public_url)
+        redirect = urlsplit(settings.redirect_uri)
+        if self.loopback and redirect.hostname == "localhost":  # the spec wants the IP literal there
+            redirect = redirect._replace(netloc=redirect.netloc.replace("localhost", "127.0.0.1", 1))
+        self.redirect_uri = redirect.geturl()
         self._raw_keys = settings.bluesky_oauth_keys
 
     @property

@@ -93,6 +93,9 @@ def test_a_loopback_public_url_is_the_development_client_without_client_authenti
     query = parse_qs(client.client_id.split("?", 1)[1])
     assert query == {"redirect_uri": ["http://127.0.0.1:8000/oauth/callback"], "scope": ["atproto transition:generic"]}
     assert client.auth_fields(ISSUER) == {"client_id": client.client_id}
+    # the redirect URI of a loopback client names 127.0.0.1, never localhost
+    named = ClientIdentity(settings(public_url="http://localhost:8000", bluesky_oauth_keys=None))
+    assert named.loopback and named.redirect_uri == "http://127.0.0.1:8000/oauth/callback"
 
 
 def test_a_confidential_client_names_what_it_still_needs() -> None:

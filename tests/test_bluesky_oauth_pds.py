@@ -55,7 +55,7 @@ def bsky(pipeline_factory: Any, pds: Any) -> Pipeline:
     return pipeline_factory(**bluesky_settings(pds), http_timeout_seconds=10)
 
 
-def sign_in(browser: Any, authorization_url: str, redirect_uri: str, password: str) -> str:
+def sign_in(browser: Any, authorization_url: str, redirect_uri: str, handle: str, password: str) -> str:
     """Sign in and authorize on the PDS's pages; returns the query our callback would get."""
     page = browser.new_page()
     page.set_default_timeout(30_000)
@@ -63,6 +63,7 @@ def sign_in(browser: Any, authorization_url: str, redirect_uri: str, password: s
     try:
         page.goto(authorization_url)
         page.wait_for_selector("input[name=password]")
+        assert page.input_value("input[name=username]") == handle  # login_hint went by PAR
         page.fill("input[name=password]", password)
         page.click("button:has-text('Sign in')")
         with page.expect_request(lambda request: request.url.startswith(redirect_uri)) as back:
@@ -91,7 +92,7 @@ def test_connect_refresh_nonce_change_replay_and_revoke(bsky: Pipeline, pds: Any
         stored = bsky.attempt(attempt_id)
         assert stored.dpop_key and person.did not in stored.dpop_key  # the session is encrypted
 
-        query = sign_in(chromium, url, bsky.settings.redirect_uri, person.password)
+        query = sign_in(chromium, url, bsky.settings.redirect_uri, person.handle, person.password)
         params = parse_qs(query)
         assert params["iss"] == [pds.service_url]
 
@@ -108,7 +109,7 @@ def test_connect_refresh_nonce_change_replay_and_revoke(bsky: Pipeline, pds: Any
         assert api.get(f"/oauth/callback?{query}", follow_redirects=False).status_code == 200
         wait_until(lambda: attempt_events(bsky.attempt(attempt_id), "state_reused"), what="the replay noted")
         assert bsky.attempt(attempt_id).status == "connected"
-        assert [e for e in attempt_events(bsky.attempt(attempt_id), "exchanged")].__len__() == 1
+        assert len(attempt_events(bsky.attempt(attempt_id), "exchanged")) == 1
 
     [account_id] = row.account_ids
     account = load(bsky, account_id)
