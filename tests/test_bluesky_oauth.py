@@ -433,3 +433,36 @@ def test_doctor_names_what_the_bluesky_oauth_path_still_needs() -> None:
     assert checked(public_url="http://127.0.0.1:8000").detail.startswith("loopback development client")
     broken = checked(bluesky_oauth_keys="k1:" + b64url_encode(b"short"))
     assert broken.status == "fail" and "k1" in broken.detail
+
+
+def test_the_pushed_request_carries_pkce_state_login_hint_and_the_browser_gets_only_two_parameters() -> None:
+    from platforms.bluesky_oauth import AuthServer
+
+    pushed: list[httpx.Request] = []
+
+    def par(request: httpx.Request) -> httpx.Response:
+        pushed.append(request)
+        if len(pushed) == 1:
+            return httpx.Response(400, json={"error": "use_dpop_nonce"}, headers={"DPoP-Nonce": "n"})
+        return httpx.Response(201, json={"request_uri": "urn:ietf:params:oauth:request_uri:abc", "expires_in": 299})
+
+    adapter, _ = offline({"auth.example/oauth/par": par})
+    server = AuthServer(ISSUER, ISSUER + "/oauth/authorize", ISSUER + "/oauth/token", ISSUER + "/oauth/par")
+
+    started = adapter.oauth.start(
+        did=DID, handle="alice.example", pds_url=PDS, server=server, state="signed-state", code_challenge="CH"
+    )
+
+    form = parse_qs(pushed[1].content.decode())
+    assert form["code_challenge"] == ["CH"] and form["code_challenge_method"] == ["S256"]
+    assert form["state"] == ["signed-state"] and form["login_hint"] == ["alice.example"]
+    assert form["response_type"] == ["code"] and form["scope"] == ["atproto transition:generic"]
+    assert form["client_assertion_type"] == [ASSERTION_TYPE]
+    url, query = started.authorization_url.split("?", 1)
+    assert url == ISSUER + "/oauth/authorize"
+    assert parse_qs(query) == {"client_id": [METADATA_URL], "request_uri": ["urn:ietf:params:oauth:request_uri:abc"]}
+    facts = json.loads(started.session)
+    assert (facts["did"], facts["issuer"], facts["pds_url"]) == (DID, ISSUER, PDS) and "d" in facts["jwk"]
+    # both pushes were signed by the session's key, the second with the server's nonce
+    key = ECKey.import_key(facts["jwk"])
+    assert [claims_of(r.headers["dpop"], key).get("nonce") for r in pushed] == [None, "n"]
