@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 _T = "social_oauth_states"
-SECRET_COLUMNS = ("code_verifier", "app_password", "token_bundle")
+SECRET_COLUMNS = ("code_verifier", "app_password", "token_bundle", "dpop_key")
 
 
 def create_attempt(
@@ -70,6 +70,7 @@ def create_attempt(
     instance: str | None = None,
     code_verifier: str | None = None,
     app_password: str | None = None,
+    dpop_key: str | None = None,
 ) -> str:
     """Write a new pending attempt and return its id (``attempt_id`` when the caller chose one)."""
     row_id = attempt_id or new_id()
@@ -82,6 +83,7 @@ def create_attempt(
         instance=instance,
         code_verifier=ring.encrypt_optional(code_verifier, table=_T, column="code_verifier", row_id=row_id),
         app_password=ring.encrypt_optional(app_password, table=_T, column="app_password", row_id=row_id),
+        dpop_key=ring.encrypt_optional(dpop_key, table=_T, column="dpop_key", row_id=row_id),
         status="pending",
         stage="created",
         account_ids=[],
@@ -101,8 +103,8 @@ def load_attempt(session: Session, attempt_id: str, *, for_update: bool = False)
 
 
 def attempt_secret(ring: KeyRing, row: SocialOAuthState | AttemptSnapshot, column: str) -> str | None:
-    """Decrypt ``code_verifier`` or ``app_password`` of an attempt (``None`` when not set)."""
-    if column not in ("code_verifier", "app_password"):
+    """Decrypt ``code_verifier``, ``app_password`` or ``dpop_key`` of an attempt (``None`` when not set)."""
+    if column not in ("code_verifier", "app_password", "dpop_key"):
         raise ValueError(f"{column!r} is not a secret column of an attempt")
     value: str | None = getattr(row, column)
     return ring.decrypt_optional(value, table=_T, column=column, row_id=row.id)
@@ -127,6 +129,7 @@ def tokens_to_json(tokens: TokenSet) -> str:
             "refresh_expires_at": tokens.refresh_expires_at.isoformat() if tokens.refresh_expires_at else None,
             "scopes": list(tokens.scopes),
             "metadata": tokens.metadata,
+            "dpop_key": tokens.dpop_key,
         },
         separators=(",", ":"),
     )
@@ -146,6 +149,7 @@ def tokens_from_json(text: str) -> TokenSet:
         refresh_expires_at=when("refresh_expires_at"),
         scopes=tuple(data.get("scopes") or ()),
         metadata=dict(data.get("metadata") or {}),
+        dpop_key=data.get("dpop_key"),
     )
 
 
@@ -186,6 +190,7 @@ class AttemptSnapshot:
     code_verifier: str | None
     app_password: str | None
     token_bundle: str | None
+    dpop_key: str | None = None
 
 
 _READ = sa.select(
@@ -200,6 +205,7 @@ _READ = sa.select(
     _c.code_verifier,
     _c.app_password,
     _c.token_bundle,
+    _c.dpop_key,
 ).where(_c.id == sa.bindparam("attempt_id"))
 _READ_LOCKED = _READ.with_for_update()
 

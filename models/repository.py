@@ -148,6 +148,7 @@ _READ_ACCOUNT = sa.select(
     _c.token_metadata,
     _c.last_synced_at,
     _c.last_error_at,
+    _c.dpop_key,
 ).where(_c.id == sa.bindparam("account_id"))
 _LOCK_VERSION = (
     sa.select(_c.status, _c.last_synced_at, _c.last_error_at, _c.site_id, _c.platform)
@@ -187,6 +188,7 @@ def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
         token_metadata,
         last_synced_at,
         last_error_at,
+        dpop_key,
     ) = row
     tokens = _tokens(
         ring,
@@ -197,6 +199,7 @@ def _snapshot(row: tuple[Any, ...], ring: KeyRing) -> AccountSnapshot:
         refresh_expires_at=refresh_token_expires_at,
         scopes=scopes,
         metadata=token_metadata,
+        dpop_key=dpop_key,
     )
     return AccountSnapshot(
         id=account_id,
@@ -222,8 +225,9 @@ def _tokens(
     refresh_expires_at: datetime | None,
     scopes: Any,
     metadata: Any,
+    dpop_key: str | None = None,
 ) -> TokenSet:
-    """The account's stored token columns as a ``TokenSet``, both tokens decrypted."""
+    """The account's stored token columns as a ``TokenSet``, tokens and DPoP key decrypted."""
     return TokenSet(
         access_token=ring.decrypt_optional(access_token, table=_T, column="access_token", row_id=account_id) or "",
         refresh_token=ring.decrypt_optional(refresh_token, table=_T, column="refresh_token", row_id=account_id),
@@ -231,6 +235,7 @@ def _tokens(
         refresh_expires_at=refresh_expires_at,
         scopes=tuple(scopes or ()),
         metadata=dict(metadata or {}),
+        dpop_key=ring.decrypt_optional(dpop_key, table=_T, column="dpop_key", row_id=account_id),
     )
 
 
@@ -333,6 +338,7 @@ def upsert_values(
         "account_avatar": profile.avatar_url,
         "access_token": ring.encrypt_optional(tokens.access_token, table=_T, column="access_token", row_id=acc_id),
         "refresh_token": ring.encrypt_optional(tokens.refresh_token, table=_T, column="refresh_token", row_id=acc_id),
+        "dpop_key": ring.encrypt_optional(tokens.dpop_key, table=_T, column="dpop_key", row_id=acc_id),
         "token_expires_at": tokens.expires_at,
         "refresh_token_expires_at": tokens.refresh_expires_at,
         "scopes": list(tokens.scopes),
@@ -381,6 +387,8 @@ def _on_conflict_update(stmt: Any, with_scopes: bool) -> Any:
         **{name: keep(name) for name in ("followers_count", "following_count", "posts_count", "engagement_rate")},
         "access_token": keep("access_token"),
         "refresh_token": keep("refresh_token"),
+        # a reconnect by app password leaves no key: the key of tokens that are replaced goes with them
+        "dpop_key": sa.case((new.access_token.is_(None), cur.dpop_key), else_=new.dpop_key),
         "token_expires_at": with_token("access_token", "token_expires_at"),
         "refresh_token_expires_at": with_token("refresh_token", "refresh_token_expires_at"),
         "last_synced_at": keep("last_synced_at"),
@@ -546,6 +554,7 @@ def load_account(session: Session, ring: KeyRing, account_id: str) -> LoadedAcco
         refresh_expires_at=row.refresh_token_expires_at,
         scopes=row.scopes,
         metadata=row.token_metadata,
+        dpop_key=row.dpop_key,
     )
     return LoadedAccount(
         id=row.id,
@@ -681,6 +690,8 @@ def _token_values(
         values["refresh_token_expires_at"] = tokens.refresh_expires_at
     if tokens.scopes:
         values["scopes"] = list(tokens.scopes)
+    if tokens.dpop_key:
+        values["dpop_key"] = ring.encrypt(tokens.dpop_key, table=_T, column="dpop_key", row_id=account_id)
     return values
 
 

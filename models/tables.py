@@ -32,8 +32,8 @@ ACCOUNT_STATUSES = ("active", "error", "rate_limited", "expired", "disconnected"
 
 #: every column holding a ciphertext, per table: key rotation walks exactly these
 ENCRYPTED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "social_accounts": ("access_token", "refresh_token"),
-    "social_oauth_states": ("code_verifier", "app_password", "token_bundle"),
+    "social_accounts": ("access_token", "refresh_token", "dpop_key"),
+    "social_oauth_states": ("code_verifier", "app_password", "token_bundle", "dpop_key"),
     "social_mastodon_apps": ("client_secret",),
 }
 
@@ -120,6 +120,8 @@ class SocialAccount(SQLModel, table=True):
     refresh_model: str = Field(
         default="none", sa_type=sa.String(16), nullable=False, sa_column_kwargs={"server_default": sa.text("'none'")}
     )
+    #: the session's DPoP private key (Bluesky OAuth, migration 0003), encrypted
+    dpop_key: str | None = Field(default=None, sa_type=sa.Text())
 
 
 class SocialOAuthState(SQLModel, table=True):
@@ -137,6 +139,8 @@ class SocialOAuthState(SQLModel, table=True):
     code_verifier: str | None = Field(default=None, sa_type=sa.Text())  # encrypted
     app_password: str | None = Field(default=None, sa_type=sa.Text())  # encrypted, cleared after login
     token_bundle: str | None = Field(default=None, sa_type=sa.Text())  # encrypted JSON of a TokenSet
+    #: Bluesky OAuth: the DPoP key and the issuer and DID it was made for (migration 0003), encrypted
+    dpop_key: str | None = Field(default=None, sa_type=sa.Text())
     status: str = Field(default="pending", sa_type=sa.String(16), nullable=False)
     stage: str = Field(default="created", sa_type=sa.String(16), nullable=False)
     error_code: str | None = Field(default=None, sa_type=sa.String(64))

@@ -61,7 +61,9 @@ import dns.resolver
 import httpx
 from atproto_core.did_doc import DidDocument
 
+from platforms import dpop
 from platforms.base import PlatformAdapter, RateHint
+from platforms.bluesky_oauth import BlueskyOAuth, OAuthStart, is_oauth
 from platforms.http import bearer, default_timeout, header_is_zero, json_body, oauth_error, retry_after, scrub
 from platforms.netguard import NetGuard, Resolver, guarded_send, system_resolver
 from social_accounts.clock import Clock, utcnow
@@ -194,6 +196,8 @@ class BlueskyAdapter(PlatformAdapter):
         )
         #: DNS TXT lookups for handles (``txt``: tests answer from a table, with no network)
         self.txt: TxtLookup = txt or (lambda name: dns_txt(name, settings.http_timeout_seconds))
+        #: the AT Protocol OAuth side: sessions whose token metadata says ``auth: oauth``
+        self.oauth = BlueskyOAuth(settings, http, self.guard, clock, dpop.NONCES)
 
     # ---- reading failures -------------------------------------------------------------------
 
@@ -242,21 +246,39 @@ class BlueskyAdapter(PlatformAdapter):
         nsid: str,
         *,
         context: Context,
-        token: str | None = None,
+        token: str | TokenSet | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
+        url = base.rstrip("/") + "/xrpc/" + nsid
+        timeout = default_timeout(self.settings.http_timeout_seconds)
+        if isinstance(token, TokenSet) and is_oauth(token):  # DPoP-bound (platforms.bluesky_oauth)
+            response = self.oauth.pds_send(
+                method,
+                url,
+                token,
+                lambda r: self.classify(r, context),
+                headers=headers,
+                timeout=timeout,
+                **kwargs,
+            )
+            body = json_body(response)
+            if not isinstance(body, dict):
+                raise Permanent(f"{nsid} answered without a JSON object", platform=self.platform)
+            return body
+        if isinstance(token, TokenSet):
+            token = token.access_token
         if token:
             headers.update(bearer(token))
         response = guarded_send(
             self.http,
             method,
-            base.rstrip("/") + "/xrpc/" + nsid,
+            url,
             guard=self.guard,
             platform=self.platform,
             classify=lambda r: self.classify(r, context),
             headers=headers,
-            timeout=default_timeout(self.settings.http_timeout_seconds),
+            timeout=timeout,
             **kwargs,
         )
         body = json_body(response)
@@ -499,6 +521,8 @@ class BlueskyAdapter(PlatformAdapter):
           NeedsReconnect: the session is gone, or the account is taken down, suspended or
             deactivated (the platform's status is the message and the code).
         """
+        if is_oauth(tokens):
+            return self.oauth.refresh(tokens)
         did, pds_url = self._where(tokens)
         if not tokens.refresh_token:
             raise NeedsReconnect("no refresh token is stored for this session", platform=self.platform)
@@ -534,7 +558,10 @@ class BlueskyAdapter(PlatformAdapter):
         return body
 
     def revoke(self, tokens: TokenSet) -> RevokeResult:
-        """``deleteSession`` with the refresh JWT. A session that is already dead counts as revoked."""
+        """``deleteSession`` with the refresh JWT (an OAuth session: the authorization server's
+        revocation endpoint). A session that is already dead counts as revoked."""
+        if is_oauth(tokens):
+            return self.oauth.revoke(tokens)
         _did, pds_url = self._where(tokens)
         if not tokens.refresh_token:
             return "none"
@@ -551,12 +578,37 @@ class BlueskyAdapter(PlatformAdapter):
             )
         return "revoked"
 
-    # ---- the connect flow (not used: Bluesky has no redirect) -------------------------------
+    # ---- the connect flow: OAuth (platforms.bluesky_oauth); authorization_url is not used -----
+
+    def start_oauth(self, handle: str, *, sign_state: Callable[[str], str], code_challenge: str) -> OAuthStart:
+        """Discovery and the pushed request: handle, DID, PDS, its authorization server (issuer
+        checked), then PAR. ``sign_state(issuer)`` makes the state, so the callback can check
+        ``iss`` without the database.
+
+        Raises LoginFailed (unknown handle), Permanent (no usable authorization server),
+        UnsafeAddress, Transient.
+        """
+        identifier = parse_handle(handle)
+        did, pds_url = self.resolve_identity(identifier)
+        issuer = self.oauth.issuer_of(pds_url)
+        server = self.oauth.server(issuer)
+        return self.oauth.start(
+            did=did,
+            handle=identifier,
+            pds_url=pds_url,
+            server=server,
+            state=sign_state(server.issuer),
+            code_challenge=code_challenge,
+        )
+
+    def exchange_oauth_code(self, *, code: str, code_verifier: str | None, session: str) -> TokenSet:
+        """The OAuth callback's code for a DPoP-bound session (``session``: what the start stored)."""
+        return self.oauth.exchange(code=code, code_verifier=code_verifier, session=session)
 
     def authorization_url(
         self, *, state: str, redirect_uri: str, code_challenge: str | None, instance: str | None = None
     ) -> str:
-        raise Permanent("Bluesky connects with a handle and an app password, not a redirect", platform=self.platform)
+        raise Permanent("Bluesky's OAuth starts with a pushed request (start_oauth)", platform=self.platform)
 
     def exchange_code(
         self, *, code: str, redirect_uri: str, code_verifier: str | None, instance: str | None = None
@@ -592,7 +644,7 @@ class BlueskyAdapter(PlatformAdapter):
                     url,
                     "app.bsky.actor.getProfile",
                     context="api",
-                    token=tokens.access_token,
+                    token=tokens,
                     params={"actor": did},
                 ),
             )

@@ -324,6 +324,33 @@ def check_platforms(settings: Settings, out: list[Check]) -> None:
                 out.append(Check(f"platform {status.platform}", "info", f"not configured: set {missing}"))
 
 
+def check_bluesky_oauth(settings: Settings, out: list[Check]) -> None:
+    """What "Sign in with Bluesky" (AT Protocol OAuth) still needs: an https PUBLIC_URL and
+    BLUESKY_OAUTH_KEYS for the confidential client; a loopback PUBLIC_URL uses the development
+    client, which only works on this machine (README, "Bluesky by OAuth")."""
+    from platforms.bluesky_oauth import ClientIdentity
+
+    name = "bluesky oauth"
+    with _guard(name, out):
+        client = ClientIdentity(settings)
+        if client.loopback:
+            out.append(
+                Check(
+                    name,
+                    "info",
+                    "loopback development client (PUBLIC_URL is loopback): sign-in works on this machine only; "
+                    "set an https PUBLIC_URL and BLUESKY_OAUTH_KEYS for production",
+                )
+            )
+            return
+        if missing := client.missing():
+            out.append(Check(name, "info", f"not configured: set {', '.join(missing)}", missing))
+            return
+        keys = client.keys  # ConfigError (a malformed key) becomes a failed row
+        detail = f"client {client.client_id}; signing key {keys[0].kid}, {len(keys)} key(s) published"
+        out.append(Check(name, "ok", detail, [client.metadata_url, client.public_url + "/oauth/bluesky/jwks.json"]))
+
+
 def check_api_versions(settings: Settings, out: list[Check], today: date | None = None) -> None:
     """META_GRAPH_VERSION near its published expiry, LINKEDIN_API_VERSION unpublished or over a
     year old (``platforms/versions.py`` holds the published tables and their sources)."""
@@ -370,6 +397,7 @@ def run_checks(settings: Settings) -> list[Check]:
     with _guard("redis", out):
         check_redis_state(settings, out, instance)
     check_platforms(settings, out)
+    check_bluesky_oauth(settings, out)
     check_api_versions(settings, out)
     return out
 

@@ -17,6 +17,7 @@ import math
 import os
 import secrets
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,6 +35,7 @@ __all__ = [
     "PLATFORMS",
     "Settings",
     "get_settings",
+    "new_signing_key",
     "parse_key_ring",
 ]
 
@@ -62,7 +64,7 @@ ENDPOINT_KINDS = ("authorize_url", "token_url", "api_url", "revoke_url")
 MAX_HTTP_TIMEOUT_SECONDS = 120.0
 
 #: the secrets `run` generates once when they are missing
-GENERATED_SECRETS = ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS")
+GENERATED_SECRETS = ("API_TOKEN", "STATE_SECRET", "TOKEN_KEYS", "BLUESKY_OAUTH_KEYS")
 #: what `run` keeps in the working directory: its generated secrets and its instance file
 LOCAL_STATE_DIR = Path(".social-accounts")
 #: where `run` keeps the secrets it generated (mode 0600); read by every entry point
@@ -147,6 +149,11 @@ class Settings(BaseSettings):
 
     bluesky_service_url: str = "https://bsky.social"
     bluesky_plc_url: str = "https://plc.directory"
+    #: AT Protocol OAuth client signing keys ``kid:base64url(P-256 private scalar)``, comma-separated;
+    #: the first signs client assertions, all are published in the JWKS (rotation, as TOKEN_KEYS)
+    bluesky_oauth_keys: str | None = None
+    #: the scopes the Bluesky OAuth client asks for (space-separated)
+    bluesky_oauth_scope: str = "atproto transition:generic"
 
     facebook_authorize_url: str | None = None
     facebook_token_url: str | None = None
@@ -282,6 +289,18 @@ def new_token_key(kid: str = "k1") -> str:
     return f"{kid}:{base64.urlsafe_b64encode(os.urandom(32)).decode()}"
 
 
+def new_signing_key(kid: str | None = None) -> str:
+    """A fresh ``kid:key`` entry for BLUESKY_OAUTH_KEYS: a P-256 private scalar, base64url.
+
+    The key id defaults to a dated one, so a rotation's new key never repeats an old id.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    scalar = ec.generate_private_key(ec.SECP256R1()).private_numbers().private_value.to_bytes(32, "big")
+    kid = kid or "b" + datetime.now(UTC).strftime("%Y%m%d") + "-" + secrets.token_hex(3)
+    return f"{kid}:{base64.urlsafe_b64encode(scalar).rstrip(b'=').decode()}"
+
+
 def ensure_local_secrets(path: Path, present: Collection[str] = ()) -> dict[str, str]:
     """For `run`: create missing secrets once in ``path`` (mode 0600) and return them.
 
@@ -299,7 +318,12 @@ def ensure_local_secrets(path: Path, present: Collection[str] = ()) -> dict[str,
     for name in GENERATED_SECRETS:
         if name in present or os.environ.get(name) or existing.get(name):
             continue
-        existing[name] = new_token_key() if name == "TOKEN_KEYS" else secrets.token_urlsafe(32)
+        if name == "TOKEN_KEYS":
+            existing[name] = new_token_key()
+        elif name == "BLUESKY_OAUTH_KEYS":
+            existing[name] = new_signing_key()
+        else:
+            existing[name] = secrets.token_urlsafe(32)
         changed = True
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,9 @@ class TokenSet:
 
     ``metadata`` holds non-secret facts the adapter needs later (Meta user id, Mastodon instance,
     Bluesky DID and PDS URL, the refresh model of this particular token). Secrets go only in
-    ``access_token`` and ``refresh_token``: those two are the columns encrypted at rest.
+    ``access_token``, ``refresh_token`` and ``dpop_key``: the columns encrypted at rest.
+    ``dpop_key`` is the private JWK (JSON) a Bluesky OAuth session's tokens are bound to (DPoP,
+    RFC 9449): it lives and rotates with the session, never in ``metadata``.
     """
 
     access_token: str
@@ -40,6 +42,7 @@ class TokenSet:
     refresh_expires_at: datetime | None = None
     scopes: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    dpop_key: str | None = None
 
     def replace(self, **changes: Any) -> TokenSet:
         return dataclasses.replace(self, **changes)
@@ -58,12 +61,14 @@ class TokenSet:
             refresh_expires_at=newer.refresh_expires_at or self.refresh_expires_at,
             scopes=newer.scopes or self.scopes,
             metadata={**self.metadata, **newer.metadata},
+            dpop_key=newer.dpop_key or self.dpop_key,
         )
 
     def __repr__(self) -> str:  # never print secrets, even in a debugger or a traceback
         return (
             f"TokenSet(access_token=<redacted>, refresh_token={'<redacted>' if self.refresh_token else None},"
-            f" expires_at={self.expires_at!r}, scopes={self.scopes!r}, metadata={self.metadata!r})"
+            f" expires_at={self.expires_at!r}, scopes={self.scopes!r}, metadata={self.metadata!r},"
+            f" dpop_key={'<redacted>' if self.dpop_key else None})"
         )
 
 

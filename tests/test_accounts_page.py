@@ -330,6 +330,8 @@ def test_a_card_per_platform_and_the_not_configured_tooltip_names_the_env_vars(p
 
     bluesky = card(text, "bluesky")
     assert 'name="handle"' in bluesky and 'name="app_password"' in bluesky
+    # "Sign in with Bluesky" (AT Protocol OAuth) first, the app-password form second
+    assert 0 <= bluesky.index("Sign in with Bluesky") < bluesky.index('name="app_password"')
     assert f'href="{BLUESKY_APP_PASSWORDS_URL}"' in bluesky
     assert 'name="instance"' in card(text, "mastodon")
 

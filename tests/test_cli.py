@@ -191,6 +191,11 @@ def test_run_generates_local_secrets_once_and_uses_the_memory_broker(
     assert first.api_token and len(first.api_token) >= 32
     assert KeyRing.from_settings(first).current_kid == "k1"
     assert (second.api_token, second.token_keys) == (first.api_token, first.token_keys)  # generated once
+    # the Bluesky OAuth client's signing key too: one usable P-256 key, kept across runs
+    from platforms.bluesky_oauth import parse_signing_keys
+
+    assert len(parse_signing_keys(first.bluesky_oauth_keys)) == 1
+    assert second.bluesky_oauth_keys == first.bluesky_oauth_keys
     assert [demo for _, demo in seen] == [False, True]
     assert "from-dot-env-file" not in secrets_file.read_text()
 

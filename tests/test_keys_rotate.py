@@ -46,7 +46,9 @@ def seed(engine: Engine, ring: KeyRing) -> tuple[list[str], str]:
     account_ids = []
     with Session(engine) as s, s.begin():
         for n in range(N_ACCOUNTS):
-            tokens = TokenSet(access_token=f"AT-{n}", refresh_token=f"RT-{n}" if n else None)
+            tokens = TokenSet(
+                access_token=f"AT-{n}", refresh_token=f"RT-{n}" if n else None, dpop_key=f"JWK-{n}" if n else None
+            )
             prof = AccountProfile(platform_account_id=f"p{n}", name=None, handle=None, avatar_url=None, tokens=tokens)
             acc, _ = upsert_account(
                 s, ring, site_id="s", platform="x", user_id=None, profile=prof, next_refresh_at=None, now=NOW
@@ -62,6 +64,7 @@ def seed(engine: Engine, ring: KeyRing) -> tuple[list[str], str]:
             now=NOW,
             code_verifier="verifier",
             app_password="app-pw",
+            dpop_key="dpop-session",
         )
         row = load_attempt(s, attempt_id)
         assert row is not None
@@ -79,11 +82,13 @@ def assert_readable(engine: Engine, ring: KeyRing, account_ids: list[str], attem
             assert loaded is not None
             assert loaded.tokens.access_token == f"AT-{n}"
             assert loaded.tokens.refresh_token == (f"RT-{n}" if n else None)
+            assert loaded.tokens.dpop_key == (f"JWK-{n}" if n else None)
             assert loaded.token_version == 0  # rotation never changes the plaintext's version
         row = load_attempt(s, attempt_id)
         assert row is not None
         assert attempt_secret(ring, row, "code_verifier") == "verifier"
         assert attempt_secret(ring, row, "app_password") == "app-pw"
+        assert attempt_secret(ring, row, "dpop_key") == "dpop-session"
         bundle = read_token_bundle(ring, row)
         assert bundle is not None and bundle.access_token == "bundle-AT"
         app = find_mastodon_app(s, ring, "m.example")
@@ -93,9 +98,11 @@ def assert_readable(engine: Engine, ring: KeyRing, account_ids: list[str], attem
 EXPECTED = {
     "social_accounts.access_token": N_ACCOUNTS,
     "social_accounts.refresh_token": N_ACCOUNTS - 1,
+    "social_accounts.dpop_key": N_ACCOUNTS - 1,
     "social_oauth_states.code_verifier": 1,
     "social_oauth_states.app_password": 1,
     "social_oauth_states.token_bundle": 1,
+    "social_oauth_states.dpop_key": 1,
     "social_mastodon_apps.client_secret": 1,
 }
 

@@ -51,7 +51,7 @@ def _assert_schema(engine: Engine) -> None:
     events = {i["name"]: i["column_names"] for i in insp.get_indexes("social_account_events")}
     assert events["ix_social_account_events_account_created"] == ["account_id", "created_at"]
     assert _diff(engine) == []
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0002_next_sync_at"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0003_bluesky_oauth"
 
 
 def test_postgres_upgrade_downgrade_upgrade(pg_url: str) -> None:

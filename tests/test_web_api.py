@@ -381,6 +381,14 @@ def test_bluesky_bad_body_does_not_echo_the_password(api: Api) -> None:
     refused(api, api.post("/v1/connect/bluesky", {**BLUESKY, "handle": "no spaces allowed"}), 422, "invalid_body")
 
 
+def test_bluesky_oauth_on_a_public_url_without_signing_keys_names_what_is_missing(api: Api) -> None:
+    client, _ = api.build(public_url="https://accounts.example.com", bluesky_oauth_keys=None)
+    oauth = {k: v for k, v in BLUESKY.items() if k != "app_password"}
+    response = client.post("/v1/connect/bluesky", json=oauth, headers=AUTH)
+    body = refused(api, response, 400, "platform_not_configured")
+    assert "BLUESKY_OAUTH_KEYS" in body["missing_env"]
+
+
 def test_bluesky_with_the_broker_down_is_503_and_leaves_no_row(api: Api) -> None:
     client, _ = api.build(broker_url=DEAD_REDIS)
     response = client.post("/v1/connect/bluesky", json=BLUESKY, headers=AUTH)

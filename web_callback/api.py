@@ -66,6 +66,9 @@ async def connect(request: Request) -> Response:
     adapter_class(platform, services.settings)  # UnknownPlatform before the body is even read
     if platform == "bluesky":
         bluesky = await _read_body(request, BlueskyConnectBody)
+        if bluesky.app_password is None:  # AT Protocol OAuth: the person signs in at their PDS
+            started = await run_in_threadpool(connecting.start_bluesky_oauth, services, bluesky)
+            return JSONResponse(started, status_code=201)
         return JSONResponse(await run_in_threadpool(connecting.start_bluesky, services, bluesky), status_code=202)
     body = await _read_body(request, ConnectBody)
     return JSONResponse(await run_in_threadpool(connecting.start_oauth, services, platform, body), status_code=201)

@@ -29,7 +29,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 
 from social_accounts.settings import Settings, get_settings
-from web_callback import health
+from web_callback import bluesky_client, health
 from web_callback.api import routes as api_routes
 from web_callback.auth import BearerAuth
 from web_callback.callback import close_batchers, oauth_callback
@@ -81,6 +81,8 @@ def _routes(settings: Settings) -> list[BaseRoute]:
     assert settings.api_token is not None  # required in create_app
     return [
         Route("/oauth/callback", oauth_callback, methods=["GET"]),
+        Route("/oauth/bluesky/client-metadata.json", bluesky_client.client_metadata, methods=["GET"]),
+        Route("/oauth/bluesky/jwks.json", bluesky_client.jwks, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

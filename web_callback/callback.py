@@ -21,7 +21,7 @@ server (docs/design.md, "Speed"). Every callback runs on the event loop that als
 the endpoint is a plain ASGI app (``OAuthCallback``; Starlette's ``Route`` hands an object that is
 not a function the scope as is) instead of a ``Request`` -> ``Response`` function: no request object,
 no exception-wrapping layer, the answers sent as two prebuilt ASGI messages with the same status,
-headers and bodies Starlette's responses had. It reads only the four parameters it uses
+headers and bodies Starlette's responses had. It reads only the five parameters it uses
 (``read_params``), counts with labelled counter children looked up once, derives the allowed
 origins and each ``return_to``'s quoted redirect once per app, and hands the message's keyword
 arguments to the batcher, which encodes the message with the wire module (``workers.messages``).
@@ -59,6 +59,7 @@ __all__ = [
     "ENQUEUE_TIMEOUT",
     "MAX_QUERY_BYTES",
     "OAuthCallback",
+    "check_issuer",
     "close_batchers",
     "oauth_callback",
     "read_params",
@@ -68,7 +69,7 @@ __all__ = [
 #: the whole query string; anything longer is not a real platform redirect
 MAX_QUERY_BYTES = 8192
 #: per-parameter bounds (authorization codes are a few hundred characters at most)
-LIMITS = {"code": 2048, "state": MAX_STATE_LENGTH, "error": 128, "error_description": 1024}
+LIMITS = {"code": 2048, "state": MAX_STATE_LENGTH, "error": 128, "error_description": 1024, "iss": 2048}
 #: an OAuth error code is a short ASCII token (RFC 6749 §4.1.2.1); anything else is refused
 _ERROR_CODE = re.compile(r"^[\x21-\x7e]{1,128}$")
 log = logging.getLogger(__name__)
@@ -181,10 +182,10 @@ def _redirects(app: Any, settings: Settings) -> _Redirects:
 
 
 def read_params(query_string: bytes) -> dict[str, str]:
-    """The four parameters we use (``LIMITS``), bounded; ``InputError`` when anything is oversized.
+    """The five parameters we use (``LIMITS``), bounded; ``InputError`` when anything is oversized.
 
     The values ``request.query_params`` gave (Starlette: ``parse_qsl`` of the latin-1 text, the
-    last of repeated names wins), an empty one counting as absent; only the values of our four
+    last of repeated names wins), an empty one counting as absent; only the values of our five
     names are unquoted, so anything else in the query costs a split. Checked against Starlette in
     ``tests/test_callback_fast_paths.py``.
     """
@@ -210,6 +211,17 @@ def read_params(query_string: bytes) -> dict[str, str]:
     if "error" in params and not _ERROR_CODE.match(params["error"]):
         raise InputError("The 'error' parameter is not a valid OAuth error code.", code="bad_request")
     return params
+
+
+def check_issuer(state: SignedState, params: dict[str, str]) -> None:
+    """A state that names its authorization server must come back with that ``iss`` (RFC 9207):
+    a response from another server (a mix-up attack) is refused like a forged state."""
+    if state.issuer is not None and params.get("iss") != state.issuer:
+        raise InputError(
+            "This sign-in response does not come from the server the sign-in was sent to. "
+            "Please start connecting the account again.",
+            code="state_invalid",
+        )
 
 
 def _batcher(app: Any, services: Runtime, broker: RedisBroker) -> BatchEnqueuer:
@@ -279,6 +291,7 @@ class OAuthCallback:
                     code="state_invalid",
                 )
             state = verify_state(token, services.settings.state_secret or "")
+            check_issuer(state, params)
             if "code" not in params and "error" not in params:
                 raise InputError(
                     "This sign-in response carries neither an authorization code nor an error. "

@@ -42,6 +42,7 @@ __all__ = [
     "enqueue_for_account",
     "site_accounts",
     "start_bluesky",
+    "start_bluesky_oauth",
     "start_oauth",
     "valid_id",
 ]
@@ -154,6 +155,8 @@ def start_bluesky(services: Runtime, body: BlueskyConnectBody) -> dict[str, str]
     """Write the attempt (app password encrypted) and enqueue the login; undo the row if that fails."""
     from workers.publish import enqueue_bluesky_login
 
+    if body.app_password is None:
+        raise InputError("an app password is required for this path", code="app_password_missing")
     check_return_to(services, body.return_to)
     now = datetime.now(UTC)
     with Session(services.engine) as session, session.begin():
@@ -178,6 +181,46 @@ def start_bluesky(services: Runtime, body: BlueskyConnectBody) -> dict[str, str]
                 session.delete(row)
         raise
     return {"attempt_id": attempt_id}
+
+
+def start_bluesky_oauth(services: Runtime, body: BlueskyConnectBody) -> dict[str, str]:
+    """AT Protocol OAuth: discovery and the pushed request, then the attempt row.
+
+    The attempt keeps the PKCE verifier and the session (DPoP key, DID, PDS, issuer) encrypted;
+    the state names the issuer so the callback checks ``iss`` (``web_callback.callback``).
+    Returns ``{attempt_id, authorization_url}``.
+    """
+    settings = services.settings
+    adapter: Any = connect_adapter(services, "bluesky")
+    if missing := adapter.oauth.client.missing():
+        raise PlatformNotConfigured("bluesky", missing)
+    check_return_to(services, body.return_to)
+    now = datetime.now(UTC).replace(microsecond=0)
+    attempt_id = new_id()
+    verifier, challenge = pkce_pair()
+    expires_at = now + ATTEMPT_TTL
+
+    def state_for(issuer: str) -> str:
+        signed = SignedState(attempt_id, "bluesky", expires_at, body.return_to, issuer=issuer)
+        return sign_state(signed, settings.state_secret or "")
+
+    started = adapter.start_oauth(body.handle, sign_state=state_for, code_challenge=challenge)
+    with Session(services.engine) as session, session.begin():
+        repository.create_attempt(
+            session,
+            services.ring,
+            attempt_id=attempt_id,
+            platform="bluesky",
+            site_id=body.site_id,
+            user_id=body.user_id,
+            expires_at=expires_at,
+            now=now,
+            return_to=body.return_to,
+            instance=body.handle.lstrip("@").lower(),
+            code_verifier=verifier,
+            dpop_key=started.session,
+        )
+    return {"attempt_id": attempt_id, "authorization_url": started.authorization_url}
 
 
 # ---- reading ----------------------------------------------------------------------------------

@@ -414,7 +414,13 @@ async def connect(request: Request) -> Response:
         return _plain_page(request, 404, "Not found", "There is no such platform.", site_id)
     return_to = services.settings.public_url.rstrip("/") + _page_url(site_id)
     try:
-        if platform == "bluesky":
+        if platform == "bluesky" and form.get("method") == "oauth":  # "Sign in with Bluesky"
+            signin = BlueskyConnectBody(
+                site_id=site_id, user_id=PAGE_USER, handle=str(form.get("handle") or ""), return_to=return_to
+            )
+            started = await run_in_threadpool(connecting.start_bluesky_oauth, services, signin)
+            target = started["authorization_url"]
+        elif platform == "bluesky":
             body = BlueskyConnectBody(
                 site_id=site_id,
                 user_id=PAGE_USER,

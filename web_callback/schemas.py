@@ -35,14 +35,15 @@ class ConnectBody(BaseModel):
 
 
 class BlueskyConnectBody(BaseModel):
-    """``POST /v1/connect/bluesky``: the worker logs in with the app password."""
+    """``POST /v1/connect/bluesky``: with ``app_password`` the worker logs in with it; without,
+    the connect goes by AT Protocol OAuth (the person signs in at their own PDS)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     site_id: Ident
     user_id: Ident
     handle: str = Field(min_length=3, max_length=253, pattern=r"^@?[A-Za-z0-9.\-:]+$")
-    app_password: SecretStr = Field(min_length=1, max_length=128)
+    app_password: SecretStr | None = Field(default=None, min_length=1, max_length=128)
     return_to: str | None = Field(default=None, max_length=MAX_RETURN_TO)
 
 

@@ -42,6 +42,9 @@ class SignedState:
     platform: str
     expires_at: datetime
     return_to: str | None = None
+    #: the authorization server the request went to, when the callback must check ``iss``
+    #: (RFC 9207; Bluesky's AT Protocol OAuth)
+    issuer: str | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,6 +64,8 @@ def sign_state(state: SignedState, secret: str) -> str:
     }
     if state.return_to:
         payload["r"] = state.return_to
+    if state.issuer:
+        payload["i"] = state.issuer
     token = _signer(secret).sign_json(payload)
     if len(token) > MAX_STATE_LENGTH:
         raise InputError("return_to is too long to carry in the OAuth state", code="return_to_too_long")
@@ -98,7 +103,10 @@ def verify_state(token: str, secret: str, *, now: datetime | None = None) -> Sig
     attempt_id, platform, return_to = payload.get("a"), payload.get("p"), payload.get("r")
     if not (isinstance(attempt_id, str) and isinstance(platform, str)):
         raise _invalid("the state is malformed")
-    if return_to is not None and not isinstance(return_to, str):
+    issuer = payload.get("i")
+    if any(value is not None and not isinstance(value, str) for value in (return_to, issuer)):
         raise _invalid("the state is malformed")
     expires_at = datetime.fromtimestamp(payload["e"], UTC)
-    return SignedState(attempt_id=attempt_id, platform=platform, expires_at=expires_at, return_to=return_to)
+    return SignedState(
+        attempt_id=attempt_id, platform=platform, expires_at=expires_at, return_to=return_to, issuer=issuer
+    )

@@ -253,10 +253,16 @@ class _Pauses:
                 raise NotNow(wait, f"{platform} is cooling down")
 
 
-def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> tuple[str, str | None]:
-    """The authorization code and the PKCE verifier (``CryptoError`` when either is unreadable)."""
+#: the attempt's secrets an exchange needs: the code, the PKCE verifier, and (Bluesky OAuth) the
+#: session the start made (DPoP key, DID, PDS, issuer)
+Secrets = tuple[str, str | None, str | None]
+
+
+def _decrypt_code(rt: Runtime, row: AttemptSnapshot, code_enc: str) -> Secrets:
+    """The code, the PKCE verifier and the DPoP session (``CryptoError`` when one is unreadable)."""
     code = rt.ring.decrypt(code_enc, table="message", column="code", row_id=row.id)
-    return code, attempts.attempt_secret(rt.ring, row, "code_verifier")
+    verifier = attempts.attempt_secret(rt.ring, row, "code_verifier")
+    return code, verifier, attempts.attempt_secret(rt.ring, row, "dpop_key")
 
 
 def _exchange(
@@ -292,21 +298,26 @@ def _exchange_marked(
     rt: Runtime,
     row: AttemptSnapshot,
     adapter: PlatformAdapter,
-    secrets: tuple[str, str | None],
+    secrets: Secrets,
     delivery: retrying.Delivery,
     pauses: _Pauses,
     *,
     before: str,
 ) -> TokenSet | None:
     """Spend the code (the attempt is committed as ``exchanging``) and store what it bought at once."""
-    code, verifier = secrets
-    try:
-        tokens = _call(
-            EXCHANGE,
-            lambda: adapter.exchange_code(
-                code=code, redirect_uri=rt.settings.redirect_uri, code_verifier=verifier, instance=row.instance
-            ),
+    code, verifier, session = secrets
+
+    def exchange() -> TokenSet:
+        if session is not None:  # Bluesky by AT Protocol OAuth: DPoP-bound, sub checked against the DID
+            oauth: Any = adapter
+            tokens: TokenSet = oauth.exchange_oauth_code(code=code, code_verifier=verifier, session=session)
+            return tokens
+        return adapter.exchange_code(
+            code=code, redirect_uri=rt.settings.redirect_uri, code_verifier=verifier, instance=row.instance
         )
+
+    try:
+        tokens = _call(EXCHANGE, exchange)
     except UnsafeAddress:  # a user-supplied instance pointing into our network: it is not one we reach
         with retrying.step(EXCHANGE.name):
             raise InstanceUnreachable("the address is not allowed", platform=row.platform) from None

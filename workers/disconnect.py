@@ -188,7 +188,7 @@ def _erase_tokens(rt: Runtime, account_id: str, outcome: str) -> None:
             return
         row = account.row
         platform = row.platform
-        row.access_token = row.refresh_token = None
+        row.access_token = row.refresh_token = row.dpop_key = None
         row.token_expires_at = row.refresh_token_expires_at = None
         row.next_refresh_at = None
         row.token_version = row.token_version + 1  # fences out a refresh that was in flight
