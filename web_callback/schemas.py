@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, SecretStr, ValidationError
 
 from platforms.apipath import MAX_PATH_LENGTH
 from web_callback.state import MAX_RETURN_TO
@@ -23,6 +23,7 @@ from web_callback.state import MAX_RETURN_TO
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_REQUEST_BODY_BYTES",
+    "AccountList",
     "AccountView",
     "AttemptView",
     "BlueskyConnectBody",
@@ -32,6 +33,7 @@ __all__ = [
     "ErrorBody",
     "LoginStarted",
     "PlatformAnswerView",
+    "PlatformList",
     "PlatformRequestBody",
     "PlatformView",
     "TokenView",
@@ -100,6 +102,10 @@ class PlatformView(BaseModel):
     missing_env: list[str]
 
 
+class PlatformList(RootModel[list[PlatformView]]):
+    """``GET /v1/platforms``: every platform, configured or not."""
+
+
 class ConnectStarted(BaseModel):
     """``201`` of ``POST /v1/connect/{platform}``: send the user's browser to ``authorization_url``."""
 
@@ -151,6 +157,10 @@ class AccountView(BaseModel):
     updated_at: datetime
     #: the status explained in one sentence
     health_reason: str
+
+
+class AccountList(RootModel[list[AccountView]]):
+    """``GET /v1/sites/{site_id}/accounts``: the site's accounts, oldest first."""
 
 
 class Enqueued(BaseModel):
