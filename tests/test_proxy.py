@@ -162,6 +162,14 @@ def test_every_platform_answers_with_the_accounts_own_credentials(life: Pipeline
     answer = ask(api, ig, f"/{ig_row.platform_account_id}", query={"fields": "media_count"})
     assert answer.json()["body"]["media_count"] == ig_row.posts_count
 
+    # LinkedIn's versioned /rest API beside /v2, with the headers it requires
+    [member] = connect(life, "linkedin")
+    answer = ask(api, member, "/rest/memberFollowersCount", query={"q": "me"})
+    assert answer.json()["status"] == 403 and answer.json()["body"]["code"] == "ACCESS_DENIED", answer.text
+    seen = last_request(life, "/linkedin/rest/memberFollowersCount")
+    assert seen.headers["linkedin-version"] == life.settings.linkedin_api_version
+    assert seen.headers["x-restli-protocol-version"] == "2.0.0"
+
     # Mastodon: the account's own instance
     toot = connect_mastodon(life)
     life.fake.reset_log()
@@ -221,6 +229,19 @@ def test_an_expired_token_is_refreshed_once_then_the_request_retried(life: Pipel
     assert answer.status_code == 200 and answer.json()["status"] == 401
     assert calls(life.fake, "/twitter/2/users/me") == 2 and refresh_calls(life, "twitter") == 1
     assert load(life, account_id).status == "active"
+
+    # expired, and the refresh fails for our own reasons (X refuses our client): no verdict on
+    # the user's grant, the platform's answer goes back
+    life.fake.grants.expire_access(load(life, account_id).tokens.access_token)
+    life.fake.reset_log()
+    bad_client = FakeResponse(
+        401, {"error": "unauthorized_client", "error_description": "Missing valid authorization header"}
+    )
+    life.fake.fail("/twitter/2/oauth2/token", bad_client)
+    answer = ask(api, account_id, "/users/me")
+    assert answer.status_code == 200 and answer.json()["status"] == 401
+    assert calls(life.fake, "/twitter/2/users/me") == 1 and refresh_calls(life, "twitter") == 1
+    assert load(life, account_id).status != "expired"
 
 
 def test_meta_190_on_a_token_that_cannot_be_renewed_needs_the_user(life: Pipeline, api: TestClient) -> None:

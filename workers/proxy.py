@@ -121,8 +121,9 @@ def platform_request(
     sent_at = rt.clock()
     response = _send(rt, adapter, account.tokens, verb, relative, query, json)
     if adapter.token_rejected(response):
-        renewed = _renewed(rt, adapter, account, sent_at)
-        response = _send(rt, adapter, renewed.tokens, verb, relative, query, json)
+        renewed = _renewed(rt, account, sent_at)
+        if renewed is not None:
+            response = _send(rt, adapter, renewed.tokens, verb, relative, query, json)
     _heed_rate_signals(rt, adapter, account, response)
     log.info(
         "platform request",
@@ -224,11 +225,19 @@ def _exchange(rt: Runtime, request: httpx.Request, platform: str) -> httpx.Respo
     return response
 
 
-def _renewed(rt: Runtime, adapter: PlatformAdapter, account: LoadedAccount, sent_at: datetime) -> LoadedAccount:
+def _renewed(rt: Runtime, account: LoadedAccount, sent_at: datetime) -> LoadedAccount | None:
     """After an expired-token answer: one refresh under the lock (shared with concurrent callers:
-    a token issued since ``sent_at`` is used as it is), and the account to retry with."""
+    a token issued since ``sent_at`` is used as it is), and the account to retry with.
+
+    None: no new token and no verdict (the refresh failed for a reason that is not the grant's):
+    the platform's answer goes back as it came.
+
+    Raises:
+      NeedsReconnect: the grant is gone, or the platform has nothing to renew the token with.
+      CoolingDown / Transient: the refresh must wait, or another one still runs.
+    """
     try:
-        refresh_now(
+        result = refresh_now(
             rt,
             account.id,
             reason="platform request got 401",
@@ -238,12 +247,16 @@ def _renewed(rt: Runtime, adapter: PlatformAdapter, account: LoadedAccount, sent
         )
     except (NotNow, RateLimited) as exc:
         raise CoolingDown(exc.retry_after or 0.0, "the token could not be renewed yet") from None
+    if result.outcome == "busy":
+        raise Transient("another refresh of this account is still running", platform=account.platform)
     current = _load(rt, account.id)  # NeedsReconnect when the refresh found the grant gone
-    if current.tokens.access_token == account.tokens.access_token:
+    if current.tokens.access_token != account.tokens.access_token:
+        return current
+    if result.outcome == "nothing_to_do":  # a token that never expires (a Page, Mastodon) refused
         error = NeedsReconnect("the platform refused the token and it cannot be renewed", platform=account.platform)
         _record(rt, account.id, error)
         raise error
-    return current
+    return None
 
 
 def _heed_rate_signals(rt: Runtime, adapter: PlatformAdapter, account: LoadedAccount, response: httpx.Response) -> None:
