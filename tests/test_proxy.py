@@ -380,3 +380,17 @@ def test_bluesky_app_password_session_against_the_reference_pds(bsky: Pipeline, 
         answer = ask(api, account_id, "/xrpc/com.atproto.server.deleteSession", method="POST")
         assert answer.status_code == 400 and answer.json()["error"] == "path_not_allowed"
     assert person.handle
+
+
+def test_an_answer_too_large_is_not_handed_back(
+    life: Pipeline, api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import proxy
+
+    [account_id] = connect(life, "twitter")
+    monkeypatch.setattr(proxy, "MAX_ANSWER_BYTES", 64)
+    answer = ask(api, account_id, "/users/me")
+    assert answer.status_code == 502 and answer.json()["error"] == "platform_error"
+    assert "larger than 64 bytes" in answer.json()["message"]
+    monkeypatch.setattr(proxy, "MAX_ANSWER_BYTES", 10_000)
+    assert ask(api, account_id, "/users/me").json()["status"] == 200

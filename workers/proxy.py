@@ -39,6 +39,7 @@ from social_accounts.errors import (
     InputError,
     NeedsReconnect,
     NotNow,
+    Permanent,
     PlatformError,
     RateLimited,
     RequestMaybeSent,
@@ -59,6 +60,8 @@ __all__ = ["METHODS", "AccountNotFound", "PlatformAnswer", "platform_request"]
 log = logging.getLogger("social_accounts.proxy")
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+#: a larger answer is not handed back (a 502): it would sit whole in a worker's memory
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
 #: query parameters that carry credentials: ours to set, never the caller's
 AUTH_PARAMS = frozenset({"access_token", "appsecret_proof"})
 #: answer headers that describe our connection to the platform, not the platform's answer
@@ -215,14 +218,27 @@ def _confined(url: str, base: str) -> None:
 
 
 def _exchange(rt: Runtime, request: httpx.Request, platform: str) -> httpx.Response:
-    """Send without following redirects (a redirect answer goes back to the caller as it is)."""
+    """Send without following redirects (a redirect answer goes back to the caller as it is),
+    reading at most :data:`MAX_ANSWER_BYTES` of the answer."""
+    chunks: list[bytes] = []
     try:
-        response = rt.http.send(request, follow_redirects=False)
+        streamed = rt.http.send(request, follow_redirects=False, stream=True)
+        try:
+            size = 0
+            for chunk in streamed.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise Permanent(f"the platform's answer is larger than {MAX_ANSWER_BYTES} bytes", platform=platform)
+                chunks.append(chunk)
+        finally:
+            streamed.close()
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise Transient(f"could not connect ({type(exc).__name__})", platform=platform) from None
     except httpx.TransportError as exc:
         raise RequestMaybeSent(f"no answer ({type(exc).__name__})", platform=platform) from None
-    return response
+    # the body is decoded already (gzip...): the headers that describe its encoding go
+    headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in HOP_HEADERS]
+    return httpx.Response(streamed.status_code, headers=headers, content=b"".join(chunks), request=request)
 
 
 def _renewed(rt: Runtime, account: LoadedAccount, sent_at: datetime) -> LoadedAccount | None:
