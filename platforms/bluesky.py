@@ -247,7 +247,11 @@ class BlueskyAdapter(PlatformAdapter):
         implementation overrides this hook to send ``Authorization: DPoP <token>`` with a
         ``DPoP`` proof signed for this method and URL, and :meth:`retry_authorization` to
         answer a ``use_dpop_nonce`` refusal once with the server's fresh ``DPoP-Nonce``.
+        Until then a session whose scopes are known and are not an app password's is refused
+        here, before anything is sent (a Bearer header would only earn a pointless refresh).
         """
+        if tokens.scopes and not set(tokens.scopes) & APP_PASSWORD_SCOPES:
+            raise Permanent("requests for a Bluesky OAuth (DPoP) session are not supported yet", platform=self.platform)
         return super().authorize_request(request, tokens)
 
     def read_failure(self, response: httpx.Response) -> PlatformError | None:

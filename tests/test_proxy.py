@@ -394,3 +394,20 @@ def test_an_answer_too_large_is_not_handed_back(
     assert "larger than 64 bytes" in answer.json()["message"]
     monkeypatch.setattr(proxy, "MAX_ANSWER_BYTES", 10_000)
     assert ask(api, account_id, "/users/me").json()["status"] == 200
+
+
+@pytest.mark.unit
+def test_a_bluesky_session_that_is_not_an_app_passwords_is_not_sent_with_bearer(settings_factory: Any) -> None:
+    import httpx
+
+    from social_accounts.errors import Permanent
+    from social_accounts.values import TokenSet
+
+    with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(500))) as http:
+        adapter = BlueskyAdapter(settings_factory(), http)
+        request = http.build_request("GET", "https://pds.example/xrpc/app.bsky.actor.getProfile")
+        app_password = TokenSet("jwt", "rt", scopes=("com.atproto.appPass",))
+        assert adapter.authorize_request(request, app_password).headers["authorization"] == "Bearer jwt"
+        oauth = TokenSet("at", "rt", scopes=("atproto", "transition:generic"))
+        with pytest.raises(Permanent, match="DPoP"):
+            adapter.authorize_request(http.build_request("GET", "https://pds.example/xrpc/x"), oauth)
