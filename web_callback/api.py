@@ -27,6 +27,7 @@ from web_callback.schemas import (
     MAX_REQUEST_BODY_BYTES,
     BlueskyConnectBody,
     ConnectBody,
+    PlatformAnswerView,
     PlatformRequestBody,
     validation_details,
 )
@@ -186,7 +187,8 @@ def _platform_request(services: Runtime, account_id: str, body: PlatformRequestB
         )
     except AccountNotFound:
         raise Refused(404, "not_found", "no such account") from None
-    response = JSONResponse({"status": answer.status, "headers": answer.headers, "body": answer.body})
+    view = PlatformAnswerView(status=answer.status, headers=answer.headers, body=answer.body)
+    response = JSONResponse(view.model_dump(mode="json"))
     response.headers["Cache-Control"] = "no-store"
     return response
 
