@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session
 from starlette.testclient import TestClient
 
@@ -312,8 +313,11 @@ def test_cooldowns_answer_429_without_a_request_and_answers_feed_them(life: Pipe
     assert 250 < for_runtime(rt).cooldown_remaining("twitter", account_id) <= 300
 
     life.fake.reset_log()
+    refused = {"platform": "twitter", "outcome": "cooling_down"}
+    before = REGISTRY.get_sample_value("social_accounts_platform_requests_total", refused) or 0.0
     answer = ask(api, account_id, "/users/me")
     assert answer.status_code == 429 and answer.json()["error"] == "cooling_down"
+    assert REGISTRY.get_sample_value("social_accounts_platform_requests_total", refused) == before + 1
     assert 250 < int(answer.headers["retry-after"]) <= 300
     assert life.fake.requests == []  # no request was made
 

@@ -45,6 +45,7 @@ from social_accounts.errors import (
     RequestMaybeSent,
     Transient,
 )
+from social_accounts.metrics import PLATFORM_REQUESTS
 from social_accounts.values import TokenSet
 from workers import runtime
 from workers.adapters import adapter_for
@@ -119,6 +120,7 @@ def platform_request(
         raise InputError(f"{relative[:80]} is not on the {account.platform} API allow-list", code="path_not_allowed")
     wait = wait_before_call(rt, account.platform, account.id)
     if wait > 0:
+        PLATFORM_REQUESTS.labels(account.platform, "cooling_down").inc()
         raise CoolingDown(wait, f"{account.platform} is cooling down for this account")
     account = _with_valid_token(rt, account_id)
     sent_at = rt.clock()
@@ -128,6 +130,7 @@ def platform_request(
         if renewed is not None:
             response = _send(rt, adapter, renewed.tokens, verb, relative, query, json)
     _heed_rate_signals(rt, adapter, account, response)
+    PLATFORM_REQUESTS.labels(account.platform, f"{response.status_code // 100}xx").inc()
     log.info(
         "platform request",
         extra={
