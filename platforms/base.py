@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 import httpx
 
 from social_accounts.clock import Clock, utcnow
-from social_accounts.errors import Permanent
+from social_accounts.errors import Permanent, PlatformError
 from social_accounts.settings import Settings
 from social_accounts.values import AccountProfile, RefreshModel, RevokeResult, Stats, TokenSet
 
@@ -86,6 +86,11 @@ class PlatformAdapter(ABC):
     default_lifetime: ClassVar[timedelta | None] = None
     #: env vars that must be set for this platform to be usable
     required_env: ClassVar[tuple[str, ...]] = ()
+    #: API path prefixes other modules may call through ``workers.proxy.platform_request``,
+    #: relative to :meth:`request_base` and matched segment by segment
+    #: (``platforms.apipath.path_allowed``). Empty: no requests for other modules.
+    #: Token, OAuth and session endpoints are never on it.
+    api_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Settings, http: httpx.Client, clock: Clock = utcnow) -> None:
         self.settings = settings
@@ -147,6 +152,44 @@ class PlatformAdapter(ABC):
     def revoke(self, tokens: TokenSet) -> RevokeResult:
         """Revoke the grant at the platform where it has an endpoint; ``none`` where it has not."""
         return "none"
+
+    # ---- requests made for other modules (workers.proxy) ------------------------------------
+
+    def request_base(self, tokens: TokenSet) -> str:
+        """The API base a relative path of :attr:`api_prefixes` is joined to, for this account."""
+        raise Permanent("this platform takes no requests for other modules", platform=self.platform)
+
+    def request_url(self, path: str, tokens: TokenSet) -> str:
+        """The URL of a checked relative ``path`` (``platforms.apipath.check_relative_path``)."""
+        return self.request_base(tokens).rstrip("/") + path
+
+    def check_request_url(self, url: str) -> None:
+        """Refuse a URL before it is requested; platforms on user-chosen hosts run their SSRF guard."""
+        return None
+
+    def authorize_request(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
+        """Put the account's credentials on ``request`` the platform's way (default: Bearer).
+
+        The hook for other authentication schemes: a DPoP-bound token signs a proof of this
+        very method and URL here, per request.
+        """
+        request.headers["Authorization"] = f"Bearer {tokens.access_token}"
+        return request
+
+    def retry_authorization(
+        self, request: httpx.Request, response: httpx.Response, tokens: TokenSet
+    ) -> httpx.Request | None:
+        """A second try the authentication scheme itself asks for (a DPoP server's fresh
+        ``DPoP-Nonce``), or None (the default: no scheme here asks for one)."""
+        return None
+
+    def read_failure(self, response: httpx.Response) -> PlatformError | None:
+        """The platform's reading of a failed answer (rate limit, dead grant...); None: no opinion."""
+        return None
+
+    def token_rejected(self, response: httpx.Response) -> bool:
+        """True when the answer says the access token is expired or invalid: refresh once, retry once."""
+        return response.status_code == 401
 
     # ---- proactive rate limits --------------------------------------------------------------
 

@@ -179,6 +179,15 @@ class BlueskyAdapter(PlatformAdapter):
     auth_type = "app_password"
     refresh_model: ClassVar[RefreshModel] = "rotate"
     required_env: ClassVar[tuple[str, ...]] = ()
+    #: XRPC methods at the account's PDS: the Bluesky app's (``app.bsky.*``, proxied by the PDS
+    #: to its AppView), repository writes and reads, handle resolution and blob reads; never
+    #: ``com.atproto.server.*`` (sessions, app passwords, account deletion)
+    api_prefixes: ClassVar[tuple[str, ...]] = (
+        "/xrpc/app.bsky.*",
+        "/xrpc/com.atproto.repo.*",
+        "/xrpc/com.atproto.identity.resolveHandle",
+        "/xrpc/com.atproto.sync.get*",
+    )
 
     def __init__(
         self,
@@ -225,6 +234,36 @@ class BlueskyAdapter(PlatformAdapter):
         if error == "ExpiredToken" or error == "InvalidToken" or status == 401:
             return AccessTokenExpired("access token rejected; refresh first", **kw)
         return None
+
+    # ---- requests for other modules -----------------------------------------------------
+
+    def request_base(self, tokens: TokenSet) -> str:
+        """The account's own PDS (from its session's metadata)."""
+        return self._where(tokens)[1]
+
+    def check_request_url(self, url: str) -> None:
+        self.guard.check_url(url)
+
+    def authorize_request(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
+        """An app-password session's access JWT as a Bearer token.
+
+        AT Protocol OAuth sessions are DPoP-bound (https://atproto.com/specs/oauth): their
+        implementation overrides this hook to send ``Authorization: DPoP <token>`` with a
+        ``DPoP`` proof signed for this method and URL, and :meth:`retry_authorization` to
+        answer a ``use_dpop_nonce`` refusal once with the server's fresh ``DPoP-Nonce``.
+        Until then a session whose scopes are known and are not an app password's is refused
+        here, before anything is sent (a Bearer header would only earn a pointless refresh).
+        """
+        if tokens.scopes and not set(tokens.scopes) & APP_PASSWORD_SCOPES:
+            raise Permanent("requests for a Bluesky OAuth (DPoP) session are not supported yet", platform=self.platform)
+        return super().authorize_request(request, tokens)
+
+    def read_failure(self, response: httpx.Response) -> PlatformError | None:
+        return self.classify(response, "api")
+
+    def token_rejected(self, response: httpx.Response) -> bool:
+        """``ExpiredToken``/``InvalidToken`` (a PDS answers 400, not 401) or a 401."""
+        return isinstance(self.classify(response, "api"), AccessTokenExpired)
 
     @staticmethod
     def _retry_after(response: httpx.Response) -> float:

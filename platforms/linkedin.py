@@ -80,6 +80,9 @@ class LinkedInAdapter(OAuth2Adapter):
     use_pkce = False
     client_id_setting = "linkedin_client_id"
     client_secret_setting = "linkedin_client_secret"
+    #: ``/v2`` resources, and the versioned ``/rest`` API beside it (posts, images...), reached
+    #: as ``/rest/...``; never ``/oauth/...``
+    api_prefixes = ("/userinfo", "/me", "/ugcPosts", "/shares", "/assets", "/socialActions", "/rest")
 
     # ---- scopes -----------------------------------------------------------------------------
 
@@ -121,6 +124,26 @@ class LinkedInAdapter(OAuth2Adapter):
         tokens = super().parse_token_response(body, previous)
         model: RefreshModel = "reuse" if tokens.refresh_token else "none"
         return tokens.replace(metadata={**tokens.metadata, "refresh_model": model})
+
+    # ---- requests for other modules -----------------------------------------------------
+
+    def request_base(self, tokens: TokenSet) -> str:
+        """The root both APIs hang from: ``P_API_URL`` without its ``/v2`` (module docstring)."""
+        return self.endpoint("api_url", self.api_url).rstrip("/").removesuffix("/v2")
+
+    def request_url(self, path: str, tokens: TokenSet) -> str:
+        """``/rest/...`` goes to the versioned API beside ``/v2``; every other path to ``/v2``."""
+        if path == "/rest" or path.startswith("/rest/"):
+            return self.rest(path.removeprefix("/rest"))
+        return self.api(path)
+
+    def authorize_request(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
+        """Bearer, plus the version headers the ``/rest`` API requires on every call."""
+        request = super().authorize_request(request, tokens)
+        if str(request.url).startswith(self.rest("")):
+            request.headers.setdefault("LinkedIn-Version", self.settings.linkedin_api_version)
+            request.headers.setdefault("X-Restli-Protocol-Version", "2.0.0")
+        return request
 
     # ---- profile and counts -----------------------------------------------------------------
 

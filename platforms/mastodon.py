@@ -194,6 +194,8 @@ class MastodonAdapter(PlatformAdapter):
     auth_type = "oauth2"
     refresh_model: ClassVar[RefreshModel] = "none"
     required_env: ClassVar[tuple[str, ...]] = ()
+    #: the REST API of the account's instance; never ``/oauth/...``
+    api_prefixes: ClassVar[tuple[str, ...]] = ("/api/v1", "/api/v2")
 
     def __init__(
         self,
@@ -357,6 +359,18 @@ class MastodonAdapter(PlatformAdapter):
                 code=error,
             )
         return None
+
+    # ---- requests for other modules -----------------------------------------------------
+
+    def request_base(self, tokens: TokenSet) -> str:
+        """The account's own instance (checked by the SSRF guard again)."""
+        return self._instance_of(tokens)
+
+    def check_request_url(self, url: str) -> None:
+        self.guard.check_url(url)
+
+    def read_failure(self, response: httpx.Response) -> PlatformError | None:
+        return self.classify(response)
 
     def _retry_after(self, response: httpx.Response) -> float:
         """``X-RateLimit-Reset`` is an ISO 8601 time; else ``Retry-After``; else the 5-minute window."""

@@ -286,6 +286,11 @@ class MetaOAuth2Adapter(OAuth2Adapter):
         """Usage headers near their limit: the app (``X-App-Usage``) or one account (BUC)."""
         return meta_rate_hint(response)
 
+    def token_rejected(self, response: httpx.Response) -> bool:
+        """Meta says a token is dead with code 190 (or 102) in the body, whatever the HTTP status."""
+        error = meta_error(response)
+        return response.status_code == 401 or (error is not None and error.code in RECONNECT_CODES)
+
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """The platform's exchange of a (short- or long-lived) token for a fresh long-lived one."""
         raise NotImplementedError
@@ -353,6 +358,9 @@ class MetaGraphAdapter(MetaOAuth2Adapter):
 
     #: page size requested from /me/accounts (Graph's default is 25)
     page_limit: ClassVar[int] = 100
+    #: Graph nodes: the token's own (``/me``) and any node id (``/{id}/feed``...); never
+    #: ``/oauth/...`` or ``/debug_token``
+    api_prefixes: ClassVar[tuple[str, ...]] = ("/me", "/[0-9]*")
 
     # ---- endpoints -----------------------------------------------------------------------------
 
@@ -366,6 +374,18 @@ class MetaGraphAdapter(MetaOAuth2Adapter):
 
     def api(self, path: str) -> str:
         return self.api_base + "/" + path.lstrip("/")
+
+    def request_base(self, tokens: TokenSet) -> str:
+        return self.api_base
+
+    def authorize_request(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
+        """Graph's access token in the header (a logged URL never carries it) with
+        ``appsecret_proof``, as every Graph read here sends it."""
+        request.headers["Authorization"] = f"Bearer {tokens.access_token}"
+        if self.client_secret:
+            proof = appsecret_proof(tokens.access_token, self.client_secret)
+            request.url = request.url.copy_merge_params({"appsecret_proof": proof})
+        return request
 
     def token_endpoint(self) -> str:
         return self.endpoint("token_url", self.api("oauth/access_token"))

@@ -17,7 +17,7 @@ import httpx
 
 from platforms.base import PlatformAdapter
 from platforms.http import Classifier, as_int, bearer, default_timeout, json_body, oauth_error, send
-from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, Permanent, PlatformError
 from social_accounts.signing import b64url_encode
 from social_accounts.values import RevokeResult, TokenSet
 
@@ -88,6 +88,18 @@ class OAuth2Adapter(PlatformAdapter):
         if self.client_auth == "basic":
             return {}
         return {self.client_id_param: self.client_id, "client_secret": self.client_secret}
+
+    # ---- requests for other modules -----------------------------------------------------
+
+    def request_base(self, tokens: TokenSet) -> str:
+        """``P_API_URL`` (or the platform's default API base)."""
+        return self.endpoint("api_url", self.api_url)
+
+    def read_failure(self, response: httpx.Response) -> PlatformError | None:
+        return self.classify(response)
+
+    def token_rejected(self, response: httpx.Response) -> bool:
+        return response.status_code == 401 or isinstance(self.classify(response), AccessTokenExpired)
 
     # ---- hooks ------------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ class PinterestAdapter(OAuth2Adapter):
     use_pkce = False
     client_id_setting = "pinterest_app_id"
     client_secret_setting = "pinterest_app_secret"
+    #: API v5 resources; never ``/oauth/...``
+    api_prefixes = ("/user_account", "/boards", "/pins", "/media", "/ad_accounts", "/search")
 
     # ---- reading failures -------------------------------------------------------------------
 

@@ -48,6 +48,8 @@ class ThreadsAdapter(MetaOAuth2Adapter):
     token_url = "https://graph.threads.com/oauth/access_token"
     api_url = "https://graph.threads.com"
     scopes = ("threads_basic", "threads_content_publish", "threads_manage_insights")
+    #: versioned Graph nodes (``/v1.0/me``, ``/v1.0/{id}/threads``); never the token paths
+    api_prefixes = ("/v[0-9]*/me", "/v[0-9]*/[0-9]*")
 
     # ---- tokens ---------------------------------------------------------------------------------
 

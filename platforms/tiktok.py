@@ -73,6 +73,8 @@ class TikTokAdapter(OAuth2Adapter):
     client_id_param = "client_key"
     client_id_setting = "tiktok_client_key"
     client_secret_setting = "tiktok_client_secret"
+    #: Display and Content Posting API resources; never ``/oauth/...``
+    api_prefixes = ("/user", "/video", "/post")
 
     # ---- reading failures -------------------------------------------------------------------
 

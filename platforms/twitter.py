@@ -70,6 +70,8 @@ class TwitterAdapter(OAuth2Adapter):
     use_pkce = True
     client_id_setting = "twitter_client_id"
     client_secret_setting = "twitter_client_secret"
+    #: API v2 resources under ``P_API_URL``; never ``/oauth2/...``
+    api_prefixes = ("/tweets", "/users", "/media", "/lists", "/spaces", "/dm_conversations", "/dm_events")
     #: the refresh grant rotates; without ``offline.access`` X issues no refresh token at all
     missing_refresh_message = "no refresh token was issued (offline.access missing)"
 

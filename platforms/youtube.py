@@ -75,6 +75,20 @@ class YouTubeAdapter(OAuth2Adapter):
     extra_authorize_params: ClassVar[dict[str, str]] = {"access_type": "offline", "prompt": "consent"}
     client_id_setting = "google_client_id"
     client_secret_setting = "google_client_secret"
+    #: YouTube Data API v3 resources
+    api_prefixes = (
+        "/activities",
+        "/captions",
+        "/channels",
+        "/commentThreads",
+        "/comments",
+        "/playlistItems",
+        "/playlists",
+        "/search",
+        "/subscriptions",
+        "/thumbnails",
+        "/videos",
+    )
 
     # ---- reading failures -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ Every layer catches at the level it can act on, the way httpx's tree works::
 
     SocialAccountsError
     ├── NotNow                       not now, come back in ``retry_after`` seconds; nothing was sent
+    │   └── CoolingDown              ... said to another module's platform request (HTTP 429)
     ├── ConfigError                  a setting is missing or malformed (one clear line at start-up)
     ├── CryptoError                  a ciphertext cannot be read
     │   ├── UnknownKeyError          ... because its key id is not in TOKEN_KEYS
@@ -48,6 +49,7 @@ __all__ = [
     "AccessTokenExpired",
     "AppPasswordRequired",
     "ConfigError",
+    "CoolingDown",
     "CryptoError",
     "DecryptError",
     "InputError",
@@ -103,6 +105,12 @@ class NotNow(SocialAccountsError):
     @property
     def seconds(self) -> float:
         return self.retry_after or 0.0
+
+
+class CoolingDown(NotNow):
+    """A platform request made for another module (``workers.proxy``) was not sent: the platform
+    or the account is cooling down, or its budget is spent. The caller is told to come back in
+    ``retry_after`` seconds (HTTP 429 with ``Retry-After``) rather than queue behind us."""
 
 
 class ConfigError(SocialAccountsError):

@@ -14,6 +14,7 @@ __all__ = [
     "COOLDOWNS_ACTIVE",
     "MESSAGE_LATENCY",
     "PLATFORM_ERRORS",
+    "PLATFORM_REQUESTS",
     "QUEUE_DEPTH",
     "REFRESHES",
     "SCHEDULER_TICKS",
@@ -27,6 +28,11 @@ REFRESHES = Counter(
 )
 PLATFORM_ERRORS = Counter(
     "social_accounts_platform_errors_total", "Platform call failures, by platform and error class", ["platform", "kind"]
+)
+PLATFORM_REQUESTS = Counter(
+    "social_accounts_platform_requests_total",
+    "Platform requests made for other modules, by platform and outcome (status class, or cooling_down)",
+    ["platform", "outcome"],
 )
 COOLDOWNS_ACTIVE = Gauge("social_accounts_cooldowns_active", "Rate-limit cooldowns in force, by platform", ["platform"])
 QUEUE_DEPTH = Gauge("social_accounts_queue_depth", "Messages waiting in each queue", ["queue"])

@@ -118,6 +118,31 @@ def service_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
         pytest.fail(f"a unit test touched services: {touched}")
 
 
+# ---- every /v1 answer against /openapi.json -----------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def openapi_answers(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every Starlette ``TestClient`` made during a test checks each ``/v1`` answer it receives
+    against the app's OpenAPI document (``tests.openapi_check``); a mismatch fails the test."""
+    from starlette.testclient import TestClient
+
+    from tests.openapi_check import AnswerCheck
+    from web_callback.openapi import document
+
+    check = AnswerCheck(document())
+    original = TestClient.__init__
+
+    def init(self: TestClient, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        hooks = self.event_hooks
+        hooks["response"] = [*hooks.get("response", []), check]
+        self.event_hooks = hooks
+
+    monkeypatch.setattr(TestClient, "__init__", init)
+    return check
+
+
 # ---- PostgreSQL ------------------------------------------------------------------------------
 
 

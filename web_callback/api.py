@@ -22,7 +22,15 @@ from platforms.registry import adapter_class, platform_statuses
 from web_callback import connecting
 from web_callback.connecting import ATTEMPT_TTL
 from web_callback.errors import Refused
-from web_callback.schemas import MAX_BODY_BYTES, BlueskyConnectBody, ConnectBody, validation_details
+from web_callback.schemas import (
+    MAX_BODY_BYTES,
+    MAX_REQUEST_BODY_BYTES,
+    BlueskyConnectBody,
+    ConnectBody,
+    PlatformAnswerView,
+    PlatformRequestBody,
+    validation_details,
+)
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime
@@ -37,16 +45,16 @@ def _services(request: Request) -> Runtime:
     return services
 
 
-async def _read_body(request: Request, model: type[_Body]) -> _Body:
-    """Read at most ``MAX_BODY_BYTES`` and validate; oversized or invalid bodies are ``422``."""
+async def _read_body(request: Request, model: type[_Body], limit: int = MAX_BODY_BYTES) -> _Body:
+    """Read at most ``limit`` bytes and validate; oversized or invalid bodies are ``422``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise Refused(422, "body_too_large", f"the request body must be at most {MAX_BODY_BYTES} bytes")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(422, "body_too_large", f"the request body must be at most {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise Refused(422, "body_too_large", f"the request body must be at most {MAX_BODY_BYTES} bytes")
+        if size > limit:
+            raise Refused(422, "body_too_large", f"the request body must be at most {limit} bytes")
         chunks.append(chunk)
     try:
         data = json.loads(b"".join(chunks) or b"null")
@@ -171,6 +179,32 @@ async def account_token(request: Request) -> Response:
     return await run_in_threadpool(_valid_token, _services(request), request.path_params["account_id"])
 
 
+def _platform_request(services: Runtime, account_id: str, body: PlatformRequestBody) -> Response:
+    """``workers.proxy.platform_request`` behind HTTP: 200 with the platform's answer, 404, or what
+    ``web_callback.errors`` says of its error (400 path, 409 reconnect, 429 cooling down)."""
+    from workers.proxy import AccountNotFound, platform_request
+
+    if not connecting.valid_id(account_id):
+        raise Refused(404, "not_found", "no such account")
+    try:
+        answer = platform_request(
+            account_id, body.method, body.path, params=body.query or None, json=body.body, rt=services
+        )
+    except AccountNotFound:
+        raise Refused(404, "not_found", "no such account") from None
+    view = PlatformAnswerView(status=answer.status, headers=answer.headers, body=answer.body)
+    response = JSONResponse(view.model_dump(mode="json"))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def account_request(request: Request) -> Response:
+    """A platform request made for another module with the account's credentials (``workers.proxy``)."""
+    body = await _read_body(request, PlatformRequestBody, MAX_REQUEST_BODY_BYTES)
+    services, account_id = _services(request), request.path_params["account_id"]
+    return await run_in_threadpool(_platform_request, services, account_id, body)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/platforms", list_platforms, methods=["GET"]),
@@ -182,4 +216,5 @@ def routes() -> list[BaseRoute]:
         Route("/accounts/{account_id}/refresh", _action("refresh"), methods=["POST"]),
         Route("/accounts/{account_id}/sync", _action("sync"), methods=["POST"]),
         Route("/accounts/{account_id}/token", account_token, methods=["POST"]),
+        Route("/accounts/{account_id}/request", account_request, methods=["POST"]),
     ]

@@ -34,6 +34,7 @@ from web_callback.api import routes as api_routes
 from web_callback.auth import BearerAuth
 from web_callback.callback import close_batchers, oauth_callback
 from web_callback.errors import EXCEPTION_HANDLERS
+from web_callback.openapi import openapi_json
 from web_callback.pages import routes as page_routes
 from workers.runtime import Runtime
 
@@ -86,6 +87,7 @@ def _routes(settings: Settings) -> list[BaseRoute]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
         Mount("/v1", routes=api_routes(), middleware=[Middleware(BearerAuth, token=settings.api_token)]),
         *page_routes(),  # the accounts page (web_callback.pages), its own cookie auth
     ]

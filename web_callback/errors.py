@@ -6,7 +6,8 @@ sentence. The ``/v1`` API gets it as Starlette exception handlers (:data:`EXCEPT
 banner, and the callback answers people with the same status in plain text. The error tree says
 what an error allows (``social_accounts.errors``): a final refusal of the caller's input is a
 ``400``, a grant the user must renew a ``409``, anything that may work later a ``503`` (with
-``Retry-After`` when someone said when), a platform that answered oddly a ``502``.
+``Retry-After`` when someone said when; a platform request for another module refused by a
+cooldown is its own ``429``), a platform that answered oddly a ``502``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from social_accounts.errors import (
+    CoolingDown,
     InputError,
     InstanceUnreachable,
     NeedsReconnect,
@@ -62,6 +64,10 @@ def answer_for(exc: BaseException) -> Answer | None:
         return Answer(400, exc.code, str(exc), extra)
     if isinstance(exc, NeedsReconnect):
         return Answer(409, "needs_reconnect", f"the account must be connected again: {exc.message}")
+    if isinstance(exc, CoolingDown):  # another module's platform request: its own 429, nothing sent
+        return Answer(
+            429, "cooling_down", "the platform asked us to wait; no request was made", retry_after=exc.seconds
+        )
     if isinstance(exc, InstanceUnreachable):
         return Answer(502, "instance_unreachable", f"the Mastodon instance cannot be used: {exc.message}")
     if isinstance(exc, SocialAccountsError) and exc.retryable:  # Transient, RateLimited, NotNow
