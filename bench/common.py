@@ -148,13 +148,13 @@ def redis_client() -> Any:
 @contextlib.contextmanager
 def fake_platform(delay: float = 0.0) -> Iterator[Any]:
     """The fake platform server (every module installed) on loopback, answering after ``delay``."""
-    from tests.conftest import _platform_modules
     from tests.fakeplatform import FakePlatformServer
+    from tests.support import platform_modules
 
     server = FakePlatformServer()
     # the default listen backlog (5) drops SYNs when 16 worker threads connect at once
     server._httpd.socket.listen(128)
-    for module in _platform_modules():
+    for module in platform_modules():
         module.install(server)
     server.delay = delay
     server.start()
@@ -165,7 +165,7 @@ def fake_platform(delay: float = 0.0) -> Iterator[Any]:
 
 
 def fake_env(server: Any) -> dict[str, str]:
-    from tests.conftest import fake_env as env
+    from tests.support import fake_env as env
 
     return env(server)
 
@@ -391,6 +391,8 @@ def worker_env(fake: Any, db_url: str, namespace: str) -> dict[str, str]:
         "ALLOW_PRIVATE_NETWORK": "1",
         "PUBLIC_URL": "http://127.0.0.1:8000",
         "LOG_LEVEL": "WARNING",
+        # no fixed port: two runs at once must not collide (the workers' metrics exposition is off)
+        "WORKER_METRICS_PORT": "0",
     }
 
 
