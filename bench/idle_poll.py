@@ -8,16 +8,24 @@ per process here). For each value this starts the real service (``bench/latency.
 measures the idle workers' CPU over ``--idle-seconds``, then ``--connects`` connects, each after
 a quiet spell, timed from the callback to "connected" (the design's platform time: 40 ms).
 
-Run: ``.venv/bin/python bench/idle_poll.py [--timeouts 200,100,50,25] [--connects 30]``
+``--rabbitmq`` runs the same on RabbitMQ (push delivery: a consumer is handed the message, no
+poll), in a virtual host of the run's own (``rabbitmqctl``).
+
+Run: ``.venv/bin/python bench/idle_poll.py [--timeouts 200,100,50,25] [--connects 30] [--rabbitmq]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,11 +36,33 @@ from latency import DELAY, IDLE_GAP, callback_paths, connected_at, percentile, s
 from pipeline import CALLS_PER_CONNECT, prepare  # noqa: E402
 
 
-def one(timeout_ms: int, connects: int, idle_seconds: float) -> tuple[float, list[float]]:
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this run's own on 127.0.0.1 (``rabbitmqctl``, as root), deleted
+    afterwards: its queues cannot meet another run's. Yields the broker URL."""
+    name = f"sa-bench-{uuid.uuid4().hex[:8]}"
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise BenchError("rabbitmqctl is not installed")
+
+    def call(*args: str) -> None:
+        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    call("add_vhost", name)
+    try:
+        call("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    finally:
+        call("delete_vhost", name)
+
+
+def one(
+    timeout_ms: int, connects: int, idle_seconds: float, broker_url: str | None = None
+) -> tuple[float, list[float]]:
     """Idle CPU of the worker pool (share of one core) and the idle connects' latencies (ms)."""
     with (
         tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp,
-        service(Path(tmp), {"dramatiq_worker_timeout": str(timeout_ms)}) as stack,
+        service(Path(tmp), {"dramatiq_worker_timeout": str(timeout_ms)}, broker_url) as stack,
     ):
         fake, svc, base, _web, workers, log = stack
         attempts = prepare(svc.settings, svc.engine, svc.ring, connects)
@@ -60,6 +90,7 @@ def run() -> None:
     parser.add_argument("--timeouts", default="200,100,50,25", help="dramatiq_worker_timeout values, ms")
     parser.add_argument("--connects", type=int, default=30)
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument("--rabbitmq", action="store_true", help="also run once on RabbitMQ (push delivery)")
     args = parser.parse_args()
     reference = CALLS_PER_CONNECT * DELAY * 1000
     rows = [Row("platform calls' own time (design)", f"{reference:.0f} ms")]
@@ -69,6 +100,19 @@ def run() -> None:
         rows.append(
             Row(
                 f"worker_timeout {value} ms",
+                f"idle p50 {p50:.0f} (+{p50 - reference:.0f}) / p99 {p99:.0f} (+{p99 - reference:.0f}) ms, "
+                f"idle workers {idle_cpu * 100:.1f} % of a core",
+                "+30 / +150 ms",
+                p50 - reference <= 30 and p99 - reference <= 150,
+            )
+        )
+    if args.rabbitmq:
+        with rabbitmq_vhost() as url:
+            idle_cpu, ms = one(1000, args.connects, args.idle_seconds, url)
+        p50, p99 = percentile(ms, 0.5), percentile(ms, 0.99)
+        rows.append(
+            Row(
+                "RabbitMQ (push)",
                 f"idle p50 {p50:.0f} (+{p50 - reference:.0f}) / p99 {p99:.0f} (+{p99 - reference:.0f}) ms, "
                 f"idle workers {idle_cpu * 100:.1f} % of a core",
                 "+30 / +150 ms",
