@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: RabbitMQ for the parts that compare brokers; each run gets a virtual host of its own on it
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 VENV_BIN = ROOT / ".venv" / "bin"
 
 
@@ -137,6 +139,29 @@ def redis_namespace(prefix: str = "sa-bench") -> Iterator[str]:
             for start in range(0, len(keys), 1000):
                 client.delete(*keys[start : start + 1000])
         client.close()
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this run's own on 127.0.0.1 (``rabbitmqctl``, as root), deleted
+    afterwards: its queues cannot meet another run's. Yields the broker URL."""
+    name = f"sa-bench-{uuid.uuid4().hex[:8]}"
+    import shutil
+
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise BenchError("rabbitmqctl is not installed")
+
+    def call(*args: str) -> None:
+        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    call("add_vhost", name)
+    try:
+        user = AMQP_URL.split("://", 1)[1].split(":", 1)[0] if "@" in AMQP_URL else "guest"
+        call("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield f"{AMQP_URL.rstrip('/')}/{name}"
+    finally:
+        call("delete_vhost", name)
 
 
 def redis_client() -> Any:

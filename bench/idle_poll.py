@@ -17,43 +17,18 @@ Run: ``.venv/bin/python bench/idle_poll.py [--timeouts 200,100,50,25] [--connect
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from common import BenchError, Row, group_cpu_seconds, main_guard, print_table  # noqa: E402
+from common import BenchError, Row, group_cpu_seconds, main_guard, print_table, rabbitmq_vhost  # noqa: E402
 from latency import DELAY, IDLE_GAP, callback_paths, connected_at, percentile, service, wait_settled  # noqa: E402
 from pipeline import CALLS_PER_CONNECT, prepare  # noqa: E402
-
-
-@contextlib.contextmanager
-def rabbitmq_vhost() -> Iterator[str]:
-    """A RabbitMQ virtual host of this run's own on 127.0.0.1 (``rabbitmqctl``, as root), deleted
-    afterwards: its queues cannot meet another run's. Yields the broker URL."""
-    name = f"sa-bench-{uuid.uuid4().hex[:8]}"
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        raise BenchError("rabbitmqctl is not installed")
-
-    def call(*args: str) -> None:
-        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
-
-    call("add_vhost", name)
-    try:
-        call("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{name}"
-    finally:
-        call("delete_vhost", name)
 
 
 def one(

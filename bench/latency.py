@@ -257,8 +257,18 @@ def service(
             svc.engine.dispose()
 
 
-def measure(sizes: Sizes, progress: Callable[[str], None] = lambda _: None) -> LatencyResult:
-    """Connect latency idle and at 50/s, the token API at 200/s beside the bare row, worker memory."""
+def measure(
+    sizes: Sizes,
+    progress: Callable[[str], None] = lambda _: None,
+    *,
+    broker_url: str | None = None,
+    connects_only: bool = False,
+) -> LatencyResult:
+    """Connect latency idle and at 50/s, the token API at 200/s beside the bare row, worker memory.
+
+    ``broker_url`` runs web and workers on that broker (``amqp://``); ``connects_only`` stops
+    after the connect latencies (the token API and memory figures are then empty).
+    """
     import httpx
 
     from workers import messages
@@ -267,14 +277,16 @@ def measure(sizes: Sizes, progress: Callable[[str], None] = lambda _: None) -> L
 
     reference = CALLS_PER_CONNECT * DELAY * 1000
     load_n = int(sizes.load_seconds * CONNECT_RATE)
-    with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp, service(Path(tmp)) as stack:
+    with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp, service(Path(tmp), None, broker_url) as stack:
         fake, svc, base, web, workers, log = stack
         settings, engine, ring = svc.settings, svc.engine, svc.ring
         fake.delay = 0.0
         attempts = prepare(settings, engine, ring, sizes.idle_connects + load_n)
         paths = callback_paths(settings, attempts)
-        token_ids = seed(fake, engine, ring, TOKEN_ACCOUNTS, expires_in=NOT_DUE_SECONDS, first=1_000_000)
-        memory_ids = seed(fake, engine, ring, sizes.memory_accounts, first=2_000_000)
+        token_ids = memory_ids = []
+        if not connects_only:
+            token_ids = seed(fake, engine, ring, TOKEN_ACCOUNTS, expires_in=NOT_DUE_SECONDS, first=1_000_000)
+            memory_ids = seed(fake, engine, ring, sizes.memory_accounts, first=2_000_000)
         fake.delay = DELAY
         fake.reset_log()
 
@@ -308,64 +320,72 @@ def measure(sizes: Sizes, progress: Callable[[str], None] = lambda _: None) -> L
             statuses["connected"] == len(ids) and bad_callbacks == 0 and connect_calls == CALLS_PER_CONNECT * len(ids)
         )
 
-        # 3. the token API at 200/s beside one row by primary key, alternating
-        progress(f"token API at {TOKEN_RATE:.0f}/s: {sizes.token_rounds} x {sizes.token_seconds:.0f} s each side")
-        fake.reset_log()
-        auth = {"Authorization": f"Bearer {settings.api_token}"}
-        count = int(sizes.token_seconds * TOKEN_RATE)
         token_ms: list[float] = []
         row_ms: list[float] = []
-        bad_tokens = 0
-        for i in range(sizes.token_rounds + 1):  # the first round of each warms up, not counted
-            picks = [random.choice(token_ids) for _ in range(count if i else count // 4)]
-            sides = [("token", "/v1/accounts/{}/token", token_ms), ("row", ROW_PATH + "/{}", row_ms)]
-            for _, template, into in sides if i % 2 == 0 else reversed(sides):
-                _, latency, bad = asyncio.run(
-                    open_loop(base, [("POST", template.format(a)) for a in picks], TOKEN_RATE, auth, 200)
-                )
-                if i:
-                    into.extend(latency)
-                    bad_tokens += bad
-        token_calls = len(fake.requests)
-        token_ok = bad_tokens == 0 and token_calls == 0
+        bad_tokens = token_calls = revoked = 0
+        rss_start = rss_end = 0.0
+        refreshes = 0
+        token_ok = memory_ok = True
+        refresh_calls: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
+        if not connects_only:
+            # 3. the token API at 200/s beside one row by primary key, alternating
+            progress(f"token API at {TOKEN_RATE:.0f}/s: {sizes.token_rounds} x {sizes.token_seconds:.0f} s each side")
+            fake.reset_log()
+            auth = {"Authorization": f"Bearer {settings.api_token}"}
+            count = int(sizes.token_seconds * TOKEN_RATE)
+            for i in range(sizes.token_rounds + 1):  # the first round of each warms up, not counted
+                picks = [random.choice(token_ids) for _ in range(count if i else count // 4)]
+                sides = [("token", "/v1/accounts/{}/token", token_ms), ("row", ROW_PATH + "/{}", row_ms)]
+                for _, template, into in sides if i % 2 == 0 else reversed(sides):
+                    _, latency, bad = asyncio.run(
+                        open_loop(base, [("POST", template.format(a)) for a in picks], TOKEN_RATE, auth, 200)
+                    )
+                    if i:
+                        into.extend(latency)
+                        bad_tokens += bad
+            token_calls = len(fake.requests)
+            token_ok = bad_tokens == 0 and token_calls == 0
 
-        # 4. worker memory over rounds of forced refreshes of the same accounts
-        refreshes = sizes.memory_accounts * sizes.memory_rounds
-        progress(f"worker memory: {refreshes:,} refreshes")
-        fake.reset_log()
-        broker = build_broker(settings)
-        rss_start = 0.0
-        done_before = events(engine)["refreshed"]
-        try:
-            for round_ in range(sizes.memory_rounds):
-                time.sleep(0.05)  # every message is stamped after the previous round's tokens
-                enqueue_many(
-                    broker,
-                    [messages.build_message(messages.REFRESH_ACCOUNT, account_id=a, reason="api") for a in memory_ids],
-                )
-                target = done_before + (round_ + 1) * sizes.memory_accounts
-                deadline = time.monotonic() + 120
-                while (counts := events(engine))["refreshed"] < target:
-                    if counts["refresh_failed"] or workers.poll() is not None or time.monotonic() > deadline:
-                        raise BenchError(f"refresh round {round_}: {dict(counts)}, expected {target}\n{tail(log)}")
-                    time.sleep(POLL_SECONDS)
-                if round_ + 1 == max(1, sizes.memory_rounds // 10):
-                    rss_start = rss_mib(workers.pid)
-            rss_end = rss_mib(workers.pid)
-        finally:
-            broker.close()
-        time.sleep(1.0)
-        counts = events(engine)
-        refresh_calls = Counter(r.path for r in list(fake.requests))
-        with fake.grants.lock:
-            revoked = sum(1 for g in fake.grants.grants.values() if g.revoked)
-        memory_ok = (
-            refresh_calls.get(TOKEN_PATH, 0) == CALLS_PER_REFRESH * refreshes
-            and sum(refresh_calls.values()) == refresh_calls.get(TOKEN_PATH, 0)
-            and revoked == 0
-            and counts["refresh_failed"] == 0
-            and counts["refreshed"] - done_before == refreshes
-        )
+            # 4. worker memory over rounds of forced refreshes of the same accounts
+            refreshes = sizes.memory_accounts * sizes.memory_rounds
+            progress(f"worker memory: {refreshes:,} refreshes")
+            fake.reset_log()
+            broker = build_broker(settings)
+            done_before = events(engine)["refreshed"]
+            try:
+                for round_ in range(sizes.memory_rounds):
+                    time.sleep(0.05)  # every message is stamped after the previous round's tokens
+                    enqueue_many(
+                        broker,
+                        [
+                            messages.build_message(messages.REFRESH_ACCOUNT, account_id=a, reason="api")
+                            for a in memory_ids
+                        ],
+                    )
+                    target = done_before + (round_ + 1) * sizes.memory_accounts
+                    deadline = time.monotonic() + 120
+                    while (counts := events(engine))["refreshed"] < target:
+                        if counts["refresh_failed"] or workers.poll() is not None or time.monotonic() > deadline:
+                            raise BenchError(f"refresh round {round_}: {dict(counts)}, expected {target}\n{tail(log)}")
+                        time.sleep(POLL_SECONDS)
+                    if round_ + 1 == max(1, sizes.memory_rounds // 10):
+                        rss_start = rss_mib(workers.pid)
+                rss_end = rss_mib(workers.pid)
+            finally:
+                broker.close()
+            time.sleep(1.0)
+            counts = events(engine)
+            refresh_calls = Counter(r.path for r in list(fake.requests))
+            with fake.grants.lock:
+                revoked = sum(1 for g in fake.grants.grants.values() if g.revoked)
+            memory_ok = (
+                refresh_calls.get(TOKEN_PATH, 0) == CALLS_PER_REFRESH * refreshes
+                and sum(refresh_calls.values()) == refresh_calls.get(TOKEN_PATH, 0)
+                and revoked == 0
+                and counts["refresh_failed"] == 0
+                and counts["refreshed"] - done_before == refreshes
+            )
 
     def ms(values: list[float]) -> str:
         return f"{percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f} ms"

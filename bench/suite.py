@@ -13,10 +13,11 @@ shows up as a missed check instead of lowering the ideal.
 
 Parts (``--parts`` picks some): ``callback`` (``bench/callback.py``), ``refresh``
 (``bench/refresh.py``), ``connect`` (``bench/pipeline.py``), ``latency`` (``bench/latency.py``:
-connect latency idle and at 50/s, the token API at 200/s, worker memory) and ``tick``
-(``bench/scheduler_tick.py``). Every part makes its own database (``sa_bench_<hex>``) and Redis
-namespace (``sa-bench-<hex>``) and every server listens on a free port, so two runs at once do
-not clobber each other (give the second one its own ``--out``).
+connect latency idle and at 50/s, the token API at 200/s, worker memory), ``latency-rabbitmq``
+(the connect latencies with web and workers on RabbitMQ) and ``tick``
+(``bench/scheduler_tick.py``). Every part makes its own database (``sa_bench_<hex>``), Redis
+namespace (``sa-bench-<hex>``) and RabbitMQ virtual host, and every server listens on a free
+port, so two runs at once do not clobber each other (give the second one its own ``--out``).
 
 Run: ``.venv/bin/python bench/suite.py [--quick] [--parts callback,refresh,...] [--out FILE]``
 """
@@ -44,7 +45,7 @@ import latency  # noqa: E402
 import pipeline  # noqa: E402
 import refresh  # noqa: E402
 import scheduler_tick  # noqa: E402
-from common import BenchError, Row, machine, main_guard, print_table  # noqa: E402
+from common import BenchError, Row, machine, main_guard, print_table, rabbitmq_vhost  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -152,10 +153,10 @@ def part_latency(plan: Plan) -> list[Goal]:
     p = latency.percentile
     rss_ratio = ratio_of(r.rss_end, r.rss_start)
     return [
-        plus_at_most("callback -> connected, idle, p50 (ms)", p(r.idle_ms, 0.5), ref, 30),
-        plus_at_most("callback -> connected, idle, p99 (ms)", p(r.idle_ms, 0.99), ref, 150),
-        plus_at_most("callback -> connected, 50 connects/s, p50 (ms)", p(r.load_ms, 0.5), ref, 30),
-        plus_at_most("callback -> connected, 50 connects/s, p99 (ms)", p(r.load_ms, 0.99), ref, 150),
+        plus_at_most("Redis: callback -> connected, idle, p50 (ms)", p(r.idle_ms, 0.5), ref, 30),
+        plus_at_most("Redis: callback -> connected, idle, p99 (ms)", p(r.idle_ms, 0.99), ref, 150),
+        plus_at_most("Redis: callback -> connected, 50 connects/s, p50 (ms)", p(r.load_ms, 0.5), ref, 30),
+        plus_at_most("Redis: callback -> connected, 50 connects/s, p99 (ms)", p(r.load_ms, 0.99), ref, 150),
         exactly("latency connects not connected or with extra calls", 0 if r.connects_ok else 1, 0),
         at_most("token API 200 req/s vs bare row read, p50 (ms)", p(r.token_ms, 0.5), p(r.row_ms, 0.5), 2.0),
         at_most("token API 200 req/s vs bare row read, p99 (ms)", p(r.token_ms, 0.99), p(r.row_ms, 0.99), 2.0),
@@ -169,6 +170,25 @@ def part_latency(plan: Plan) -> list[Goal]:
             abs(rss_ratio - 1) <= 0.05,
         ),
         exactly("memory run: extra platform calls, revoked grants or failures", 0 if r.memory_ok else 1, 0),
+    ]
+
+
+def part_latency_rabbitmq(plan: Plan) -> list[Goal]:
+    """The connect latencies again with web and workers on RabbitMQ: push delivery, no idle poll
+    (``bench/README.md``, "Idle connect latency and the broker")."""
+    with rabbitmq_vhost() as url:
+        r = latency.measure(
+            plan.latency, progress=lambda s: print(f"... {s}", flush=True), broker_url=url, connects_only=True
+        )
+    print_table("latency on RabbitMQ: callback to connected", r.rows[:4])
+    ref = r.reference_ms
+    p = latency.percentile
+    return [
+        plus_at_most("RabbitMQ: callback -> connected, idle, p50 (ms)", p(r.idle_ms, 0.5), ref, 30),
+        plus_at_most("RabbitMQ: callback -> connected, idle, p99 (ms)", p(r.idle_ms, 0.99), ref, 150),
+        plus_at_most("RabbitMQ: callback -> connected, 50 connects/s, p50 (ms)", p(r.load_ms, 0.5), ref, 30),
+        plus_at_most("RabbitMQ: callback -> connected, 50 connects/s, p99 (ms)", p(r.load_ms, 0.99), ref, 150),
+        exactly("RabbitMQ: connects not connected or with extra calls", 0 if r.connects_ok else 1, 0),
     ]
 
 
@@ -189,6 +209,7 @@ PARTS: dict[str, Callable[[Plan], list[Goal]]] = {
     "refresh": part_refresh,
     "connect": part_connect,
     "latency": part_latency,
+    "latency-rabbitmq": part_latency_rabbitmq,
     "tick": part_tick,
 }
 
