@@ -29,6 +29,7 @@ import secrets
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,26 +57,49 @@ from common import (  # noqa: E402
 )
 
 BARE_PATH = "/bench/bare"
+#: bench-only: ``POST /bench/row/{id}`` reads one account row by primary key (the token API's reference)
+ROW_PATH = "/bench/row"
 STATES = 20_000
 
 
 def create_bench_app() -> Any:
-    """The product app (settings from the environment) plus the bench-only bare route.
+    """The product app (settings from the environment) plus the bench-only bare routes: ``GET
+    /bench/bare`` (200, nothing else) and ``POST /bench/row/{id}`` (one row by primary key).
 
     The bare route is inserted into the same router, first, so both paths pay the same routing.
     Like ``social-accounts web``, the start-up heap is frozen (``BENCH_NO_GC_FREEZE=1`` to compare).
     """
+    import sqlalchemy as sa
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
+
+    ROW_QUERY = sa.text("SELECT * FROM social_accounts WHERE id = :id")  # noqa: N806
 
     from web_callback.app import create_app, freeze_startup_heap
 
     async def bare(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
+    async def row(request: Request) -> Response:
+        """One account row by primary key, in a worker thread like the ``/v1`` handlers."""
+        engine = request.app.state.services.engine
+        account_id = request.path_params["account_id"]
+
+        def read() -> Any:
+            with engine.connect() as conn:
+                return conn.execute(ROW_QUERY, {"id": account_id}).first()
+
+        found = await run_in_threadpool(read)
+        if found is None:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        expires = found.token_expires_at.isoformat() if found.token_expires_at else None
+        return JSONResponse({"id": found.id, "expires_at": expires})
+
     app = create_app()
     app.router.routes.insert(0, Route(BARE_PATH, bare, methods=["GET"]))
+    app.router.routes.insert(1, Route(ROW_PATH + "/{account_id}", row, methods=["POST"]))
     if not os.environ.get("BENCH_NO_GC_FREEZE"):  # what `social-accounts web` does before serving
         freeze_startup_heap()
     return app
@@ -160,15 +184,31 @@ def uvicorn_command(factory: str, port: int) -> list[str]:
     ]
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="measured runs of each endpoint (interleaved)")
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--py-spy", metavar="OUT", help="profile the server with py-spy during one callback run")
-    parser.add_argument("--py-spy-rate", type=int, default=100, help="samples per second for --py-spy")
-    args = parser.parse_args()
+@dataclass
+class CallbackResult:
+    """Means over the rounds: requests per second and p99 of each endpoint; the checks."""
+
+    bare_rps: float
+    callback_rps: float
+    naive_rps: float
+    bare_p99_ms: float
+    callback_p99_ms: float
+    failures: int
+    all_enqueued: bool
+    rows: list[Row]
+
+
+def measure(
+    *,
+    seconds: int = 10,
+    rounds: int = 2,
+    connections: int = 32,
+    threads: int = 2,
+    warmup: int = 2,
+    py_spy: str | None = None,
+    py_spy_rate: int = 100,
+) -> CallbackResult:
+    """Bare route, our callback and the naive callback under wrk, ``rounds`` interleaved runs each."""
 
     with tempfile.TemporaryDirectory(prefix="sa-bench-") as tmp, redis_namespace() as namespace:
         workdir = Path(tmp)
@@ -199,16 +239,16 @@ def run() -> None:
                 check_once(base, BARE_PATH, 200)
                 check_once(base, first_callback, 303)
                 check_once(naive_base, first_callback, 303)
-                wrk = {"connections": args.connections, "threads": args.threads, "workdir": workdir}
+                wrk = {"connections": connections, "threads": threads, "workdir": workdir}
                 for target, paths in ((base, bare_paths), (base, callback_paths), (naive_base, callback_paths)):
-                    run_wrk(target, paths, seconds=2, **wrk)  # warm up every path (imports, pools)
-                if args.py_spy:
-                    profile(server.pid, base, callback_paths, args.py_spy, args.seconds, wrk, args.py_spy_rate)
+                    run_wrk(target, paths, seconds=warmup, **wrk)  # warm up every path (imports, pools)
+                if py_spy:
+                    profile(server.pid, base, callback_paths, py_spy, seconds, wrk, py_spy_rate)
                 before = int(redis_client().llen(f"{namespace}:connect"))
                 bare: list[WrkResult] = []
                 callback: list[WrkResult] = []
                 naive_results: list[WrkResult] = []
-                for i in range(args.rounds):  # interleaved so drift hits all alike
+                for i in range(rounds):  # interleaved so drift hits all alike
                     order = [
                         (bare, server, base, bare_paths),
                         (callback, server, base, callback_paths),
@@ -216,7 +256,7 @@ def run() -> None:
                     ]
                     for results, proc, target, paths in order if i % 2 == 0 else reversed(order):
                         cpu = cpu_seconds(proc.pid)
-                        result = run_wrk(target, paths, seconds=args.seconds, **wrk)
+                        result = run_wrk(target, paths, seconds=seconds, **wrk)
                         result.server_cpu = cpu_seconds(proc.pid) - cpu
                         results.append(result)
             except BenchError:
@@ -250,11 +290,31 @@ def run() -> None:
         Row("errors / non-2xx-3xx", f"{failures}", "0", failures == 0),
         Row("messages enqueued", f"{queued:,} (>= {sent:,} answered)", "", queued >= sent),
     ]
+    return CallbackResult(bare_rps, cb_rps, naive_rps, bare_p99, cb_p99, failures, queued >= sent, rows)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="measured runs of each endpoint (interleaved)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--py-spy", metavar="OUT", help="profile the server with py-spy during one callback run")
+    parser.add_argument("--py-spy-rate", type=int, default=100, help="samples per second for --py-spy")
+    args = parser.parse_args()
+    result = measure(
+        seconds=args.seconds,
+        rounds=args.rounds,
+        connections=args.connections,
+        threads=args.threads,
+        py_spy=args.py_spy,
+        py_spy_rate=args.py_spy_rate,
+    )
     print_table(
         f"GET /oauth/callback vs bare endpoint and naive callback: 1 uvicorn worker each, "
         f"wrk -c{args.connections} -t{args.threads} -d{args.seconds}s x {args.rounds} rounds, "
         f"{STATES:,} distinct valid states",
-        rows,
+        result.rows,
     )
 
 

@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: RabbitMQ for the parts that compare brokers; each run gets a virtual host of its own on it
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 VENV_BIN = ROOT / ".venv" / "bin"
 
 
@@ -139,6 +141,29 @@ def redis_namespace(prefix: str = "sa-bench") -> Iterator[str]:
         client.close()
 
 
+@contextlib.contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host of this run's own on 127.0.0.1 (``rabbitmqctl``, as root), deleted
+    afterwards: its queues cannot meet another run's. Yields the broker URL."""
+    name = f"sa-bench-{uuid.uuid4().hex[:8]}"
+    import shutil
+
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise BenchError("rabbitmqctl is not installed")
+
+    def call(*args: str) -> None:
+        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    call("add_vhost", name)
+    try:
+        user = AMQP_URL.split("://", 1)[1].split(":", 1)[0] if "@" in AMQP_URL else "guest"
+        call("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        yield f"{AMQP_URL.rstrip('/')}/{name}"
+    finally:
+        call("delete_vhost", name)
+
+
 def redis_client() -> Any:
     import redis
 
@@ -148,13 +173,13 @@ def redis_client() -> Any:
 @contextlib.contextmanager
 def fake_platform(delay: float = 0.0) -> Iterator[Any]:
     """The fake platform server (every module installed) on loopback, answering after ``delay``."""
-    from tests.conftest import _platform_modules
     from tests.fakeplatform import FakePlatformServer
+    from tests.support import platform_modules
 
     server = FakePlatformServer()
     # the default listen backlog (5) drops SYNs when 16 worker threads connect at once
     server._httpd.socket.listen(128)
-    for module in _platform_modules():
+    for module in platform_modules():
         module.install(server)
     server.delay = delay
     server.start()
@@ -165,7 +190,7 @@ def fake_platform(delay: float = 0.0) -> Iterator[Any]:
 
 
 def fake_env(server: Any) -> dict[str, str]:
-    from tests.conftest import fake_env as env
+    from tests.support import fake_env as env
 
     return env(server)
 
@@ -391,6 +416,8 @@ def worker_env(fake: Any, db_url: str, namespace: str) -> dict[str, str]:
         "ALLOW_PRIVATE_NETWORK": "1",
         "PUBLIC_URL": "http://127.0.0.1:8000",
         "LOG_LEVEL": "WARNING",
+        # no fixed port: two runs at once must not collide (the workers' metrics exposition is off)
+        "WORKER_METRICS_PORT": "0",
     }
 
 

@@ -22,7 +22,8 @@ exchange, ``users/me``) through a plain ``httpx.Client``, nothing else. Goal: ou
 connects per second.
 
 Checks: every attempt ``connected``, none failed, each with exactly one account, N distinct
-accounts, exactly one code exchange per attempt. Goal: >= 0.75x the ideal.
+accounts, exactly one code exchange per attempt, exactly ``CALLS_PER_CONNECT`` platform calls
+each (the design's count). The ratio to the ideal is printed for comparison with older runs.
 
 Why 2,000 by default: the rate in steady flow is what the goal is about. 500 connects last
 under 2 s, where the consumers' first poll after an idle spell (up to ``IDLE_POLL_MS``) and
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -143,15 +145,38 @@ def outcome(engine: Any) -> Counter[str]:
     return Counter({str(status): int(count) for status, count in rows})
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--connects", type=int, default=2000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
-    args = parser.parse_args()
-    concurrency = args.processes * args.threads
+#: platform calls one connect makes, from the design (docs/design.md, "One connect, end to end"):
+#: the code exchange and the profile. The ideal and the checks use this constant, never what a
+#: run observed, so an extra call per connect shows up as a missed check.
+CALLS_PER_CONNECT = 2
+TOKEN_PATH = "/twitter/2/oauth2/token"
+
+
+@dataclass
+class PipelineResult:
+    """One run's figures: ours, the bare worker's (when run), and the correctness counts."""
+
+    n: int
+    rate: float
+    ideal: float
+    calls: int
+    exchanges: int
+    connected: int
+    failed: int
+    clean: bool
+    bare: BareResult | None
+    rows: list[Row]
+
+    @property
+    def correct(self) -> bool:
+        return self.clean and self.exchanges == self.n and self.calls == self.n * CALLS_PER_CONNECT
+
+
+def measure(
+    connects: int, *, processes: int = 2, threads: int = 8, timeout: float = 300.0, bare: bool = True
+) -> PipelineResult:
+    """``connects`` callbacks through our workers, then (``bare``) as many through the bare worker."""
+    concurrency = processes * threads
 
     import sqlalchemy as sa
 
@@ -173,10 +198,10 @@ def run() -> None:
             fake.delay = DELAY
             capacity = fake_capacity(fake, concurrency)
             fake.delay = 0.0
-            attempts = prepare(settings, engine, ring, args.connects)
+            attempts = prepare(settings, engine, ring, connects)
             log = Path(tmp) / "workers.log"
-            with process(worker_command(args.processes, args.threads), env, log) as workers:
-                wait_for_workers(namespace, args.processes, workers, log)
+            with process(worker_command(processes, threads), env, log) as workers:
+                wait_for_workers(namespace, processes, workers, log)
                 fake.delay = DELAY
                 fake.reset_log()
                 commits_before = db_commits(engine)
@@ -201,8 +226,8 @@ def run() -> None:
                     counts = outcome(engine)
                     if counts["pending"] == 0:
                         break
-                    if time.monotonic() - started > args.timeout:
-                        raise BenchError(f"still pending after {args.timeout:.0f}s: {dict(counts)}\n{tail(log)}")
+                    if time.monotonic() - started > timeout:
+                        raise BenchError(f"still pending after {timeout:.0f}s: {dict(counts)}\n{tail(log)}")
                     if workers.poll() is not None:
                         raise BenchError(f"the workers died:\n{tail(log)}")
                     time.sleep(POLL_SECONDS)
@@ -226,33 +251,33 @@ def run() -> None:
                 reused = conn.execute(
                     sa.text("SELECT count(*) FROM social_oauth_states WHERE history::text LIKE '%state_reused%'")
                 ).scalar_one()
-            bare: BareResult | None = None
-            if not args.no_bare:
+            bare_result: BareResult | None = None
+            if bare:
                 fake.delay = 0.0
-                bare_calls = bare_connect_calls(settings, args.connects)
+                bare_calls = bare_connect_calls(settings, connects)
                 fake.delay = DELAY
-                bare = run_bare(
+                bare_result = run_bare(
                     fake,
                     env,
                     namespace,
                     "connect",
                     bare_calls,
-                    processes=args.processes,
-                    threads=args.threads,
+                    processes=processes,
+                    threads=threads,
                     workdir=Path(tmp),
-                    timeout=args.timeout,
+                    timeout=timeout,
                 )
         finally:
             broker.close()
             engine.dispose()
 
-    n = args.connects
+    n = connects
     total_calls = sum(calls.values())
     per_connect = total_calls / n
-    ideal = concurrency / (per_connect * DELAY)
+    ideal = concurrency / (CALLS_PER_CONNECT * DELAY)
     rate = n / elapsed
-    exchanges = calls.get("/twitter/2/oauth2/token", 0)
-    clean = counts["connected"] == n and counts["failed"] == 0 and per_attempt == n and accounts == n
+    exchanges = calls.get(TOKEN_PATH, 0)
+    clean = counts["connected"] == n and counts["failed"] == 0 and per_attempt == n and accounts == n and reused == 0
     rows = [
         Row("connects", f"{n}"),
         Row("platform calls per connect", f"{per_connect:.2f}  ({', '.join(f'{p} {c}' for p, c in calls.items())})"),
@@ -260,24 +285,44 @@ def run() -> None:
         Row("enqueue time", f"{enqueued * 1000:.0f} ms"),
         Row("first enqueue -> all connected", f"{elapsed:.2f} s"),
         Row("connects/s", f"{rate:.1f}"),
-        Row("ideal connects/s", f"{ideal:.1f}  (= {concurrency} / ({per_connect:.2f} x {DELAY * 1000:.0f} ms))"),
+        Row(
+            "ideal connects/s",
+            f"{ideal:.1f}  (= {concurrency} / ({CALLS_PER_CONNECT} calls x {DELAY * 1000:.0f} ms), by design)",
+        ),
+        Row("platform calls", f"{total_calls}", f"== {n * CALLS_PER_CONNECT}", total_calls == n * CALLS_PER_CONNECT),
         Row(
             "worker CPU per connect", f"{worker_cpu / n * 1000:.1f} ms (2 procs: {worker_cpu / elapsed:.2f} cores busy)"
         ),
         Row("fake+bench CPU per connect", f"{own_cpu / n * 1000:.1f} ms"),
         Row("DB transactions per connect", f"{commits / n:.1f}  (a read in autocommit counts as one)"),
         Row("load average (1 min)", f"{load:.1f} on {os.cpu_count()} cores"),
-        Row("ratio to ideal", f"{rate / ideal:.2f}x", ">= 0.75x", rate / ideal >= 0.75),
+        Row("ratio to ideal (informational)", f"{rate / ideal:.2f}x"),
         Row("connected / failed", f"{counts['connected']} / {counts['failed']}", f"{n} / 0", clean),
         Row("code exchanges", f"{exchanges}", f"{n}", exchanges == n),
         Row("accounts / replays", f"{accounts} / {reused}", f"{n} / 0", accounts == n and reused == 0),
     ]
-    if bare is not None:
-        rows += bare_rows(bare, rate, "connect", "connects")
+    if bare_result is not None:
+        rows += bare_rows(bare_result, rate, "connect", "connects")
+    return PipelineResult(
+        n, rate, ideal, total_calls, exchanges, counts["connected"], counts["failed"], clean, bare_result, rows
+    )
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connects", type=int, default=2000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up after this many seconds")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
+    args = parser.parse_args()
+    result = measure(
+        args.connects, processes=args.processes, threads=args.threads, timeout=args.timeout, bare=not args.no_bare
+    )
     print_table(
         f"connect pipeline: {args.processes} worker processes x {args.threads} threads, "
-        f"fake platform answering after {DELAY * 1000:.0f} ms, {n} {PLATFORM} connects",
-        rows,
+        f"fake platform answering after {DELAY * 1000:.0f} ms, {args.connects} {PLATFORM} connects",
+        result.rows,
     )
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,11 @@ TOKEN_PATH = "/twitter/2/oauth2/token"
 EXPIRES_IN = 120
 
 
-def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
-    """N due twitter accounts whose tokens are live grants on the fake (rotating refresh tokens)."""
+def seed(fake: Any, engine: Any, ring: Any, n: int, *, expires_in: int = EXPIRES_IN, first: int = 0) -> list[str]:
+    """N twitter accounts whose tokens are live grants on the fake (rotating refresh tokens);
+    their ids. With the default ``expires_in`` every one is due now; with a long one (at most the
+    fake's access lifetime) none is. ``first`` numbers them after an earlier seed of the same fake.
+    """
     from sqlalchemy.orm import Session
 
     from models.repository import upsert_account
@@ -74,18 +78,20 @@ def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
 
     grants = fake.grants
     now = datetime.now(UTC)
-    issued = now - timedelta(seconds=ACCESS_LIFETIME - EXPIRES_IN)
+    issued = now - timedelta(seconds=ACCESS_LIFETIME - expires_in)
+    due = expires_in <= EXPIRES_IN
+    ids: list[str] = []
     chunk = 500
-    for start in range(0, n, chunk):
+    for start in range(first, first + n, chunk):
         with Session(engine) as session, session.begin():
-            for i in range(start, min(start + chunk, n)):
+            for i in range(start, min(start + chunk, first + n)):
                 grant = Grant(f"g_bench_{i}", CLIENT_ID, "alice", sorted(SCOPES))
                 with grants.lock:
                     grants.grants[grant.grant_id] = grant
                 tokens = TokenSet(
-                    access_token=grants.new_access(grant, EXPIRES_IN, prefix="tw_at_"),
+                    access_token=grants.new_access(grant, expires_in, prefix="tw_at_"),
                     refresh_token=grants.new_refresh(grant, prefix="tw_rt_"),
-                    expires_at=now + timedelta(seconds=EXPIRES_IN),
+                    expires_at=now + timedelta(seconds=expires_in),
                     scopes=tuple(sorted(SCOPES)),
                     metadata={"issued_at": issued.isoformat()},
                 )
@@ -97,16 +103,18 @@ def seed(fake: Any, engine: Any, ring: Any, n: int) -> None:
                     tokens=tokens,
                     refresh_model="rotate",
                 )
-                upsert_account(
+                account_id, _ = upsert_account(
                     session,
                     ring,
                     site_id=f"bench-site-{i % 100}",
                     platform=PLATFORM,
                     user_id="bench-user",
                     profile=profile,
-                    next_refresh_at=now - timedelta(seconds=1),
+                    next_refresh_at=now - timedelta(seconds=1) if due else now + timedelta(seconds=expires_in // 2),
                     now=now,
                 )
+                ids.append(account_id)
+    return ids
 
 
 def bare_refresh_calls(fake: Any, n: int) -> list[dict[str, Any]]:
@@ -132,16 +140,43 @@ def events(engine: Any) -> Counter[str]:
     return Counter({str(kind): int(count) for kind, count in rows})
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--accounts", type=int, default=10_000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
-    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
-    args = parser.parse_args()
-    n = args.accounts
-    concurrency = args.processes * args.threads
+#: platform calls one refresh makes, from the design (docs/design.md, "One refresh, end to end"):
+#: the token call. The ideal and the checks use this constant, never what a run observed, so an
+#: extra call per refresh shows up as a missed check instead of lowering the ideal.
+CALLS_PER_REFRESH = 1
+
+
+@dataclass
+class RefreshResult:
+    """One run's figures: ours, the bare worker's (when run), and the correctness counts."""
+
+    n: int
+    rate: float
+    ideal: float
+    token_calls: int
+    other_calls: int
+    revoked: int
+    refreshed: int
+    failed: int
+    bare: BareResult | None
+    rows: list[Row]
+
+    @property
+    def correct(self) -> bool:
+        return (
+            self.token_calls == self.n * CALLS_PER_REFRESH
+            and self.other_calls == 0
+            and self.revoked == 0
+            and self.refreshed == self.n
+            and self.failed == 0
+        )
+
+
+def measure(
+    n: int, *, processes: int = 2, threads: int = 8, timeout: float = 900.0, bare: bool = True
+) -> RefreshResult:
+    """Refresh ``n`` due accounts with our workers, then (``bare``) ``n`` grants with the bare worker."""
+    concurrency = processes * threads
 
     import sqlalchemy as sa
 
@@ -162,8 +197,8 @@ def run() -> None:
             seed(fake, engine, ring, n)
             seeding = time.monotonic() - seeding
             log = Path(tmp) / "workers.log"
-            with process(worker_command(args.processes, args.threads), env, log) as workers:
-                wait_for_workers(namespace, args.processes, workers, log)
+            with process(worker_command(processes, threads), env, log) as workers:
+                wait_for_workers(namespace, processes, workers, log)
                 fake.delay = DELAY
                 capacity = fake_capacity(fake, concurrency)
                 fake.reset_log()
@@ -184,8 +219,8 @@ def run() -> None:
                         last_progress, last_done = time.monotonic(), done
                     if time.monotonic() - last_progress > 60:
                         raise BenchError(f"no progress for 60 s at {done}/{n}: {dict(counts)}\n{tail(log)}")
-                    if time.monotonic() - started > args.timeout:
-                        raise BenchError(f"only {done}/{n} refreshed after {args.timeout:.0f}s\n{tail(log)}")
+                    if time.monotonic() - started > timeout:
+                        raise BenchError(f"only {done}/{n} refreshed after {timeout:.0f}s\n{tail(log)}")
                     if workers.poll() is not None:
                         raise BenchError(f"the workers died:\n{tail(log)}")
                     time.sleep(POLL_SECONDS)
@@ -204,26 +239,27 @@ def run() -> None:
                     int(v) for (v,) in conn.execute(sa.text("SELECT token_version FROM social_accounts")).all()
                 )
                 statuses = Counter(str(s) for (s,) in conn.execute(sa.text("SELECT status FROM social_accounts")).all())
-            bare: BareResult | None = None
-            if not args.no_bare:
-                bare = run_bare(
+            bare_result: BareResult | None = None
+            if bare:
+                bare_result = run_bare(
                     fake,
                     env,
                     namespace,
                     "refresh",
                     bare_refresh_calls(fake, n),
-                    processes=args.processes,
-                    threads=args.threads,
+                    processes=processes,
+                    threads=threads,
                     workdir=Path(tmp),
-                    timeout=args.timeout,
+                    timeout=timeout,
                 )
         finally:
             broker.close()
             engine.dispose()
 
     token_calls = calls.get(TOKEN_PATH, 0)
+    other_calls = sum(calls.values()) - token_calls
     per_refresh = sum(calls.values()) / n
-    ideal = concurrency / (per_refresh * DELAY)
+    ideal = concurrency / (CALLS_PER_REFRESH * DELAY)
     rate = n / elapsed
     failures = counts["refresh_failed"]
     once = token_calls == n and revoked == 0 and counts["refreshed"] == n
@@ -234,24 +270,44 @@ def run() -> None:
         Row("fake capacity, 16 clients", f"{capacity:,.0f} req/s (ceiling {concurrency / DELAY:,.0f})"),
         Row("refresh_ahead -> all refreshed", f"{elapsed:.1f} s"),
         Row("refreshes/s", f"{rate:.1f}"),
-        Row("ideal refreshes/s", f"{ideal:.0f}  (= {concurrency} / ({per_refresh:.2f} x {DELAY * 1000:.0f} ms))"),
+        Row(
+            "ideal refreshes/s",
+            f"{ideal:.0f}  (= {concurrency} / ({CALLS_PER_REFRESH} call x {DELAY * 1000:.0f} ms), by design)",
+        ),
         Row("worker CPU per refresh", f"{worker_cpu / n * 1000:.1f} ms ({worker_cpu / elapsed:.2f} cores busy)"),
         Row("fake+bench CPU per refresh", f"{own_cpu / n * 1000:.1f} ms"),
         Row("DB commits per refresh", f"{commits / n:.1f}"),
         Row("load average (1 min)", f"{load:.1f} on {os.cpu_count()} cores"),
-        Row("ratio to ideal", f"{rate / ideal:.2f}x", ">= 0.75x", rate / ideal >= 0.75),
-        Row("token endpoint calls", f"{token_calls:,}", f"== {n:,}", token_calls == n),
+        Row("ratio to ideal (informational)", f"{rate / ideal:.2f}x"),
+        Row("token endpoint calls", f"{token_calls:,}", f"== {n * CALLS_PER_REFRESH:,}", token_calls == n),
+        Row("other platform calls", f"{other_calls:,}", "0", other_calls == 0),
         Row("grants revoked (reuse)", f"{revoked}", "0", revoked == 0),
         Row("refreshed / failed events", f"{counts['refreshed']:,} / {failures}", f"{n:,} / 0", once and failures == 0),
         Row("token_version histogram", ", ".join(f"v{v}: {c}" for v, c in sorted(versions.items()))),
         Row("account statuses", ", ".join(f"{s}: {c}" for s, c in sorted(statuses.items()))),
     ]
-    if bare is not None:
-        rows += bare_rows(bare, rate, "refresh", "refreshes")
+    if bare_result is not None:
+        rows += bare_rows(bare_result, rate, "refresh", "refreshes")
+    return RefreshResult(
+        n, rate, ideal, token_calls, other_calls, revoked, counts["refreshed"], failures, bare_result, rows
+    )
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare Dramatiq worker reference")
+    args = parser.parse_args()
+    result = measure(
+        args.accounts, processes=args.processes, threads=args.threads, timeout=args.timeout, bare=not args.no_bare
+    )
     print_table(
         f"refresh throughput: {args.processes} worker processes x {args.threads} threads, "
-        f"fake platform answering after {DELAY * 1000:.0f} ms, {n:,} due {PLATFORM} accounts",
-        rows,
+        f"fake platform answering after {DELAY * 1000:.0f} ms, {args.accounts:,} due {PLATFORM} accounts",
+        result.rows,
     )
 
 

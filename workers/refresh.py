@@ -81,6 +81,9 @@ class RefreshResult:
     outcome: str
     tokens: TokenSet | None = None
     status: str | None = None
+    #: set when the outcome was decided from one read (fresh, nothing_to_do): lets the token API
+    #: hand the token out without reading the account again
+    platform: str | None = None
 
 
 def _load(rt: Runtime, account_id: str) -> AccountSnapshot | None:
@@ -120,27 +123,35 @@ def _patiently(account_id: str, attempt: Callable[[], T]) -> T:
     )
 
 
+def _misplaced(refresh_model: str, tokens: TokenSet, current: datetime | None, margin: timedelta) -> bool:
+    """Whether ``current`` (``next_refresh_at``) lies outside the window it would be picked from
+    (the lead time, minus at most its jitter), or is set for a token that never needs a refresh."""
+    if refresh_model == "none" or tokens.expires_at is None:
+        return current is not None
+    lead = lead_time(tokens, margin)
+    latest = tokens.expires_at - lead
+    earliest = latest - timedelta(seconds=min(lead.total_seconds() * 0.1, 300.0)) - timedelta(seconds=1)
+    return current is None or not earliest <= current <= latest
+
+
 def _reschedule(rt: Runtime, account: AccountSnapshot, margin: timedelta) -> None:
     """Put back a refresh time that no longer fits the token (a scheduler lease pushed it, or it is gone).
 
-    Only a time outside the window ``next_refresh_at`` itself would pick (the lead time, minus at
-    most its jitter) is rewritten, so the token API and other not-due calls write nothing.
+    Only a time outside the window ``next_refresh_at`` itself would pick is rewritten, and the
+    snapshot already read decides whether to look at all: the token API and other not-due calls
+    open no transaction and write nothing.
     """
+    if not _misplaced(account.refresh_model, account.tokens, account.next_refresh_at, margin):
+        return
     now = rt.clock()
     with Session(rt.engine) as session, session.begin():
         row = load_account(session, rt.ring, account.id)
-        if row is None:
+        if row is None or not _misplaced(row.refresh_model, row.tokens, row.row.next_refresh_at, margin):
             return
-        current = row.row.next_refresh_at
         if row.refresh_model == "none" or row.tokens.expires_at is None:
-            if current is not None:
-                row.row.next_refresh_at = None
-            return
-        lead = lead_time(row.tokens, margin)
-        latest = row.tokens.expires_at - lead
-        earliest = latest - timedelta(seconds=min(lead.total_seconds() * 0.1, 300.0)) - timedelta(seconds=1)
-        if current is None or not earliest <= current <= latest:
-            row.row.next_refresh_at = next_refresh_at(row.tokens, lead, now)
+            row.row.next_refresh_at = None
+        else:
+            row.row.next_refresh_at = next_refresh_at(row.tokens, lead_time(row.tokens, margin), now)
 
 
 def refresh_now(
@@ -230,11 +241,11 @@ def _settled(
     margin = adapter_for(rt, account.platform).refresh_margin
     if account.refresh_model == "none":
         _reschedule(rt, account, margin)
-        return RefreshResult("nothing_to_do", account.tokens, account.status)
+        return RefreshResult("nothing_to_do", account.tokens, account.status, account.platform)
     forced = force and not issued_since(account.tokens, requested_at)
     if not forced and not is_due(account.tokens, margin, rt.clock()):
         _reschedule(rt, account, margin)
-        return RefreshResult("fresh", account.tokens, account.status)
+        return RefreshResult("fresh", account.tokens, account.status, account.platform)
     return None
 
 
