@@ -22,6 +22,7 @@ from social_accounts.errors import (
     PlatformNotConfigured,
     RateLimited,
     RequestMaybeSent,
+    TokenBound,
     Transient,
     UnknownPlatform,
 )
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.unit
         (UnknownPlatform("no such platform"), 400, "unknown_platform"),
         (InputError("bad", code="return_to_invalid"), 400, "return_to_invalid"),
         (NeedsReconnect("invalid_grant"), 409, "needs_reconnect"),
+        (TokenBound("bluesky"), 409, "token_bound"),
         (InstanceUnreachable("not mastodon"), 502, "instance_unreachable"),
         (Permanent("odd answer"), 502, "platform_error"),
         (Transient("503"), 503, "transient"),

@@ -7,7 +7,8 @@ banner, and the callback answers people with the same status in plain text. The 
 what an error allows (``social_accounts.errors``): a final refusal of the caller's input is a
 ``400``, a grant the user must renew a ``409``, anything that may work later a ``503`` (with
 ``Retry-After`` when someone said when; a platform request for another module refused by a
-cooldown is its own ``429``), a platform that answered oddly a ``502``.
+cooldown is its own ``429``), a platform that answered oddly a ``502``. A token that only our
+key can use (DPoP) is a ``409 token_bound``: the caller makes a platform request instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from social_accounts.errors import (
     PlatformError,
     PlatformNotConfigured,
     SocialAccountsError,
+    TokenBound,
 )
 from web_callback.health import BROKER_ERRORS
 
@@ -64,6 +66,8 @@ def answer_for(exc: BaseException) -> Answer | None:
         return Answer(400, exc.code, str(exc), extra)
     if isinstance(exc, NeedsReconnect):
         return Answer(409, "needs_reconnect", f"the account must be connected again: {exc.message}")
+    if isinstance(exc, TokenBound):  # the token is useless without our key: use /request
+        return Answer(409, "token_bound", str(exc))
     if isinstance(exc, CoolingDown):  # another module's platform request: its own 429, nothing sent
         return Answer(
             429, "cooling_down", "the platform asked us to wait; no request was made", retry_after=exc.seconds

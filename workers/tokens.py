@@ -7,6 +7,11 @@ is handed out while it is still valid for 30 s, or a quarter of its lifetime whe
 (``workers.lifetimes``), so a 5-second token refreshed a moment ago is handed out too. An
 account that needs the user to reconnect raises ``NeedsReconnect`` (the API answers 409 with the
 reason) instead of handing out a dead token.
+
+A DPoP-bound token (a Bluesky OAuth session, RFC 9449) is never handed out: it is useless
+without the session's key, which never leaves the service. ``TokenBound`` (the API's ``409
+token_bound``) sends the caller to ``workers.proxy.platform_request``, which signs each request
+with that key; the proxy shares :func:`valid_account` with this module.
 """
 
 from __future__ import annotations
@@ -16,15 +21,15 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from models.repository import load_account
-from social_accounts.errors import NeedsReconnect, NotNow, RateLimited, Transient
+from models.repository import LoadedAccount, load_account
+from social_accounts.errors import NeedsReconnect, NotNow, RateLimited, TokenBound, Transient
 from workers import runtime
 from workers.adapters import adapter_for
 from workers.lifetimes import handed_out
 from workers.refresh import refresh_now
 from workers.runtime import Runtime
 
-__all__ = ["AccountNotFound", "ValidToken", "get_valid_token"]
+__all__ = ["AccountNotFound", "TokenBound", "ValidToken", "get_valid_token", "valid_account"]
 
 #: how long a caller waits for another process's refresh of the same account
 LOCK_WAIT_SECONDS = 20.0
@@ -49,10 +54,21 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
     Raises:
       AccountNotFound: no such account.
       NeedsReconnect: the account is expired or disconnected; the user must connect it again.
+      TokenBound: the token is DPoP-bound to the service's key: use ``platform_request``.
       Transient / RateLimited / NotNow: the platform could not renew a token that is about to
         expire (a due token still valid for a while is returned as it is); try later.
     """
-    rt = rt or runtime.current()
+    account = valid_account(account_id, rt=rt or runtime.current())
+    if account.tokens.dpop_key:
+        raise TokenBound(account.platform)
+    return ValidToken(account.tokens.access_token, account.tokens.expires_at)
+
+
+def valid_account(account_id: str, *, rt: Runtime) -> LoadedAccount:
+    """The account with a token valid now, refreshed first (under the lock) when it is due.
+
+    Raises as :func:`get_valid_token` does, except ``TokenBound``.
+    """
     failure: Exception | None = None
     try:
         result = refresh_now(rt, account_id, reason="token requested", wait_seconds=LOCK_WAIT_SECONDS)
@@ -71,10 +87,9 @@ def get_valid_token(account_id: str, *, rt: Runtime | None = None) -> ValidToken
         raise NeedsReconnect("the account is disconnected", platform=account.platform)
     if account.status == "expired":
         raise NeedsReconnect(account.row.last_error or "the account needs reconnecting", platform=account.platform)
-    expires = account.tokens.expires_at
     margin = adapter_for(rt, account.platform).refresh_margin
     if not handed_out(account.tokens, margin, rt.clock()):
         if failure is not None:
             raise failure
         raise Transient("the token is due and could not be renewed yet", platform=account.platform)
-    return ValidToken(account.tokens.access_token, expires)
+    return account
