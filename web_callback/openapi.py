@@ -82,6 +82,10 @@ OPERATIONS: tuple[Operation, ...] = (
         "Start connecting an account: a redirect URL, or (Bluesky with an app password) a login",
         {201: ConnectStarted, 202: LoginStarted},
         errors=(400, 422, 502, 503),
+        notes={
+            400: "Refused input: unknown or unconfigured platform, unsafe address, or (Bluesky sign-in) "
+            "a handle that resolves to no account (`login_failed`)"
+        },
         body=(ConnectBody, BlueskyConnectBody),
     ),
     Operation("GET", "/v1/attempts/{attempt_id}", "How a connect attempt ended", {200: AttemptView}, errors=(404,)),
