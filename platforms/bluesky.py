@@ -245,25 +245,31 @@ class BlueskyAdapter(PlatformAdapter):
         self.guard.check_url(url)
 
     def authorize_request(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
-        """An app-password session's access JWT as a Bearer token.
-
-        AT Protocol OAuth sessions are DPoP-bound (https://atproto.com/specs/oauth): their
-        implementation overrides this hook to send ``Authorization: DPoP <token>`` with a
-        ``DPoP`` proof signed for this method and URL, and :meth:`retry_authorization` to
-        answer a ``use_dpop_nonce`` refusal once with the server's fresh ``DPoP-Nonce``.
-        Until then a session whose scopes are known and are not an app password's is refused
-        here, before anything is sent (a Bearer header would only earn a pointless refresh).
+        """An OAuth session: ``Authorization: DPoP <token>`` with a proof signed for this method
+        and URL (``ath``, the PDS's nonce), as every call of ours (https://atproto.com/specs/oauth).
+        An app-password session: its access JWT as a Bearer token. A session that is neither (its
+        scopes are known and are not an app password's) is refused before anything is sent.
         """
+        if is_oauth(tokens):
+            return self.oauth.authorize(request, tokens)
         if tokens.scopes and not set(tokens.scopes) & APP_PASSWORD_SCOPES:
-            raise Permanent("requests for a Bluesky OAuth (DPoP) session are not supported yet", platform=self.platform)
+            raise Permanent("this Bluesky session is neither an app password's nor OAuth's", platform=self.platform)
         return super().authorize_request(request, tokens)
+
+    def retry_authorization(
+        self, request: httpx.Request, response: httpx.Response, tokens: TokenSet
+    ) -> httpx.Request | None:
+        """An OAuth session: the PDS's ``DPoP-Nonce`` is kept, and a ``use_dpop_nonce`` refusal
+        is answered once with a proof carrying the new nonce (RFC 9449, section 9)."""
+        return self.oauth.authorize_again(request, response, tokens) if is_oauth(tokens) else None
 
     def read_failure(self, response: httpx.Response) -> PlatformError | None:
         return self.classify(response, "api")
 
     def token_rejected(self, response: httpx.Response) -> bool:
-        """``ExpiredToken``/``InvalidToken`` (a PDS answers 400, not 401) or a 401."""
-        return isinstance(self.classify(response, "api"), AccessTokenExpired)
+        """``ExpiredToken``/``InvalidToken`` (a PDS answers 400, not 401) or a 401; a DPoP nonce
+        demand is not (a new token would not help)."""
+        return not dpop.wants_nonce(response) and isinstance(self.classify(response, "api"), AccessTokenExpired)
 
     @staticmethod
     def _retry_after(response: httpx.Response) -> float:

@@ -419,19 +419,36 @@ class BlueskyOAuth:
 
     def pds_send(self, method: str, url: str, tokens: TokenSet, classify: Any, **kwargs: Any) -> httpx.Response:
         """A resource request with ``Authorization: DPoP <token>`` and a proof carrying ``ath``."""
-        if not tokens.dpop_key:
-            raise NeedsReconnect("no DPoP key is stored for this session", platform=_PLATFORM)
         return dpop.dpop_send(
             self.http,
             method,
             url,
-            dpop.import_key(tokens.dpop_key),
+            self._key(tokens),
             guard=self.guard,
             platform=_PLATFORM,
             classify=classify,
             access_token=tokens.access_token,
             nonces=self.nonces,
             **kwargs,
+        )
+
+    def _key(self, tokens: TokenSet) -> ECKey:
+        if not tokens.dpop_key:
+            raise NeedsReconnect("no DPoP key is stored for this session", platform=_PLATFORM)
+        return dpop.import_key(tokens.dpop_key)
+
+    def authorize(self, request: httpx.Request, tokens: TokenSet) -> httpx.Request:
+        """A request built elsewhere (``workers.proxy``), signed as :meth:`pds_send` signs: a
+        proof for its method and URL with ``ath`` and the PDS's latest nonce, and
+        ``Authorization: DPoP <token>``."""
+        return dpop.sign_request(request, self._key(tokens), access_token=tokens.access_token, nonces=self.nonces)
+
+    def authorize_again(
+        self, request: httpx.Request, response: httpx.Response, tokens: TokenSet
+    ) -> httpx.Request | None:
+        """The answer's nonce kept; a ``use_dpop_nonce`` refusal gives the request re-signed with it."""
+        return dpop.signed_again(
+            request, response, self._key(tokens), access_token=tokens.access_token, nonces=self.nonces
         )
 
 

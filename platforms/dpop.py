@@ -10,7 +10,9 @@ Nonces: a server may demand one (authorization server: ``400 {"error": "use_dpop
 resource server: ``401`` with ``WWW-Authenticate: DPoP error="use_dpop_nonce"``) and changes it
 from time to time. :func:`dpop_send` keeps the latest nonce per server origin (every answer's
 ``DPoP-Nonce`` header, success or not) and repeats a refused request exactly once with the new
-one, as RFC 9449 sections 8 and 9 describe.
+one, as RFC 9449 sections 8 and 9 describe. A sender that builds its own ``httpx.Request``
+(``workers.proxy``, through the Bluesky adapter's hooks) gets the same from :func:`sign_request`
+and :func:`signed_again`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ __all__ = [
     "import_key",
     "make_proof",
     "new_key",
+    "proof_headers",
+    "sign_request",
+    "signed_again",
+    "wants_nonce",
 ]
 
 
@@ -129,13 +135,54 @@ class _UseNonce(Permanent):
     """The server refused the proof for want of its current nonce (repeated once)."""
 
 
-def _wants_nonce(response: httpx.Response) -> bool:
+def wants_nonce(response: httpx.Response) -> bool:
+    """True when the answer refuses the proof for want of the server's current nonce."""
     if response.status_code not in (400, 401):
         return False
     if "use_dpop_nonce" in response.headers.get("www-authenticate", ""):
         return True
     error, _description = oauth_error(response)
     return error == "use_dpop_nonce"
+
+
+def proof_headers(
+    key: ECKey, method: str, url: str, *, access_token: str | None = None, nonces: NonceStore = NONCES
+) -> dict[str, str]:
+    """The ``DPoP`` proof for ``method url`` with the server's latest nonce, and
+    ``Authorization: DPoP <token>`` when ``access_token`` (the proof then carries its ``ath``)."""
+    headers = {"DPoP": make_proof(key, method, url, nonce=nonces.get(url), access_token=access_token)}
+    if access_token:
+        headers["Authorization"] = f"DPoP {access_token}"
+    return headers
+
+
+def sign_request(
+    request: httpx.Request, key: ECKey, *, access_token: str | None = None, nonces: NonceStore = NONCES
+) -> httpx.Request:
+    """``request`` with :func:`proof_headers` for its own method and URL (a fresh proof each time)."""
+    request.headers.update(
+        proof_headers(key, request.method, str(request.url), access_token=access_token, nonces=nonces)
+    )
+    return request
+
+
+def signed_again(
+    request: httpx.Request,
+    response: httpx.Response,
+    key: ECKey,
+    *,
+    access_token: str | None = None,
+    nonces: NonceStore = NONCES,
+) -> httpx.Request | None:
+    """After ``response`` to ``request``: keep its nonce; when it refused the proof for want of
+    one, a copy of ``request`` with a new proof carrying it (send that once), else None."""
+    nonces.put(str(request.url), response.headers.get("dpop-nonce"))
+    if not wants_nonce(response):
+        return None
+    again = httpx.Request(
+        request.method, request.url, headers=request.headers, content=request.content, extensions=request.extensions
+    )
+    return sign_request(again, key, access_token=access_token, nonces=nonces)
 
 
 def dpop_send(
@@ -160,15 +207,12 @@ def dpop_send(
 
     def watching(response: httpx.Response) -> PlatformError | None:
         nonces.put(url, response.headers.get("dpop-nonce"))
-        if _wants_nonce(response):
+        if wants_nonce(response):
             return _UseNonce("the server asks for a DPoP nonce", platform=platform, status=response.status_code)
         return classify(response) if classify is not None else None
 
     def once() -> httpx.Response:
-        extra = dict(headers or {})
-        extra["DPoP"] = make_proof(key, method, url, nonce=nonces.get(url), access_token=access_token)
-        if access_token:
-            extra["Authorization"] = f"DPoP {access_token}"
+        extra = {**(headers or {}), **proof_headers(key, method, url, access_token=access_token, nonces=nonces)}
         response = guarded_send(
             http, method, url, guard=guard, platform=platform, classify=watching, headers=extra, **kwargs
         )

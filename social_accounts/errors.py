@@ -9,6 +9,8 @@ Every layer catches at the level it can act on, the way httpx's tree works::
     ├── CryptoError                  a ciphertext cannot be read
     │   ├── UnknownKeyError          ... because its key id is not in TOKEN_KEYS
     │   └── DecryptError             ... because it was tampered with or moved to another row/column
+    ├── TokenBound                   the account's token works only with our DPoP key (HTTP 409):
+    │                                make a platform request instead of taking the token
     ├── InputError                   the caller sent something we refuse (HTTP 400/422); changes nothing
     │   ├── UnknownPlatform
     │   ├── PlatformNotConfigured    names the env vars that are missing
@@ -63,6 +65,7 @@ __all__ = [
     "RateLimited",
     "RequestMaybeSent",
     "SocialAccountsError",
+    "TokenBound",
     "Transient",
     "UnknownKeyError",
     "UnknownPlatform",
@@ -127,6 +130,19 @@ class UnknownKeyError(CryptoError):
 
 class DecryptError(CryptoError):
     """The ciphertext fails authentication (tampered, truncated, or bound to another row/column)."""
+
+
+class TokenBound(SocialAccountsError):
+    """The account's access token is bound to a key that never leaves the service (a Bluesky
+    OAuth session's DPoP key, RFC 9449): handed out, it would be refused by the platform. The
+    caller asks us to make the request instead (``workers.proxy.platform_request``)."""
+
+    def __init__(self, platform: str) -> None:
+        super().__init__(
+            f"the {platform} token is bound to the service's DPoP key and cannot be used elsewhere; "
+            "make the call through POST /v1/accounts/{id}/request (Python: workers.proxy.platform_request)"
+        )
+        self.platform = platform
 
 
 class InputError(SocialAccountsError):

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import httpx2
 import pytest
 import sqlalchemy as sa
@@ -497,6 +498,112 @@ def test_bluesky_connect_without_a_password_explains_and_writes_nothing(page: Pa
     assert answer.status_code == 422
     assert banner(answer.text) == ("error", "Enter an app password (not the account's main password).")
     assert page.attempts() == [] and page.all_queued() == []
+
+
+BSKY_DID = "did:plc:abcdefghijklmnopqrstuvwx"
+BSKY_PDS = "https://pds.example.com"
+
+
+def bluesky_network(pushed: list[httpx.Request]) -> httpx.Client:
+    """The network a Bluesky sign-in crosses, offline: the handle's ``/.well-known/atproto-did``,
+    the PLC directory's DID document, the PDS's OAuth metadata, and its PAR endpoint."""
+    doc = {
+        "id": BSKY_DID,
+        "alsoKnownAs": ["at://alice.example.com"],
+        "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": BSKY_PDS}],
+    }
+    metadata = {
+        "issuer": BSKY_PDS,
+        "authorization_endpoint": BSKY_PDS + "/oauth/authorize",
+        "token_endpoint": BSKY_PDS + "/oauth/token",
+        "pushed_authorization_request_endpoint": BSKY_PDS + "/oauth/par",
+    }
+
+    def par(request: httpx.Request) -> httpx.Response:
+        pushed.append(request)
+        return httpx.Response(201, json={"request_uri": "urn:ietf:params:oauth:request_uri:req-1", "expires_in": 299})
+
+    routes = {
+        "https://alice.example.com/.well-known/atproto-did": lambda r: httpx.Response(200, text=BSKY_DID),
+        f"https://plc.directory/{BSKY_DID}": lambda r: httpx.Response(200, json=doc),
+        BSKY_PDS + "/.well-known/oauth-protected-resource": lambda r: httpx.Response(
+            200, json={"authorization_servers": [BSKY_PDS]}
+        ),
+        BSKY_PDS + "/.well-known/oauth-authorization-server": lambda r: httpx.Response(200, json=metadata),
+        BSKY_PDS + "/oauth/par": par,
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = routes.get(str(request.url.copy_with(query=None)))
+        return route(request) if route else httpx.Response(400, json={"error": "InvalidRequest", "message": "nope"})
+
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+@contextlib.contextmanager
+def page_on(page: Page, http: httpx.Client) -> Iterator[TestClient]:
+    """The page's app on the page's database and broker, whose platform calls go to ``http``;
+    handles resolve by HTTPS only (no DNS in tests)."""
+    from workers.adapters import adapter_for
+    from workers.runtime import Runtime
+
+    lent = frozenset({"engine", "broker", "http"})
+    rt = Runtime(page.settings, _engine=page.engine, _broker=page.broker, _http=http, lent=lent)
+    adapter: Any = adapter_for(rt, "bluesky")
+    adapter.txt = lambda name: []
+    try:
+        with TestClient(create_app(runtime=rt), follow_redirects=False) as client:
+            page.login(client)
+            yield client
+    finally:
+        rt.close()
+
+
+@BOTH
+def test_sign_in_with_bluesky_starts_oauth_and_sends_the_browser_to_the_authorization_server(page: Page) -> None:
+    pushed: list[httpx.Request] = []
+    with bluesky_network(pushed) as http, page_on(page, http) as client:
+        csrf = field_value(client.get(PAGE).text, "csrf_token")
+        answer = client.post(
+            f"{PAGE}/connect/bluesky", data={"csrf_token": csrf, "method": "oauth", "handle": "@Alice.example.com"}
+        )
+    assert answer.status_code == 303, answer.text
+    location = urlsplit(answer.headers["location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == BSKY_PDS + "/oauth/authorize"
+    query = parse_qs(location.query)
+    assert query["request_uri"] == ["urn:ietf:params:oauth:request_uri:req-1"] and set(query) == {
+        "client_id",
+        "request_uri",
+    }
+    [attempt] = page.attempts()
+    assert (attempt.platform, attempt.site_id, attempt.user_id) == ("bluesky", SITE, "accounts-page")
+    assert attempt.instance == "alice.example.com" and attempt.return_to == f"http://127.0.0.1:8000{PAGE}"
+    assert attempt.dpop_key and BSKY_DID not in attempt.dpop_key  # the session (with its key) is encrypted
+    assert attempt.code_verifier and page.all_queued() == []  # nothing to do until the callback
+    [par] = pushed
+    form = parse_qs(par.content.decode())
+    assert form["login_hint"] == ["alice.example.com"] and form["code_challenge_method"] == ["S256"]
+    state = verify_state(form["state"][0], page.settings.state_secret or "")
+    assert (state.attempt_id, state.return_to) == (attempt.id, attempt.return_to)
+    assert par.headers["dpop"]
+
+
+@BOTH
+def test_sign_in_with_an_unknown_bluesky_handle_explains_and_writes_nothing(page: Page) -> None:
+    pushed: list[httpx.Request] = []
+    with bluesky_network(pushed) as http, page_on(page, http) as client:
+        csrf = field_value(client.get(PAGE).text, "csrf_token")
+        answer = client.post(
+            f"{PAGE}/connect/bluesky", data={"csrf_token": csrf, "method": "oauth", "handle": "nobody.example.com"}
+        )
+        malformed = client.post(
+            f"{PAGE}/connect/bluesky", data={"csrf_token": csrf, "method": "oauth", "handle": "not a handle"}
+        )
+    assert answer.status_code == 400  # the person's input, not a platform failure
+    assert banner(answer.text) == ("error", "The handle cannot be resolved")
+    assert malformed.status_code == 422
+    assert banner(malformed.text) == ("error", "Enter the Bluesky handle, for example alice.bsky.social.")
+    assert pushed == [] and page.attempts() == [] and page.all_queued() == []
 
 
 @BOTH

@@ -258,6 +258,79 @@ def test_a_resource_server_nonce_demand_is_retried_and_a_second_refusal_is_final
     assert all(c["auth"] == "DPoP AT" and c["ath"] == dpop.access_token_hash("AT") for c in calls)
 
 
+# ---- requests made for other modules (the adapter's hooks for workers.proxy) ---------------------
+
+
+def oauth_session(key: ECKey) -> Any:
+    from social_accounts.values import TokenSet
+
+    metadata = {"auth": "oauth", "did": DID, "pds_url": PDS, "issuer": ISSUER}
+    return TokenSet("AT", "RT", scopes=("atproto",), metadata=metadata, dpop_key=dpop.export_key(key))
+
+
+def test_a_proxied_request_of_an_oauth_session_carries_dpop_with_ath_and_the_pds_nonce() -> None:
+    key = dpop.new_key()
+    adapter, _ = offline({})
+    adapter.oauth.nonces.put(PDS, "n0")
+    request = adapter.http.build_request("POST", PDS + "/xrpc/com.atproto.repo.createRecord?x=1", json={"a": 1})
+
+    signed = adapter.authorize_request(request, oauth_session(key))
+
+    assert signed.headers["authorization"] == "DPoP AT"
+    claims = claims_of(signed.headers["dpop"], key)  # signed by the session's own key
+    assert (claims["htm"], claims["htu"]) == ("POST", PDS + "/xrpc/com.atproto.repo.createRecord")
+    assert claims["ath"] == dpop.access_token_hash("AT") and claims["nonce"] == "n0"
+
+
+def test_a_nonce_demand_costs_one_re_signed_retry_and_every_answer_s_nonce_is_kept() -> None:
+    key = dpop.new_key()
+    adapter, _ = offline({})
+    tokens = oauth_session(key)
+    request = adapter.authorize_request(
+        adapter.http.build_request("POST", PDS + "/xrpc/com.atproto.repo.createRecord", json={"a": 1}), tokens
+    )
+    demand = httpx.Response(
+        401,
+        headers={"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": "n1"},
+        json={"error": "use_dpop_nonce"},
+        request=request,
+    )
+
+    again = adapter.retry_authorization(request, demand, tokens)
+
+    assert again is not None and again is not request
+    assert (again.method, again.url, again.content) == (request.method, request.url, request.content)
+    retried = claims_of(again.headers["dpop"], key)
+    assert retried["nonce"] == "n1" and retried["jti"] != claims_of(request.headers["dpop"], key)["jti"]
+    assert again.headers["authorization"] == "DPoP AT" and retried["ath"] == dpop.access_token_hash("AT")
+    assert not adapter.token_rejected(demand)  # a new token would not help: no refresh for it
+
+    # a success needs no second try, but its nonce is the next request's
+    ok = httpx.Response(200, headers={"DPoP-Nonce": "n2"}, json={}, request=again)
+    assert adapter.retry_authorization(again, ok, tokens) is None
+    assert adapter.oauth.nonces.get(PDS) == "n2"
+    # an expired token is another matter: the proxy refreshes once for it
+    expired = httpx.Response(
+        401, headers={"WWW-Authenticate": 'DPoP error="invalid_token"'}, json={"error": "invalid_token"}
+    )
+    assert adapter.retry_authorization(again, expired, tokens) is None and adapter.token_rejected(expired)
+
+
+def test_an_app_password_session_stays_bearer_and_a_session_without_its_key_is_refused() -> None:
+    from social_accounts.values import TokenSet
+
+    adapter, _ = offline({})
+    app_password = TokenSet("jwt", "rt", scopes=("com.atproto.appPass",), metadata={"did": DID, "pds_url": PDS})
+    request = adapter.authorize_request(adapter.http.build_request("GET", PDS + "/xrpc/x"), app_password)
+    assert request.headers["authorization"] == "Bearer jwt" and "dpop" not in request.headers
+    demand = httpx.Response(401, headers={"WWW-Authenticate": 'DPoP error="use_dpop_nonce"'})
+    assert adapter.retry_authorization(request, demand, app_password) is None
+
+    keyless = oauth_session(dpop.new_key()).replace(dpop_key=None)
+    with pytest.raises(NeedsReconnect):
+        adapter.authorize_request(adapter.http.build_request("GET", PDS + "/xrpc/x"), keyless)
+
+
 # ---- discovery, exchange, refresh (offline) -----------------------------------------------------
 
 Route = Callable[[httpx.Request], httpx.Response]

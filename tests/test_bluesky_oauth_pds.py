@@ -165,3 +165,101 @@ def _adapter(rt: Any) -> Any:
     from workers.adapters import adapter_for
 
     return adapter_for(rt, "bluesky")
+
+
+# ---- platform requests for other modules, signed with the session's DPoP key -------------------
+
+
+def connect_by_oauth(bsky: Pipeline, pds: Any, browser: Any) -> tuple[str, Any]:
+    """A Bluesky account connected by OAuth through the API, the PDS's pages and our callback."""
+    person = pds.create_account(display_name="Proxied Person")
+    with api_client(bsky) as api:
+        started = api.post("/v1/connect/bluesky", json={"site_id": "site-1", "user_id": "u", "handle": person.handle})
+        assert started.status_code == 201, started.text
+        attempt_id, url = started.json()["attempt_id"], started.json()["authorization_url"]
+        query = sign_in(browser, url, bsky.settings.redirect_uri, person.handle, person.password)
+        assert api.get(f"/oauth/callback?{query}", follow_redirects=False).status_code == 200
+    row = bsky.wait_for(attempt_id)
+    assert row.status == "connected", row.history
+    [account_id] = row.account_ids
+    return account_id, person
+
+
+def expired_copy(access_token: str, secret: str) -> str:
+    """The same OAuth access token (same ``cnf.jkt``, audience, scope) with its ``exp`` passed,
+    signed as the PDS signs them (HS256 with its JWT secret)."""
+    import hashlib
+    import hmac
+    import json
+    import time
+
+    from social_accounts.signing import b64url_decode, b64url_encode
+
+    head, body, _signature = access_token.split(".")
+    claims = json.loads(b64url_decode(body))
+    claims.update(iat=int(time.time()) - 3600, exp=int(time.time()) - 60)
+    signing_input = head + "." + b64url_encode(json.dumps(claims).encode())
+    return (
+        signing_input + "." + b64url_encode(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
+    )
+
+
+def test_platform_requests_of_an_oauth_account_carry_dpop_and_survive_a_nonce_change_and_expiry(
+    bsky: Pipeline, pds: Any, chromium: Any
+) -> None:
+    from sqlalchemy.orm import Session
+
+    from models.tables import SocialAccount
+    from workers.proxy import platform_request
+    from workers.tokens import TokenBound, get_valid_token
+
+    account_id, person = connect_by_oauth(bsky, pds, chromium)
+    rt = runtime.current()
+    record = {"$type": "app.bsky.feed.post", "text": "posted by a module", "createdAt": "2026-01-01T00:00:00Z"}
+    create = {"repo": person.did, "collection": "app.bsky.feed.post", "record": record}
+    with api_client(bsky) as api:
+        # the token is useless without our key: never handed out, the caller is sent to /request
+        refused = api.post(f"/v1/accounts/{account_id}/token")
+        assert refused.status_code == 409 and refused.json()["error"] == "token_bound", refused.text
+        answer = api.post(
+            f"/v1/accounts/{account_id}/request",
+            json={"method": "POST", "path": "/xrpc/com.atproto.repo.createRecord", "body": create},
+        )
+        assert answer.status_code == 200 and answer.json()["status"] == 200, answer.text
+        uri = answer.json()["body"]["uri"]
+    assert uri.startswith(f"at://{person.did}/app.bsky.feed.post/")
+    with pytest.raises(TokenBound):
+        get_valid_token(account_id, rt=rt)
+
+    def sent(path: str) -> int:
+        return sum(1 for _at, _method, where in bsky.sent if where == path)
+
+    # the PDS rotated its nonce: one refusal, then the same POST (same body) with the new nonce
+    dpop.NONCES.put(pds.service_url, "a-nonce-the-pds-no-longer-accepts")
+    creates = sent("/xrpc/com.atproto.repo.createRecord")
+    again = platform_request(account_id, "POST", "/xrpc/com.atproto.repo.createRecord", json=create, rt=rt)
+    assert again.status == 200 and again.body["uri"] != uri, again.body
+    assert sent("/xrpc/com.atproto.repo.createRecord") - creates == 2
+    assert dpop.NONCES.get(pds.service_url) not in (None, "a-nonce-the-pds-no-longer-accepts")
+    creates = sent("/xrpc/com.atproto.repo.createRecord")  # the kept nonce is accepted at once
+    assert platform_request(account_id, "POST", "/xrpc/com.atproto.repo.createRecord", json=create, rt=rt).status == 200
+    assert sent("/xrpc/com.atproto.repo.createRecord") - creates == 1
+
+    # an expired access token (still bound to the key): one refresh at the token endpoint, one retry
+    stale = expired_copy(load(bsky, account_id).tokens.access_token, pds.jwt_secret)
+    with Session(bsky.engine) as session, session.begin():
+        stored = session.get(SocialAccount, account_id)
+        assert stored is not None
+        stored.access_token = bsky.ring.encrypt(
+            stale, table="social_accounts", column="access_token", row_id=account_id
+        )
+    grants, deletes = sent("/oauth/token"), sent("/xrpc/com.atproto.repo.deleteRecord")
+    where = {"repo": person.did, "collection": "app.bsky.feed.post", "rkey": uri.rsplit("/", 1)[1]}
+    deleted = platform_request(account_id, "POST", "/xrpc/com.atproto.repo.deleteRecord", json=where, rt=rt)
+    assert deleted.status == 200, deleted.body
+    assert (sent("/oauth/token") - grants, sent("/xrpc/com.atproto.repo.deleteRecord") - deletes) == (1, 2)
+    renewed = load(bsky, account_id).tokens
+    assert renewed.access_token != stale and renewed.dpop_key
+    assert [e.reason for e in events(bsky, account_id, "refreshed")] == ["platform request got 401"]
+    gone = platform_request(account_id, "GET", "/xrpc/com.atproto.repo.getRecord", params=where, rt=rt)
+    assert gone.status == 400 and gone.body["error"] == "RecordNotFound", gone.body

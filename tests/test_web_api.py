@@ -401,13 +401,15 @@ SECRET_ACCESS = "ACCESS-TOKEN-that-must-never-leave-0123456789"
 SECRET_REFRESH = "REFRESH-TOKEN-that-must-never-leave-0123456789"
 
 
-def make_account(api: Api, site_id: str = "site-1", account: str = "42") -> str:
+def make_account(
+    api: Api, site_id: str = "site-1", account: str = "42", *, platform: str = "twitter", **tokens: Any
+) -> str:
     profile = AccountProfile(
         platform_account_id=account,
         name="Alice",
         handle="alice",
         avatar_url=None,
-        tokens=TokenSet(SECRET_ACCESS, SECRET_REFRESH, datetime.now(UTC) + timedelta(hours=2)),
+        tokens=TokenSet(SECRET_ACCESS, SECRET_REFRESH, datetime.now(UTC) + timedelta(hours=2), **tokens),
         stats=Stats(followers=10),
         refresh_model="rotate",
     )
@@ -416,7 +418,7 @@ def make_account(api: Api, site_id: str = "site-1", account: str = "42") -> str:
             session,
             api.ring,
             site_id=site_id,
-            platform="twitter",
+            platform=platform,
             user_id="user-1",
             profile=profile,
             next_refresh_at=None,
@@ -494,6 +496,28 @@ def test_token_endpoint_answers_409_for_an_account_that_needs_reconnecting(api: 
     assert response.status_code == 409
     assert response.json()["error"] == "needs_reconnect"
     assert SECRET_ACCESS not in response.text
+
+
+@BOTH
+def test_a_dpop_bound_token_is_never_handed_out_the_caller_is_sent_to_request(api: Api, fake: Any) -> None:
+    from platforms import dpop
+    from workers.tokens import TokenBound, get_valid_token
+
+    metadata = {"auth": "oauth", "did": "did:plc:abcdefghijklmnopqrstuvwx", "pds_url": "https://pds.example"}
+    key = dpop.export_key(dpop.new_key())
+    bound = make_account(api, account="did:plc:x", platform="bluesky", metadata=metadata, dpop_key=key)
+    response = api.post(f"/v1/accounts/{bound}/token")
+    assert response.status_code == 409, response.text
+    assert response.json()["error"] == "token_bound"
+    assert "/v1/accounts/{id}/request" in response.json()["message"]
+    assert SECRET_ACCESS not in response.text and SECRET_REFRESH not in response.text and key not in response.text
+    with pytest.raises(TokenBound, match="platform_request") as raised:
+        get_valid_token(bound, rt=api.client.app.state.services)
+    assert SECRET_ACCESS not in str(raised.value)
+    # an app-password session (no DPoP key) of the same platform is handed out as before
+    app_password = make_account(api, account="did:plc:y", platform="bluesky", metadata=metadata)
+    assert api.post(f"/v1/accounts/{app_password}/token").json()["access_token"] == SECRET_ACCESS
+    assert fake.requests == []
 
 
 @BOTH

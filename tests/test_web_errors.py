@@ -13,15 +13,18 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from social_accounts.errors import (
+    AppPasswordRequired,
     ConfigError,
     InputError,
     InstanceUnreachable,
+    LoginFailed,
     NeedsReconnect,
     NotNow,
     Permanent,
     PlatformNotConfigured,
     RateLimited,
     RequestMaybeSent,
+    TokenBound,
     Transient,
     UnknownPlatform,
 )
@@ -37,6 +40,9 @@ pytestmark = pytest.mark.unit
         (UnknownPlatform("no such platform"), 400, "unknown_platform"),
         (InputError("bad", code="return_to_invalid"), 400, "return_to_invalid"),
         (NeedsReconnect("invalid_grant"), 409, "needs_reconnect"),
+        (TokenBound("bluesky"), 409, "token_bound"),
+        (LoginFailed("the handle cannot be resolved"), 400, "login_failed"),
+        (AppPasswordRequired("main password"), 400, "app_password_required"),
         (InstanceUnreachable("not mastodon"), 502, "instance_unreachable"),
         (Permanent("odd answer"), 502, "platform_error"),
         (Transient("503"), 503, "transient"),

@@ -159,7 +159,7 @@ _disconnect = _action("disconnect")
 
 def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, or what ``web_callback.errors``
-    says of its error (409 reconnect, 503 try later)."""
+    says of its error (409 reconnect or ``token_bound``, 503 try later)."""
     from workers.tokens import AccountNotFound, get_valid_token
 
     if not connecting.valid_id(account_id):

@@ -5,9 +5,11 @@ sentence. The ``/v1`` API gets it as Starlette exception handlers (:data:`EXCEPT
 ``{"error": code, "message": sentence}``), the accounts page renders the same answer as a
 banner, and the callback answers people with the same status in plain text. The error tree says
 what an error allows (``social_accounts.errors``): a final refusal of the caller's input is a
-``400``, a grant the user must renew a ``409``, anything that may work later a ``503`` (with
-``Retry-After`` when someone said when; a platform request for another module refused by a
-cooldown is its own ``429``), a platform that answered oddly a ``502``.
+``400`` (so is a Bluesky handle that resolves to no account when a sign-in starts), a grant the
+user must renew a ``409``, anything that may work later a ``503`` (with ``Retry-After`` when
+someone said when; a platform request for another module refused by a cooldown is its own
+``429``), a platform that answered oddly a ``502``. A token that only our key can use (DPoP) is
+a ``409 token_bound``: the caller makes a platform request instead.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from social_accounts.errors import (
     CoolingDown,
     InputError,
     InstanceUnreachable,
+    LoginFailed,
     NeedsReconnect,
     PlatformError,
     PlatformNotConfigured,
     SocialAccountsError,
+    TokenBound,
 )
 from web_callback.health import BROKER_ERRORS
 
@@ -64,10 +68,14 @@ def answer_for(exc: BaseException) -> Answer | None:
         return Answer(400, exc.code, str(exc), extra)
     if isinstance(exc, NeedsReconnect):
         return Answer(409, "needs_reconnect", f"the account must be connected again: {exc.message}")
+    if isinstance(exc, TokenBound):  # the token is useless without our key: use /request
+        return Answer(409, "token_bound", str(exc))
     if isinstance(exc, CoolingDown):  # another module's platform request: its own 429, nothing sent
         return Answer(
             429, "cooling_down", "the platform asked us to wait; no request was made", retry_after=exc.seconds
         )
+    if isinstance(exc, LoginFailed):  # raised in a request only by a sign-in's start: the person's input
+        return Answer(400, exc.kind, exc.message)
     if isinstance(exc, InstanceUnreachable):
         return Answer(502, "instance_unreachable", f"the Mastodon instance cannot be used: {exc.message}")
     if isinstance(exc, SocialAccountsError) and exc.retryable:  # Transient, RateLimited, NotNow

@@ -60,7 +60,8 @@ class Operation:
     """One method on one path: its request body model(s), and its answers by status.
 
     ``answers`` maps a status to the model of its JSON body; the statuses in ``errors`` answer
-    :class:`~web_callback.schemas.ErrorBody`.
+    :class:`~web_callback.schemas.ErrorBody`, described by :data:`ERRORS` unless ``notes`` says
+    more for this operation.
     """
 
     method: str
@@ -70,6 +71,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     body: tuple[type[BaseModel], ...] = ()
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: dict[int, str] = field(default_factory=dict)
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -80,6 +82,10 @@ OPERATIONS: tuple[Operation, ...] = (
         "Start connecting an account: a redirect URL, or (Bluesky with an app password) a login",
         {201: ConnectStarted, 202: LoginStarted},
         errors=(400, 422, 502, 503),
+        notes={
+            400: "Refused input: unknown or unconfigured platform, unsafe address, or (Bluesky sign-in) "
+            "a handle that resolves to no account (`login_failed`)"
+        },
         body=(ConnectBody, BlueskyConnectBody),
     ),
     Operation("GET", "/v1/attempts/{attempt_id}", "How a connect attempt ended", {200: AttemptView}, errors=(404,)),
@@ -103,6 +109,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "A token valid now, refreshed first when it is due (never a dead one)",
         {200: TokenView},
         errors=(404, 409, 503),
+        notes={
+            409: "`needs_reconnect`: the account must be connected again by its user; or `token_bound`: "
+            "the token works only with the service's DPoP key (Bluesky OAuth), so it is never handed out: "
+            "make the call through `POST /v1/accounts/{account_id}/request`"
+        },
     ),
     Operation(
         "POST",
@@ -182,7 +193,8 @@ def _operation(
         for status, model in op.answers.items()
     }
     for status in sorted({401, *op.errors}):
-        responses[str(status)] = {"description": ERRORS[status], "content": _json(answer_ref[ErrorBody])}
+        described = op.notes.get(status, ERRORS[status])
+        responses[str(status)] = {"description": described, "content": _json(answer_ref[ErrorBody])}
     found: dict[str, Any] = {
         "summary": op.summary,
         "operationId": _operation_id(op),

@@ -8,7 +8,9 @@ tokens) sign each request with our key. So it asks us to make the call instead:
   instance, the Bluesky PDS...), checked by ``platforms.apipath`` and against the adapter's
   ``api_prefixes``: no request can leave the platform's API host or reach its token endpoints;
 * the adapter authenticates it (``authorize_request``: Bearer, Graph with ``appsecret_proof``,
-  the PDS session; the hook a DPoP implementation fills in);
+  the PDS session, or a Bluesky OAuth session's DPoP proof signed for this very request with
+  the key that never leaves the service; ``retry_authorization``: one more try with a DPoP
+  server's fresh nonce);
 * a cooldown or spent budget answers :class:`~social_accounts.errors.CoolingDown` before
   anything is sent; rate-limit signals in the answer (a 429, Meta's usage headers,
   ``remaining: 0``) feed the shared cooldowns as every worker's calls do;
@@ -54,7 +56,7 @@ from workers.ratelimits import wait_before_call
 from workers.refresh import INACTIVE, refresh_now
 from workers.runtime import Runtime
 from workers.status import record_failure
-from workers.tokens import LOCK_WAIT_SECONDS, AccountNotFound, get_valid_token
+from workers.tokens import LOCK_WAIT_SECONDS, AccountNotFound, valid_account
 
 __all__ = ["METHODS", "AccountNotFound", "PlatformAnswer", "platform_request"]
 
@@ -177,12 +179,12 @@ def _load(rt: Runtime, account_id: str) -> LoadedAccount:
 
 
 def _with_valid_token(rt: Runtime, account_id: str) -> LoadedAccount:
-    """The account with a token valid now, refreshed first (under the lock) when it is due."""
+    """The account with a token valid now, refreshed first (under the lock) when it is due
+    (DPoP-bound tokens too: the adapter signs with the key, which stays here)."""
     try:
-        get_valid_token(account_id, rt=rt)
+        return valid_account(account_id, rt=rt)
     except (NotNow, RateLimited) as exc:
         raise CoolingDown(exc.retry_after or 0.0, "the token could not be renewed yet") from None
-    return _load(rt, account_id)
 
 
 def _send(
