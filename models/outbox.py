@@ -53,6 +53,7 @@ __all__ = [
     "list_endpoints",
     "list_events",
     "load_delivery",
+    "last_cursor",
     "lost_deliveries",
     "set_next_attempt",
     "mark_failed",
@@ -593,3 +594,9 @@ def lost_deliveries(engine: Engine, *, now: datetime, limit: int = 1000) -> list
                 sa.update(DELIVERIES).where(DELIVERIES.c.id.in_(ids)).values(next_attempt_at=now + ENQUEUE_LEASE)
             )
     return ids
+
+
+def last_cursor(engine: Engine) -> int:
+    """The cursor of the newest published event (0 when none)."""
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(EVENTS.c.seq), 0))).scalar_one())

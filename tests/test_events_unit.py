@@ -48,7 +48,9 @@ def test_our_signature_verifies_with_the_standardwebhooks_package() -> None:
     headers = events.signed_headers([KEY], "msg_1", now, body)
     assert Webhook(SECRET).verify(body, headers) == json.loads(body)
     # byte for byte: the package's own signature of the same content is ours
-    assert Webhook(SECRET).sign("msg_1", datetime.fromtimestamp(now, UTC), body.decode()) == headers["webhook-signature"]
+    assert (
+        Webhook(SECRET).sign("msg_1", datetime.fromtimestamp(now, UTC), body.decode()) == headers["webhook-signature"]
+    )
 
 
 def test_a_tampered_body_or_another_secret_does_not_verify() -> None:

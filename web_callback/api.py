@@ -166,9 +166,36 @@ async def account_token(request: Request) -> Response:
     return await run_in_threadpool(_valid_token, _services(request), request.path_params["account_id"])
 
 
+#: ``GET /v1/events``: default and largest page
+EVENTS_PAGE = 100
+EVENTS_PAGE_MAX = 1000
+
+
+def _query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Refused(400, "invalid_query", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def list_events(request: Request) -> Response:
+    """``GET /v1/events?after=<cursor>&limit=<n>``: published events in order, from the outbox
+    (``models.outbox``); ``next`` is the cursor to pass as ``after`` to continue (the same one
+    when nothing newer exists yet), so a module that was down catches up page by page."""
+    from models.outbox import list_events as read_events
+
+    after = _query_int(request, "after", 0, low=0, high=2**63 - 1)
+    limit = _query_int(request, "limit", EVENTS_PAGE, low=1, high=EVENTS_PAGE_MAX)
+    found = await run_in_threadpool(read_events, _services(request).engine, after=after, limit=limit)
+    return JSONResponse({"events": found, "next": found[-1]["cursor"] if found else str(after)})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/platforms", list_platforms, methods=["GET"]),
+        Route("/events", list_events, methods=["GET"]),
         Route("/connect/{platform}", connect, methods=["POST"]),
         Route("/attempts/{attempt_id}", get_attempt, methods=["GET"]),
         Route("/sites/{site_id}/accounts", site_accounts, methods=["GET"]),
