@@ -44,6 +44,8 @@ class Receiver:
     #: ``(status, delay seconds)`` for the next requests, in order; then 200 at once
     plan: list[tuple[int, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: requests that have arrived, answered or not yet (a delayed answer is still on its way)
+    arrived: int = 0
 
     def answer_next(self, *answers: tuple[int, float]) -> None:
         with self.lock:
@@ -67,14 +69,18 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with receiver.lock:
+                receiver.arrived += 1
                 status, delay = receiver.plan.pop(0) if receiver.plan else (200, 0.0)
             if delay:
                 time.sleep(delay)
             with receiver.lock:
                 receiver.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
-            self.send_response(status)
-            self.send_header("content-length", "0")
-            self.end_headers()
+            try:
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+            except OSError:  # the sender is gone (a worker killed while it waited)
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
             return
