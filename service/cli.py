@@ -727,8 +727,7 @@ def webhooks_redeliver(
     """Send every event since then again to every enabled endpoint (same webhook-id)."""
     from models import outbox
     from social_accounts.clock import utcnow
-    from workers import messages
-    from workers.bulk import enqueue_calls
+    from workers.events import enqueue_deliveries
     from workers.runtime import Runtime
 
     settings = _settings()
@@ -737,7 +736,7 @@ def webhooks_redeliver(
     rt = Runtime(settings=settings, _engine=engine)
     try:
         ids = outbox.redeliver(engine, since=start, urls=settings.webhook_url_list, now=utcnow())
-        enqueue_calls(rt.broker, messages.QUEUE_WEBHOOKS, messages.DELIVER_WEBHOOK, [{"delivery_id": i} for i in ids])
+        enqueue_deliveries(rt.broker, ids)
     finally:
         rt.close()
     _line("ok", f"{len(ids)} deliveries enqueued (events since {start.isoformat()})")

@@ -4,7 +4,7 @@ and a real HTTP receiver on loopback that checks every signature with ``standard
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -187,3 +187,46 @@ def test_a_compressed_outage_is_one_error_and_one_recovery_and_a_blip_sends_noth
     wait_until(lambda: all_settled(pipe), what="every delivery")
     assert types_for(receiver, down) == ["account.connected", "account.status_changed", "account.recovered"]
     assert types_for(receiver, blip) == ["account.connected"]
+
+
+def test_an_endpoint_failing_for_a_day_shows_in_doctor_metrics_and_the_page(
+    hooked: Pipeline, receiver: Receiver
+) -> None:
+    from service.doctor import Check, check_webhooks
+
+    receiver.answer_next(*[(500, 0.0)] * (FAST_WEBHOOKS.max_transient + 1))
+    [account_id] = connect(hooked, "twitter")
+    wait_until(lambda: [r.status for r in deliveries(hooked)] == ["failed"], what="the retries spent")
+    assert [r.status for r in receiver.all()] == [500] * (FAST_WEBHOOKS.max_transient + 1)
+    fresh: list[Check] = []
+    check_webhooks(hooked.settings, hooked.engine, fresh)
+    assert [c.status for c in fresh] == ["ok"]  # failing, but not for a day yet
+
+    with hooked.engine.begin() as conn:  # a day of failures
+        conn.execute(sa.update(ENDPOINTS).values(failing_since=datetime.now(UTC) - timedelta(days=1, minutes=1)))
+    out: list[Check] = []
+    check_webhooks(hooked.settings, hooked.engine, out)
+    [check] = out
+    assert check.status == "warn" and "1 failing" in check.detail
+    assert any("127.0.0.1" in item for item in check.items)
+    host = receiver.url.split("/")[2]
+    with api_client(hooked) as api:
+        metrics = api.get("/metrics").text
+    assert f'social_accounts_webhook_endpoints_failing{{endpoint="{host}"}} 1.0' in metrics
+
+    # the page: the failing endpoint on top, the account's last events on its card
+    from web_callback.pages import _page_context
+
+    context = _page_context(runtime.current(), "site-1", {})
+    assert context["failing_webhooks"] == [host]
+    [card] = [a for c in context["cards"] for a in c["accounts"] if a["id"] == account_id]
+    assert [e["type"] for e in card["events"]] == ["account.connected"]
+
+    # redeliver --since: the same event again, same webhook-id, and this time it arrives
+    ids = outbox.redeliver(hooked.engine, since=datetime.now(UTC) - timedelta(hours=1), now=datetime.now(UTC))
+    events.enqueue_deliveries(hooked.broker, ids)
+    wait_until(lambda: receiver.delivered(), what="the redelivery")
+    assert {r.id for r in receiver.all()} == {receiver.delivered()[0].id}
+    wait_until(lambda: all_settled(hooked), what="settled")
+    with hooked.engine.connect() as conn:
+        assert conn.execute(sa.select(ENDPOINTS.c.failing_since)).scalar_one() is None

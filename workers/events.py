@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import dramatiq
 import httpx
@@ -33,7 +34,7 @@ from models import outbox
 from platforms.netguard import NetGuard
 from social_accounts.clock import Clock
 from social_accounts.errors import NotNow, Transient, UnsafeAddress
-from social_accounts.metrics import WEBHOOK_ATTEMPTS
+from social_accounts.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_FAILING
 from workers import messages
 from workers.bulk import enqueue_calls
 from workers.retrying import RetryPolicy, Step
@@ -46,6 +47,8 @@ __all__ = [
     "deliver",
     "dispatch",
     "encode_body",
+    "enqueue_deliveries",
+    "publish_failing_gauge",
     "sign",
     "signed_headers",
     "sweep",
@@ -104,21 +107,24 @@ def dispatch(engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], cl
     total = 0
     while True:
         published = outbox.dispatch(engine, urls=urls, now=clock())
-        calls = [{"delivery_id": d} for p in published for d in p.delivery_ids]
-        if calls:
-            enqueue_calls(broker, messages.QUEUE_WEBHOOKS, messages.DELIVER_WEBHOOK, calls)
+        enqueue_deliveries(broker, [d for p in published for d in p.delivery_ids])
         _broker_events(broker, published)
         total += len(published)
         if len(published) < outbox.DISPATCH_BATCH:
             return total
 
 
+def enqueue_deliveries(broker: dramatiq.Broker, delivery_ids: Sequence[str]) -> int:
+    """One ``deliver_webhook`` per delivery id (a redelivery, a sweep)."""
+    calls = [{"delivery_id": d} for d in delivery_ids]
+    return enqueue_calls(broker, messages.QUEUE_WEBHOOKS, messages.DELIVER_WEBHOOK, calls) if calls else 0
+
+
 def sweep(engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock: Clock) -> dict[str, int]:
     """The scheduler's sweep: publish what a crash left in the outbox, re-send lost deliveries."""
     published = dispatch(engine, broker, urls=urls, clock=clock)
     lost = outbox.lost_deliveries(engine, now=clock())
-    if lost:
-        enqueue_calls(broker, messages.QUEUE_WEBHOOKS, messages.DELIVER_WEBHOOK, [{"delivery_id": d} for d in lost])
+    enqueue_deliveries(broker, lost)
     return {"published": published, "resent": len(lost)}
 
 
@@ -171,8 +177,15 @@ def deliver(rt: Runtime, client: httpx.Client, delivery_id: str) -> str:
     return outcome
 
 
-def failing_after(rt: Runtime) -> timedelta:
-    return timedelta(seconds=rt.settings.webhook_failing_after_seconds)
+def publish_failing_gauge(rt: Runtime) -> int:
+    """``social_accounts_webhook_endpoints_failing``: 1 per endpoint (by host) failing for
+    ``WEBHOOK_FAILING_AFTER_SECONDS``, read at scrape time; returns how many."""
+    after = timedelta(seconds=rt.settings.webhook_failing_after_seconds)
+    failing = outbox.failing_endpoints(rt.engine, now=rt.clock(), after=after)
+    WEBHOOK_ENDPOINTS_FAILING.clear()
+    for endpoint in failing:
+        WEBHOOK_ENDPOINTS_FAILING.labels(urlsplit(endpoint.url).netloc).set(1)
+    return len(failing)
 
 
 class EventNudge(dramatiq.Middleware):
