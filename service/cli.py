@@ -738,7 +738,10 @@ def webhooks_redeliver(
         ids = outbox.redeliver(engine, since=start, urls=settings.webhook_url_list, now=utcnow())
         enqueue_deliveries(rt.broker, ids)
     finally:
+        client = getattr(rt.broker, "client", None)  # Dramatiq's RedisBroker.close leaves its pool open
         rt.close()
+        if client is not None:
+            client.connection_pool.disconnect()
     _line("ok", f"{len(ids)} deliveries enqueued (events since {start.isoformat()})")
 
 
