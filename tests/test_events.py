@@ -3,6 +3,7 @@ and a real HTTP receiver on loopback that checks every signature with ``standard
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,6 +114,15 @@ def test_the_lifecycle_sends_each_event_once_in_order_signed(hooked: Pipeline, r
     assert [e["id"] for e in replayed] == [r.id for r in got]
     assert [e["type"] for e in replayed] == types_for(receiver, account_id)
     assert empty == {"events": [], "next": rest["next"]}
+
+    # the same events on the broker's queue `events`, in Dramatiq's wire format
+    payloads = pipe.broker.client.hvals(f"{pipe.settings.redis_namespace}:events.msgs")
+    on_broker = sorted((json.loads(p) for p in payloads), key=lambda m: int(m["kwargs"]["cursor"]))
+    assert {(m["queue_name"], m["actor_name"]) for m in on_broker} == {("events", "account_event")}
+    assert [m["kwargs"]["id"] for m in on_broker if m["kwargs"]["data"]["account_id"] == account_id] == [
+        r.id for r in got
+    ]
+    assert on_broker[0]["kwargs"] == replayed[0]
 
 
 def test_500_three_times_then_200_arrives_once_with_the_same_id(hooked: Pipeline, receiver: Receiver) -> None:
