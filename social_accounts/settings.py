@@ -35,6 +35,7 @@ __all__ = [
     "Settings",
     "get_settings",
     "parse_key_ring",
+    "parse_webhook_secrets",
 ]
 
 #: every platform id, in the order the dashboard shows them
@@ -240,22 +241,8 @@ class Settings(BaseSettings):
         return [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
 
     def webhook_keys(self) -> list[bytes]:
-        """``WEBHOOK_SECRETS`` decoded, signing key first (Standard Webhooks: ``whsec_`` + base64)."""
-        keys = []
-        for item in (self.webhook_secrets or "").split(","):
-            item = item.strip()
-            if not item:
-                continue
-            if not item.startswith("whsec_"):
-                raise ConfigError("WEBHOOK_SECRETS entries must start with whsec_ (Standard Webhooks secrets)")
-            try:
-                key = base64.b64decode(item[len("whsec_") :], validate=True)
-            except (binascii.Error, ValueError):
-                raise ConfigError("a WEBHOOK_SECRETS entry is not valid base64 after whsec_") from None
-            if len(key) < 24:
-                raise ConfigError("a WEBHOOK_SECRETS key must be at least 24 bytes")
-            keys.append(key)
-        return keys
+        """``WEBHOOK_SECRETS`` decoded, signing key first (:func:`parse_webhook_secrets`)."""
+        return parse_webhook_secrets(self.webhook_secrets)
 
     def key_ring(self) -> list[tuple[str, bytes]]:
         """TOKEN_KEYS parsed into ``[(kid, key)]``, newest (encrypting) key first."""
@@ -269,6 +256,29 @@ def _origin(url: str) -> str:
     if not parts.scheme or not parts.netloc:
         raise ConfigError(f"not an absolute URL: {url!r}")
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def parse_webhook_secrets(raw: str | None) -> list[bytes]:
+    """``whsec_<base64>`` keys, comma-separated (Standard Webhooks); the first signs.
+
+    Raises:
+      ConfigError: an entry without the prefix, not base64, or shorter than 24 bytes (never echoed).
+    """
+    keys = []
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.startswith("whsec_"):
+            raise ConfigError("WEBHOOK_SECRETS entries must start with whsec_ (Standard Webhooks secrets)")
+        try:
+            key = base64.b64decode(item[len("whsec_") :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("a WEBHOOK_SECRETS entry is not valid base64 after whsec_") from None
+        if len(key) < 24:
+            raise ConfigError("a WEBHOOK_SECRETS key must be at least 24 bytes")
+        keys.append(key)
+    return keys
 
 
 def parse_key_ring(raw: str) -> list[tuple[str, bytes]]:

@@ -240,3 +240,12 @@ def test_an_endpoint_failing_for_a_day_shows_in_doctor_metrics_and_the_page(
     wait_until(lambda: all_settled(hooked), what="settled")
     with hooked.engine.connect() as conn:
         assert conn.execute(sa.select(ENDPOINTS.c.failing_since)).scalar_one() is None
+
+
+def test_a_later_event_of_an_account_waits_for_the_earlier_one(hooked: Pipeline, receiver: Receiver) -> None:
+    receiver.answer_next((500, 0.0), (500, 0.0), (500, 0.0))  # the first event needs four tries
+    [account_id] = connect(hooked, "twitter")
+    request_disconnect(account_id, broker=hooked.broker)  # the second event, published meanwhile
+    wait_until(lambda: all_settled(hooked) and len(receiver.delivered()) == 2, what="both events")
+    assert types_for(receiver, account_id) == ["account.connected", "account.disconnected"]
+    assert [r.status for r in receiver.all()] == [500, 500, 500, 200, 200]

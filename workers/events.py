@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -35,6 +36,7 @@ from platforms.netguard import NetGuard
 from social_accounts.clock import Clock
 from social_accounts.errors import NotNow, Transient, UnsafeAddress
 from social_accounts.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_ENDPOINTS_FAILING
+from social_accounts.settings import parse_webhook_secrets
 from workers import messages
 from workers.bulk import enqueue_calls
 from workers.retrying import RetryPolicy, Step
@@ -128,6 +130,12 @@ def sweep(engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock
     return {"published": published, "resent": len(lost)}
 
 
+@functools.lru_cache(maxsize=4)
+def _keys(secrets: str | None) -> list[bytes]:
+    """``WEBHOOK_SECRETS`` decoded once per value, not per delivery."""
+    return parse_webhook_secrets(secrets)
+
+
 def deliver(rt: Runtime, client: httpx.Client, delivery_id: str) -> str:
     """One attempt at a delivery; returns its outcome.
 
@@ -140,10 +148,10 @@ def deliver(rt: Runtime, client: httpx.Client, delivery_id: str) -> str:
         return "already"
     if job.endpoint_disabled or job.url is None or job.body is None:
         return "dropped"
-    if outbox.waits_for_earlier(rt.engine, job):
+    if job.earlier_pending:
         raise NotNow(ORDER_WAIT_SECONDS, "an earlier event of this account goes first")
     payload = encode_body(job.body)
-    headers = signed_headers(rt.settings.webhook_keys(), job.event_id, int(time.time()), payload)
+    headers = signed_headers(_keys(rt.settings.webhook_secrets), job.event_id, int(time.time()), payload)
     guard = NetGuard(allow_private=rt.settings.allow_private_network, platform="webhook")
     started = time.perf_counter()
     status: int | None = None
