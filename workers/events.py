@@ -177,8 +177,11 @@ def deliver(rt: Runtime, client: httpx.Client, delivery_id: str) -> str:
         rt.engine, job, status_code=status, latency_ms=latency_ms, error=error, outcome=outcome, now=rt.clock()
     )
     WEBHOOK_ATTEMPTS.labels(outcome).inc()
-    log.info(
-        "webhook %s", outcome, extra={"outcome": outcome, "status": status, "event_id": job.event_id, "ms": latency_ms}
+    log.log(
+        logging.DEBUG if outcome == "delivered" else logging.INFO,
+        "webhook %s",
+        outcome,
+        extra={"outcome": outcome, "status": status, "event_id": job.event_id, "ms": latency_ms},
     )
     if outcome == "retry":
         raise Transient(error or f"the receiver answered {status}", platform="webhook", status=status)
