@@ -249,3 +249,18 @@ def test_a_later_event_of_an_account_waits_for_the_earlier_one(hooked: Pipeline,
     wait_until(lambda: all_settled(hooked) and len(receiver.delivered()) == 2, what="both events")
     assert types_for(receiver, account_id) == ["account.connected", "account.disconnected"]
     assert [r.status for r in receiver.all()] == [500, 500, 500, 200, 200]
+
+
+def test_a_purged_account_leaves_no_event_nor_delivery(hooked: Pipeline, receiver: Receiver) -> None:
+    from tests.test_erasure import gone, traces
+
+    [account_id] = connect(hooked, "twitter")
+    wait_until(lambda: all_settled(hooked) and receiver.delivered(), what="the connected event")
+    assert {table for table, _ in traces(hooked.engine, [account_id])} >= {
+        "social_account_events",
+        "social_webhook_deliveries",
+    }
+    with api_client(hooked) as api:
+        assert api.delete(f"/v1/accounts/{account_id}?purge=true").status_code == 202
+    wait_until(lambda: gone(hooked, account_id), what="the purge")
+    assert traces(hooked.engine, [account_id]) == []
