@@ -144,6 +144,19 @@ async def delete_account(request: Request) -> Response:
 _disconnect = _action("disconnect")
 
 
+def _nudge_dispatcher(services: Runtime) -> None:
+    """A refresh made here that changed the account's status wrote a public event: publish it now
+    rather than at the scheduler's next sweep (``workers.events``)."""
+    from models.outbox import take_written
+    from workers import messages
+
+    if take_written():
+        try:
+            services.broker.enqueue(messages.build_message(messages.DISPATCH_EVENTS))
+        except Exception:  # the sweep publishes it all the same
+            return
+
+
 def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, or what ``web_callback.errors``
     says of its error (409 reconnect, 503 try later)."""
@@ -155,6 +168,8 @@ def _valid_token(services: Runtime, account_id: str) -> Response:
         token = get_valid_token(account_id, rt=services)
     except AccountNotFound:
         raise Refused(404, "not_found", "no such account") from None
+    finally:
+        _nudge_dispatcher(services)
     expires = token.expires_at.isoformat() if token.expires_at else None
     response = JSONResponse({"access_token": token.access_token, "expires_at": expires})
     response.headers["Cache-Control"] = "no-store"
