@@ -17,11 +17,12 @@ every replay, carries the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from models.dialect import dialect_insert
 from models.ids import new_id
-from models.oneshot import fetch_one
+from models.oneshot import connect, fetch_one
 from models.tables import (
     PUBLIC_EVENT_KINDS,
     SocialAccountEvent,
@@ -48,6 +49,7 @@ __all__ = [
     "Endpoint",
     "Published",
     "add_endpoint",
+    "autocommit",
     "dispatch",
     "endpoint_id_for",
     "event_body",
@@ -465,9 +467,28 @@ _LOAD = (
 )
 
 
-def load_delivery(engine: Engine, delivery_id: str) -> DeliveryJob | None:
-    """The delivery with its endpoint and event, in one read in autocommit."""
-    row = fetch_one(engine, _LOAD, {"delivery_id": delivery_id})
+@contextlib.contextmanager
+def autocommit(engine: Engine) -> Iterator[Engine | Connection]:
+    """On PostgreSQL one connection in autocommit for a whole delivery (its read and its write): a
+    checkout per statement costs more than the statement. SQLite (``run``, one process) keeps
+    the engine, whose write needs a transaction of its own."""
+    if engine.dialect.name != "postgresql":
+        yield engine
+        return
+    with connect(engine) as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _one(db: Engine | Connection, statement: Any, params: dict[str, Any]) -> Any:
+    if isinstance(db, Engine):
+        return fetch_one(db, statement, params)
+    return db.execute(statement, params).first()
+
+
+def load_delivery(db: Engine | Connection, delivery_id: str) -> DeliveryJob | None:
+    """The delivery with its endpoint and event, in one read (``db``: an engine, or a connection
+    in autocommit from :func:`autocommit`)."""
+    row = _one(db, _LOAD, {"delivery_id": delivery_id})
     if row is None:
         return None
     body = None
@@ -567,7 +588,7 @@ def _finish_statement(outcome: str) -> Any:
 
 
 def finish_delivery(
-    engine: Engine,
+    db: Engine | Connection,
     job: DeliveryJob,
     *,
     status_code: int | None,
@@ -593,9 +614,10 @@ def finish_delivery(
         "d_status": _OUTCOME_STATUS[outcome],
         "d_delivered": now if outcome == "delivered" else None,
     }
-    if engine.dialect.name == "postgresql" and outcome != "gone":
-        fetch_one(engine, _finish_statement(outcome), params)
+    if db.dialect.name == "postgresql" and outcome != "gone":
+        _one(db, _finish_statement(outcome), params)
         return
+    engine = db if isinstance(db, Engine) else db.engine
     with engine.begin() as conn:
         conn.execute(_attempt_insert(), params)
         conn.execute(_delivery_update(), params)

@@ -143,39 +143,40 @@ def deliver(rt: Runtime, client: httpx.Client, delivery_id: str) -> str:
       NotNow: an earlier event of the same account is still on its way to this endpoint.
       Transient: the receiver did not answer 2xx or 410; the policy retries.
     """
-    job = outbox.load_delivery(rt.engine, delivery_id)
-    if job is None or job.status != "pending":
-        return "already"
-    if job.endpoint_disabled or job.url is None or job.body is None:
-        return "dropped"
-    if job.earlier_pending:
-        raise NotNow(ORDER_WAIT_SECONDS, "an earlier event of this account goes first")
-    payload = encode_body(job.body)
-    headers = signed_headers(_keys(rt.settings.webhook_secrets), job.event_id, int(time.time()), payload)
-    guard = NetGuard(allow_private=rt.settings.allow_private_network, platform="webhook")
-    started = time.perf_counter()
-    status: int | None = None
-    error: str | None = None
-    try:
-        guard.check_url(job.url)
-        response = client.post(job.url, content=payload, headers=headers)
-        status = response.status_code
-    except UnsafeAddress as exc:
-        error = f"refused by the SSRF guard: {exc}"
-    except httpx.HTTPError as exc:
-        error = type(exc).__name__
-    except Transient as exc:
-        error = exc.message
-    latency_ms = int((time.perf_counter() - started) * 1000)
-    if status is not None and 200 <= status < 300:
-        outcome = "delivered"
-    elif status == 410:
-        outcome = "gone"
-    else:
-        outcome = "retry"
-    outbox.finish_delivery(
-        rt.engine, job, status_code=status, latency_ms=latency_ms, error=error, outcome=outcome, now=rt.clock()
-    )
+    with outbox.autocommit(rt.engine) as conn:
+        job = outbox.load_delivery(conn, delivery_id)
+        if job is None or job.status != "pending":
+            return "already"
+        if job.endpoint_disabled or job.url is None or job.body is None:
+            return "dropped"
+        if job.earlier_pending:
+            raise NotNow(ORDER_WAIT_SECONDS, "an earlier event of this account goes first")
+        payload = encode_body(job.body)
+        headers = signed_headers(_keys(rt.settings.webhook_secrets), job.event_id, int(time.time()), payload)
+        guard = NetGuard(allow_private=rt.settings.allow_private_network, platform="webhook")
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            guard.check_url(job.url)
+            response = client.post(job.url, content=payload, headers=headers)
+            status = response.status_code
+        except UnsafeAddress as exc:
+            error = f"refused by the SSRF guard: {exc}"
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__
+        except Transient as exc:
+            error = exc.message
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        if status is not None and 200 <= status < 300:
+            outcome = "delivered"
+        elif status == 410:
+            outcome = "gone"
+        else:
+            outcome = "retry"
+        outbox.finish_delivery(
+            conn, job, status_code=status, latency_ms=latency_ms, error=error, outcome=outcome, now=rt.clock()
+        )
     WEBHOOK_ATTEMPTS.labels(outcome).inc()
     log.log(
         logging.DEBUG if outcome == "delivered" else logging.INFO,
