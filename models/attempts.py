@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from models.crypto import KeyRing
 from models.ids import new_id
 from models.oneshot import execute, fetch_one
-from models.tables import SocialOAuthState
+from models.outbox import note_written
+from models.tables import SocialAccountEvent, SocialOAuthState, table_of
 from social_accounts.values import TokenSet
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 _T = "social_oauth_states"
+_EVENTS = table_of(SocialAccountEvent)
 SECRET_COLUMNS = ("code_verifier", "app_password", "token_bundle", "dpop_key")
 
 
@@ -361,11 +363,38 @@ def finish_connected(db: Database, attempt_id: str, account_ids: list[str], now:
     return _run(db, "connected", params) == 1
 
 
-def fail_pending(db: Database, attempt_id: str, code: str, message: str, now: datetime) -> bool:
-    """End a pending attempt as failed with ``code``, every secret cleared; False when not pending."""
+def fail_pending(
+    db: Database, attempt_id: str, code: str, message: str, now: datetime, *, platform: str = "", site_id: str = ""
+) -> bool:
+    """End a pending attempt as failed with ``code``, every secret cleared; False when not pending.
+
+    With ``platform`` and ``site_id`` (the caller read the attempt), its public ``attempt.failed``
+    event is written in the same transaction (``db`` must then be a ``Connection``).
+    """
     params = {"w_id": attempt_id, "error_code": code, "error_message": message, "now": now}
     params["h_entry"] = history_entry("failed", f"{code}: {message}", now)
-    return _run(db, "failed", params) == 1
+    failed = _run(db, "failed", params) == 1
+    if failed and platform and isinstance(db, Connection):
+        event = failed_event_values(attempt_id, code, message, now, platform=platform, site_id=site_id)
+        db.execute(sa.insert(_EVENTS), event)
+        note_written(["attempt_failed"])
+    return failed
+
+
+def failed_event_values(
+    attempt_id: str, code: str, message: str, now: datetime, *, platform: str, site_id: str
+) -> dict[str, Any]:
+    """The audit row of a failed attempt, which is also its public ``attempt.failed`` event."""
+    return {
+        "id": new_id(),
+        "account_id": None,
+        "site_id": site_id,
+        "platform": platform,
+        "kind": "attempt_failed",
+        "reason": message[:500],
+        "data": {"attempt_id": attempt_id, "error_code": code},
+        "created_at": now,
+    }
 
 
 def append_event(db: Database, attempt_id: str, event: str, detail: str, now: datetime) -> None:

@@ -5,7 +5,10 @@ reconnect finds its history; after that, or at once when an operator purges it, 
 may stay. "Nothing" means every table of the schema:
 
 * ``social_accounts``: the row (name, handle, avatar, counts, last error).
-* ``social_account_events``: every event whose ``account_id`` is the account's.
+* ``social_account_events``: every event whose ``account_id`` is the account's, published or not
+  (a purge right after the disconnect erases its ``account.disconnected`` before it goes out).
+* ``social_webhook_deliveries`` and their ``social_webhook_attempts``: the account's webhook
+  deliveries, sent or pending.
 * ``social_oauth_states``: the attempts that connected it name it in ``account_ids`` and in their
   ``history``; an attempt left naming no account is deleted (it was about this account only),
   one that also connected other accounts (several Facebook Pages) loses this id only.
@@ -28,7 +31,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from models.tables import SocialAccount, SocialAccountEvent, SocialOAuthState, table_of
+from models.tables import (
+    SocialAccount,
+    SocialAccountEvent,
+    SocialOAuthState,
+    SocialWebhookAttempt,
+    SocialWebhookDelivery,
+    table_of,
+)
 
 __all__ = ["ERASED", "PURGE_BATCH", "purge_accounts", "purge_disconnected"]
 
@@ -37,6 +47,8 @@ log = logging.getLogger("social_accounts.purge")
 ACCOUNTS = table_of(SocialAccount)
 EVENTS = table_of(SocialAccountEvent)
 STATES = table_of(SocialOAuthState)
+DELIVERIES = table_of(SocialWebhookDelivery)
+WEBHOOK_ATTEMPTS = table_of(SocialWebhookAttempt)
 
 #: what an erased account id becomes in an attempt's history
 ERASED = "(erased)"
@@ -100,6 +112,10 @@ def _erase(conn: Connection, ids: list[str], *guards: Any) -> list[str]:
     )
     if erased:
         conn.execute(sa.delete(EVENTS).where(EVENTS.c.account_id.in_(erased)))
+        # its webhook deliveries (sent or not) and their attempts name it too
+        deliveries = sa.select(DELIVERIES.c.id).where(DELIVERIES.c.account_id.in_(erased))
+        conn.execute(sa.delete(WEBHOOK_ATTEMPTS).where(WEBHOOK_ATTEMPTS.c.delivery_id.in_(deliveries)))
+        conn.execute(sa.delete(DELIVERIES).where(DELIVERIES.c.account_id.in_(erased)))
         _forget_in_attempts(conn, erased)
     return erased
 

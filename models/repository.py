@@ -46,6 +46,7 @@ from models.ids import account_id as make_account_id
 from models.ids import new_id
 from models.mastodon_apps import MastodonAppRecord, find_mastodon_app, save_mastodon_app
 from models.oneshot import connect, execute, fetch_one
+from models.outbox import note_written
 from models.public import account_public_dict, health_reason
 from models.tables import SocialAccount, SocialAccountEvent, table_of, utcnow
 from social_accounts.values import AccountProfile, TokenSet
@@ -463,7 +464,8 @@ def save_connected_accounts(
             account_id=row["id"],
             site_id=site_id,
             platform=platform,
-            data={"attempt_id": attempt_id},
+            # the upsert makes the account active and healthy (``upsert_values``)
+            data={"attempt_id": attempt_id, "to": "active", "health_score": 100, "health_reason": "Healthy."},
             now=now,
         )
         for row in rows
@@ -489,6 +491,7 @@ def save_connected_accounts(
     columns = tuple(rows[0])  # what ``upsert_values`` fills, the same for every account
     found = fetch_one(engine, _connect_save(shape, columns), params)
     assert found is not None
+    note_written(["connected"])
     *versions, finished, _logged = found
     return [(account_id, version == 0) for account_id, version in zip(ids, versions, strict=True)], bool(finished)
 
@@ -640,7 +643,10 @@ def save_refresh_if_unchanged(
     for i, event in enumerate(events):
         params.update({f"e{i}_{name}": event.get(name) for name in _EVENT_COLUMNS})
     n = len(events)
-    return execute(engine, _update_and_log(columns, n), params) == n
+    saved = execute(engine, _update_and_log(columns, n), params) == n
+    if saved:
+        note_written([event["kind"] for event in events])
+    return saved
 
 
 _EVENT_COLUMNS = ("id", "account_id", "site_id", "platform", "kind", "reason", "data", "created_at")
@@ -745,6 +751,7 @@ def record_events(conn: Executor, events: list[dict[str, Any]]) -> None:
     """Append events built by ``event_values`` in one ``INSERT``. ``data`` must never hold a secret."""
     if events:
         conn.execute(_INSERT_EVENT, events)
+        note_written([event["kind"] for event in events])
 
 
 def record_event(
@@ -763,6 +770,7 @@ def record_event(
         kind=kind, account_id=account_id, site_id=site_id, platform=platform, reason=reason, data=data, now=now
     )
     session.execute(_INSERT_EVENT, values)
+    note_written([kind])
     return str(values["id"])
 
 

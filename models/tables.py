@@ -23,6 +23,10 @@ __all__ = [
     "SocialAccountEvent",
     "SocialMastodonApp",
     "SocialOAuthState",
+    "SocialWebhookAttempt",
+    "SocialWebhookDelivery",
+    "SocialWebhookEndpoint",
+    "PUBLIC_EVENT_KINDS",
     "table_of",
     "utcnow",
 ]
@@ -170,11 +174,31 @@ class SocialMastodonApp(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False, default_factory=utcnow)
 
 
+#: audit kinds that are also public events (README "Events"): the outbox is these rows, ``seq``
+#: NULL until the dispatcher publishes them (migration 0004)
+PUBLIC_EVENT_KINDS = ("connected", "status_changed", "attempt_failed")
+_OUTBOX_WHERE = "seq IS NULL AND kind IN ('connected', 'status_changed', 'attempt_failed')"
+
+
 class SocialAccountEvent(SQLModel, table=True):
-    """The audit trail: what happened to which account, when and why. Never a secret in ``data``."""
+    """The audit trail: what happened to which account, when and why. Never a secret in ``data``.
+
+    It is also the transactional outbox of the public events: a row of a kind in
+    ``PUBLIC_EVENT_KINDS`` is written in the same statement or transaction as the change it
+    records, and the dispatcher (``models.outbox``) gives it its place in the public order, ``seq``.
+    """
 
     __tablename__ = "social_account_events"
-    __table_args__ = (sa.Index("ix_social_account_events_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_social_account_events_account_created", "account_id", "created_at"),
+        sa.Index("uq_social_account_events_seq", "seq", unique=True),
+        sa.Index(
+            "ix_social_account_events_outbox",
+            "created_at",
+            postgresql_where=sa.text(_OUTBOX_WHERE),
+            sqlite_where=sa.text(_OUTBOX_WHERE),
+        ),
+    )
 
     id: str = Field(sa_type=_ID, primary_key=True)
     account_id: str | None = Field(default=None, sa_type=_ID)
@@ -184,6 +208,70 @@ class SocialAccountEvent(SQLModel, table=True):
     reason: str = Field(default="", sa_type=sa.Text(), nullable=False)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=json_dict(), nullable=False)
     created_at: datetime = _ts(nullable=False, default_factory=utcnow)
+    #: the public cursor: assigned in commit order by the dispatcher; NULL = not yet published
+    seq: int | None = Field(default=None, sa_type=sa.BigInteger())
+
+
+class SocialWebhookEndpoint(SQLModel, table=True):
+    """A webhook receiver: from ``WEBHOOK_URLS`` (``source='env'``) or added with the CLI."""
+
+    __tablename__ = "social_webhook_endpoints"
+    __table_args__ = (sa.UniqueConstraint("url", name="uq_social_webhook_endpoints_url"),)
+
+    id: str = Field(sa_type=_ID, primary_key=True)
+    url: str = Field(sa_type=sa.Text(), nullable=False)
+    #: event types it receives; empty: all
+    event_types: list[str] = Field(default_factory=list, sa_type=json_list(), nullable=False)
+    #: sites whose events it receives; empty: all
+    site_ids: list[str] = Field(default_factory=list, sa_type=json_list(), nullable=False)
+    source: str = Field(default="operator", sa_type=sa.String(16), nullable=False)
+    disabled_at: datetime | None = _ts(default=None)
+    disabled_reason: str | None = Field(default=None, sa_type=sa.Text())
+    #: first failed attempt since its last success; failing for a day marks the endpoint failing
+    failing_since: datetime | None = _ts(default=None)
+    last_success_at: datetime | None = _ts(default=None)
+    created_at: datetime = _ts(nullable=False, default_factory=utcnow)
+
+
+class SocialWebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint: pending until delivered, dropped (410, endpoint removed) or failed."""
+
+    __tablename__ = "social_webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "endpoint_id", name="uq_social_webhook_deliveries_event_endpoint"),
+        sa.Index("ix_social_webhook_deliveries_order", "endpoint_id", "account_id", "seq"),
+    )
+
+    id: str = Field(sa_type=_ID, primary_key=True)
+    event_id: str = Field(sa_type=_ID, nullable=False)
+    endpoint_id: str = Field(sa_type=_ID, nullable=False)
+    account_id: str | None = Field(default=None, sa_type=_ID)
+    seq: int = Field(sa_type=sa.BigInteger(), nullable=False)
+    status: str = Field(default="pending", sa_type=sa.String(16), nullable=False)
+    attempts: int = Field(default=0, sa_type=sa.Integer(), nullable=False)
+    #: when a message for it is due at the latest; a pending delivery past this (its message was
+    #: lost with a crash) is enqueued again by the scheduler's sweep
+    next_attempt_at: datetime | None = _ts(default=None)
+    last_status: int | None = Field(default=None, sa_type=sa.Integer())
+    last_error: str | None = Field(default=None, sa_type=sa.Text())
+    created_at: datetime = _ts(nullable=False, default_factory=utcnow)
+    updated_at: datetime = _ts(nullable=False, default_factory=utcnow)
+    delivered_at: datetime | None = _ts(default=None)
+
+
+class SocialWebhookAttempt(SQLModel, table=True):
+    """One HTTP attempt of a delivery: its status (NULL: no answer) and latency."""
+
+    __tablename__ = "social_webhook_attempts"
+    __table_args__ = (sa.Index("ix_social_webhook_attempts_delivery", "delivery_id"),)
+
+    id: str = Field(sa_type=_ID, primary_key=True)
+    delivery_id: str = Field(sa_type=_ID, nullable=False)
+    endpoint_id: str = Field(sa_type=_ID, nullable=False)
+    status_code: int | None = Field(default=None, sa_type=sa.Integer())
+    latency_ms: int = Field(sa_type=sa.Integer(), nullable=False)
+    error: str | None = Field(default=None, sa_type=sa.Text())
+    at: datetime = _ts(nullable=False, default_factory=utcnow)
 
 
 def table_of(model: type[SQLModel]) -> sa.Table:

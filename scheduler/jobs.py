@@ -8,6 +8,7 @@
 * ``cleanup``: expired, finished attempts past their retention are removed, and accounts
   disconnected for longer than ``DISCONNECTED_RETENTION_DAYS`` are erased with every trace
   (``models.purge``), like the attempts: one short write of the scheduler's own.
+* ``events_sweep``: publish what the outbox still holds and re-send lost webhook deliveries.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from models.attempts import SECRET_COLUMNS, append_history
+from models.attempts import SECRET_COLUMNS, append_history, failed_event_values
 from models.purge import purge_disconnected
-from models.tables import SocialAccount, SocialOAuthState
+from models.tables import SocialAccount, SocialAccountEvent, SocialOAuthState
 from scheduler.claims import claim_due
 from social_accounts.clock import Clock, utcnow
 from social_accounts.settings import Settings
+from workers import events
 from workers.bulk import enqueue_calls
 from workers.messages import ACTOR_QUEUES, REFRESH_ACCOUNT, SYNC_ACCOUNT
 
-__all__ = ["JobContext", "cleanup", "recompute_health", "reconcile", "refresh_ahead", "sync_due"]
+__all__ = ["JobContext", "cleanup", "events_sweep", "recompute_health", "reconcile", "refresh_ahead", "sync_due"]
 
 log = logging.getLogger("social_accounts.scheduler")
 
@@ -153,6 +155,18 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
             for column in SECRET_COLUMNS:  # no secret outlives the attempt: verifier, password, tokens
                 setattr(attempt, column, None)
             append_history(attempt, "timeout", "reconciler", now=now)
+            # the public attempt.failed event, in the same transaction (models.outbox)
+            session.execute(
+                sa.insert(SocialAccountEvent),
+                failed_event_values(
+                    attempt.id,
+                    "timeout",
+                    attempt.error_message,
+                    now,
+                    platform=attempt.platform,
+                    site_id=attempt.site_id,
+                ),
+            )
             timed_out += 1
         session.commit()
 
@@ -186,6 +200,12 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
         calls = [{"account_id": i, "reason": "reconcile"} for i in stale_ids]
         enqueue_calls(ctx.broker, ACTOR_QUEUES[REFRESH_ACCOUNT], REFRESH_ACCOUNT, calls)
     return {"timed_out": timed_out, "rescheduled": int(unscheduled or 0), "retried": len(stale_ids)}
+
+
+def events_sweep(ctx: JobContext) -> dict[str, int]:
+    """Publish outbox rows no worker's nudge published (a crash right after the commit) and
+    re-send deliveries whose message was lost (``workers.events.sweep``)."""
+    return events.sweep(ctx.engine, ctx.broker, urls=ctx.settings.webhook_url_list, clock=ctx.clock)
 
 
 def cleanup(ctx: JobContext) -> int:

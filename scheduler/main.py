@@ -74,6 +74,7 @@ def build_scheduler(
         ("health", lambda: jobs.recompute_health(ctx), settings.health_every_seconds),
         ("reconcile", lambda: jobs.reconcile(ctx), settings.reconcile_every_seconds),
         ("cleanup", lambda: jobs.cleanup(ctx), settings.cleanup_every_seconds),
+        ("events", lambda: jobs.events_sweep(ctx), settings.events_sweep_seconds),
     ]
     for name, job, every in table:
         scheduler.add_job(

@@ -23,8 +23,10 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -64,6 +66,10 @@ accounts_app = typer.Typer(help="Operator commands on connected accounts.", no_a
 keys_app = typer.Typer(help="The TOKEN_KEYS encryption key ring.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
+events_app = typer.Typer(help='The public events (README "Events").', no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhook endpoints and deliveries.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+app.add_typer(webhooks_app, name="webhooks")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -593,6 +599,165 @@ def keys_rotate(
     finally:
         engine.dispose()
     _line("ok", f"key rotation to {ring.current_kid} done: {_describe_counts(counts)}")
+
+
+# ---- events and webhooks ----------------------------------------------------------------------
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    data = event["data"]
+    who = data.get("account_id") or f"attempt {data.get('attempt_id')}"
+    change = f" {data['status_from']} → {data['status_to']}" if data.get("status_from") else ""
+    code = f" ({data['error_code']})" if data.get("error_code") else ""
+    return f"{event['cursor']:>8}  {event['timestamp']}  {event['type']:<24} {data['platform']} {who}{change}{code}"
+
+
+@events_app.command("tail")
+def events_tail(
+    after: int | None = typer.Option(None, "--after", min=0, help="Start after this cursor (default: the last 10)."),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Keep printing new events as they come."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    every: float = typer.Option(1.0, "--every", min=0.1, help="Seconds between two looks when following."),
+) -> None:
+    """Print the public events in order, and follow them (Ctrl-C stops)."""
+    from models import outbox
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        cursor = after if after is not None else max(0, outbox.last_cursor(engine) - 10)
+        while True:
+            for event in outbox.list_events(engine, after=cursor, limit=500):
+                typer.echo(json.dumps(event) if as_json else _event_line(event))
+                cursor = int(event["cursor"])
+            if not follow:
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return
+    finally:
+        engine.dispose()
+
+
+def _endpoint_row(endpoint: Any, failing: bool) -> dict[str, Any]:
+    state = "disabled" if endpoint.disabled_at else ("failing" if failing else "ok")
+    return {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "source": endpoint.source,
+        "state": state,
+        "event_types": endpoint.event_types,
+        "site_ids": endpoint.site_ids,
+        "disabled_reason": endpoint.disabled_reason,
+        "failing_since": endpoint.failing_since,
+        "last_success_at": endpoint.last_success_at,
+    }
+
+
+@webhooks_app.command("add")
+def webhooks_add(
+    url: str = typer.Argument(..., metavar="URL"),
+    types: list[str] = typer.Option([], "--type", help="Only this event type (repeatable; default: all)."),
+    sites: list[str] = typer.Option([], "--site", help="Only this site's events (repeatable; default: all)."),
+) -> None:
+    """Add a webhook endpoint (or change its filters and enable it again)."""
+    from models import outbox
+    from platforms.netguard import NetGuard
+    from social_accounts.clock import utcnow
+
+    unknown = sorted(set(types) - set(outbox.EVENT_TYPES))
+    if unknown:
+        raise InputError(f"unknown event type {unknown[0]} (one of: {', '.join(outbox.EVENT_TYPES)})")
+    settings = _settings()
+    NetGuard(allow_private=settings.allow_private_network, platform="webhook").check_url(url)
+    engine = _engine(settings)
+    try:
+        endpoint = outbox.add_endpoint(engine, url, event_types=types, site_ids=sites, now=utcnow())
+    finally:
+        engine.dispose()
+    _line("ok", f"webhook endpoint {endpoint.id} added: {endpoint.url}")
+
+
+@webhooks_app.command("list")
+def webhooks_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every endpoint (WEBHOOK_URLS and added ones): ok, failing or disabled."""
+    from datetime import timedelta
+
+    from models import outbox
+    from social_accounts.clock import utcnow
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        endpoints = outbox.list_endpoints(engine, settings.webhook_url_list)
+    finally:
+        engine.dispose()
+    after, now = timedelta(seconds=settings.webhook_failing_after_seconds), utcnow()
+    rows = [_endpoint_row(e, e.failing(now, after)) for e in endpoints]
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        status = {"ok": "ok", "failing": "fail", "disabled": "warn"}[row["state"]]
+        filters = " ".join([*(f"type={t}" for t in row["event_types"]), *(f"site={s}" for s in row["site_ids"])])
+        _line(status, f"{row['id']}  {row['url']}  {row['state']} ({row['source']}) {filters}".rstrip())
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(ref: str = typer.Argument(..., metavar="ID|URL")) -> None:
+    """Remove an added endpoint; its pending deliveries are dropped."""
+    from models import outbox
+
+    engine = _engine(_settings())
+    try:
+        removed = outbox.remove_endpoint(engine, ref)
+    finally:
+        engine.dispose()
+    if not removed:
+        raise InputError(f"no webhook endpoint {ref}")
+    _line("ok", f"webhook endpoint {ref} removed")
+
+
+def _since(value: str) -> datetime:
+    """An ISO 8601 time, or a duration back from now: ``90s``, ``15m``, ``2h``, ``3d``."""
+    from datetime import UTC, timedelta
+
+    from social_accounts.clock import utcnow
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in units:
+        return utcnow() - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError("--since takes an ISO 8601 time or a duration such as 2h or 3d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@webhooks_app.command("redeliver")
+def webhooks_redeliver(
+    since: str = typer.Option(..., "--since", help="ISO 8601 time, or a duration back from now (2h, 3d)."),
+) -> None:
+    """Send every event since then again to every enabled endpoint (same webhook-id)."""
+    from models import outbox
+    from social_accounts.clock import utcnow
+    from workers.events import enqueue_deliveries
+    from workers.runtime import Runtime
+
+    settings = _settings()
+    start = _since(since)
+    engine = _engine(settings)
+    rt = Runtime(settings=settings, _engine=engine)
+    try:
+        ids = outbox.redeliver(engine, since=start, urls=settings.webhook_url_list, now=utcnow())
+        enqueue_deliveries(rt.broker, ids)
+    finally:
+        client = getattr(rt.broker, "client", None)  # Dramatiq's RedisBroker.close leaves its pool open
+        rt.close()
+        if client is not None:
+            client.connection_pool.disconnect()
+    _line("ok", f"{len(ids)} deliveries enqueued (events since {start.isoformat()})")
 
 
 def _describe_counts(counts: dict[str, int]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from social_accounts.errors import SocialAccountsError
+from social_accounts.errors import ConfigError, SocialAccountsError
 from social_accounts.logs import redact
 from social_accounts.settings import Settings
 
@@ -377,6 +377,42 @@ def check_api_versions(settings: Settings, out: list[Check], today: date | None 
 # ---- all of it ------------------------------------------------------------------------------
 
 
+def check_webhooks(settings: Settings, engine: Engine | None, out: list[Check]) -> None:
+    """Webhook endpoints: how many, which have failed for WEBHOOK_FAILING_AFTER_SECONDS (warn)
+    or were disabled by a 410, and the outbox backlog."""
+    from datetime import timedelta
+
+    from models import outbox
+    from social_accounts.clock import utcnow
+
+    if engine is None:
+        return
+    try:
+        settings.webhook_keys()
+    except ConfigError as exc:
+        out.append(Check("webhooks", "fail", str(exc)))
+        return
+    with _guard("webhooks", out):
+        endpoints = outbox.list_endpoints(engine, settings.webhook_url_list)
+        backlog = outbox.unpublished_count(engine)
+        if not endpoints:
+            out.append(
+                Check("webhooks", "info", f"no endpoint (WEBHOOK_URLS or `webhooks add`); outbox backlog {backlog}")
+            )
+            return
+        after, now = timedelta(seconds=settings.webhook_failing_after_seconds), utcnow()
+        failing = [e for e in endpoints if e.disabled_at is None and e.failing(now, after)]
+        disabled = [e for e in endpoints if e.disabled_at is not None]
+        items = [f"failing since {e.failing_since}: {safe_url(e.url)}" for e in failing]
+        items += [f"disabled ({e.disabled_reason}): {safe_url(e.url)}" for e in disabled]
+        if not settings.webhook_keys():
+            items.append("WEBHOOK_SECRETS is empty: deliveries go out unsigned")
+        detail = (
+            f"{len(endpoints)} endpoint(s), {len(failing)} failing, {len(disabled)} disabled; outbox backlog {backlog}"
+        )
+        out.append(Check("webhooks", "warn" if items else "ok", detail, items))
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order an operator reads them; of the ``run`` beside, when one is."""
     from service.embedded import run_settings
@@ -390,6 +426,7 @@ def run_checks(settings: Settings) -> list[Check]:
     engine = check_database(settings, out)
     try:
         check_keys(settings, engine, out)
+        check_webhooks(settings, engine, out)
     finally:
         if engine is not None:
             engine.dispose()

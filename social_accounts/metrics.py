@@ -18,6 +18,8 @@ __all__ = [
     "QUEUE_DEPTH",
     "REFRESHES",
     "SCHEDULER_TICKS",
+    "WEBHOOK_ATTEMPTS",
+    "WEBHOOK_ENDPOINTS_FAILING",
 ]
 
 ATTEMPTS = Counter(
@@ -44,4 +46,12 @@ MESSAGE_LATENCY = Histogram(
 )
 SCHEDULER_TICKS = Counter(
     "social_accounts_scheduler_ticks_total", "Scheduler job runs, by job and outcome", ["job", "outcome"]
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "social_accounts_webhook_attempts_total", "Webhook delivery attempts, by outcome", ["outcome"]
+)
+WEBHOOK_ENDPOINTS_FAILING = Gauge(
+    "social_accounts_webhook_endpoints_failing",
+    "Webhook endpoints whose deliveries have failed for WEBHOOK_FAILING_AFTER_SECONDS (1 = failing)",
+    ["endpoint"],
 )

@@ -37,6 +37,7 @@ __all__ = [
     "get_settings",
     "new_signing_key",
     "parse_key_ring",
+    "parse_webhook_secrets",
 ]
 
 #: every platform id, in the order the dashboard shows them
@@ -126,6 +127,14 @@ class Settings(BaseSettings):
     error_after_seconds: int = Field(3600, ge=0)
     #: the scheduler leader lock expires this long after its holder stops extending it
     leader_ttl_seconds: float = Field(10.0, ge=1)
+    #: webhook receivers, comma-separated (more can be added with ``social-accounts webhooks add``)
+    webhook_urls: str | None = None
+    #: ``whsec_<base64>`` secrets, comma-separated: the first signs, every one is a valid signature
+    webhook_secrets: str | None = None
+    #: an endpoint whose deliveries keep failing this long is marked failing (doctor, page, metrics)
+    webhook_failing_after_seconds: int = Field(86400, ge=1)
+    #: how often the scheduler publishes outbox rows a crash left behind and re-sends lost deliveries
+    events_sweep_seconds: int = Field(10, ge=1)
     #: the built-in demo platform (``social-accounts run --demo`` sets it; off everywhere else)
     demo_enabled: bool = False
 
@@ -242,6 +251,14 @@ class Settings(BaseSettings):
             if not getattr(self, name.lower(), None):
                 raise ConfigError(f"{name} is required but not set (see .env.example)")
 
+    @property
+    def webhook_url_list(self) -> list[str]:
+        return [u.strip() for u in (self.webhook_urls or "").split(",") if u.strip()]
+
+    def webhook_keys(self) -> list[bytes]:
+        """``WEBHOOK_SECRETS`` decoded, signing key first (:func:`parse_webhook_secrets`)."""
+        return parse_webhook_secrets(self.webhook_secrets)
+
     def key_ring(self) -> list[tuple[str, bytes]]:
         """TOKEN_KEYS parsed into ``[(kid, key)]``, newest (encrypting) key first."""
         self.require("TOKEN_KEYS")
@@ -254,6 +271,29 @@ def _origin(url: str) -> str:
     if not parts.scheme or not parts.netloc:
         raise ConfigError(f"not an absolute URL: {url!r}")
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def parse_webhook_secrets(raw: str | None) -> list[bytes]:
+    """``whsec_<base64>`` keys, comma-separated (Standard Webhooks); the first signs.
+
+    Raises:
+      ConfigError: an entry without the prefix, not base64, or shorter than 24 bytes (never echoed).
+    """
+    keys = []
+    for item in (raw or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.startswith("whsec_"):
+            raise ConfigError("WEBHOOK_SECRETS entries must start with whsec_ (Standard Webhooks secrets)")
+        try:
+            key = base64.b64decode(item[len("whsec_") :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("a WEBHOOK_SECRETS entry is not valid base64 after whsec_") from None
+        if len(key) < 24:
+            raise ConfigError("a WEBHOOK_SECRETS key must be at least 24 bytes")
+        keys.append(key)
+    return keys
 
 
 def parse_key_ring(raw: str) -> list[tuple[str, bytes]]:

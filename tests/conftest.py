@@ -43,7 +43,7 @@ from tests.support import (
 
 #: fixture modules shared through this conftest: the real pipeline (``pipeline``,
 #: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)
-pytest_plugins = ["tests.pipeline_support", "tests.lifecycle_support"]
+pytest_plugins = ["tests.pipeline_support", "tests.lifecycle_support", "tests.webhook_receiver"]
 
 # ---- the unit tier ---------------------------------------------------------------------------
 

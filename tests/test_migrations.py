@@ -27,7 +27,15 @@ from models.engine import check_database, make_engine, normalize_url
 from models.tables import SocialAccountEvent, SocialOAuthState
 from social_accounts.errors import ConfigError
 
-TABLES = {"social_accounts", "social_oauth_states", "social_mastodon_apps", "social_account_events"}
+TABLES = {
+    "social_accounts",
+    "social_oauth_states",
+    "social_mastodon_apps",
+    "social_account_events",
+    "social_webhook_endpoints",
+    "social_webhook_deliveries",
+    "social_webhook_attempts",
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +59,7 @@ def _assert_schema(engine: Engine) -> None:
     events = {i["name"]: i["column_names"] for i in insp.get_indexes("social_account_events")}
     assert events["ix_social_account_events_account_created"] == ["account_id", "created_at"]
     assert _diff(engine) == []
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0003_bluesky_oauth"
+    assert migrate.current_revision(engine) == migrate.head_revision() == "0004_events"
 
 
 def test_postgres_upgrade_downgrade_upgrade(pg_url: str) -> None:

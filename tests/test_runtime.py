@@ -98,7 +98,10 @@ def test_installing_the_runtimes_broker_moves_every_actor_onto_it() -> None:
         """
     )
     assert "same True" in out
-    assert "actors ['bluesky_login', 'code_received', 'disconnect_account', 'refresh_account', 'sync_account']" in out
+    assert (
+        "actors ['bluesky_login', 'code_received', 'deliver_webhook', 'disconnect_account', 'dispatch_events', "
+        "'refresh_account', 'sync_account']"
+    ) in out
     assert "bound True" in out and "queued 1" in out
 
 

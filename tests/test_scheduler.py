@@ -610,7 +610,7 @@ def test_build_scheduler_registers_every_job_and_make_leader_picks_by_broker(
 ) -> None:
     scheduler = build_scheduler(ctx, LocalLeader(), blocking=False)
     ids = {job.id for job in scheduler.get_jobs()}
-    assert ids == {"leadership", "refresh_ahead", "sync", "health", "reconcile", "cleanup"}
+    assert ids == {"leadership", "refresh_ahead", "sync", "health", "reconcile", "cleanup", "events"}
     leader = make_leader(settings)
     assert isinstance(leader, RedisLeader)
     leader._lock.redis.close()

@@ -157,6 +157,19 @@ async def delete_account(request: Request) -> Response:
 _disconnect = _action("disconnect")
 
 
+def _nudge_dispatcher(services: Runtime) -> None:
+    """A refresh made here that changed the account's status wrote a public event: publish it now
+    rather than at the scheduler's next sweep (``workers.events``)."""
+    from models.outbox import take_written
+    from workers import messages
+
+    if take_written():
+        try:
+            services.broker.enqueue(messages.build_message(messages.DISPATCH_EVENTS))
+        except Exception:  # the sweep publishes it all the same
+            return
+
+
 def _valid_token(services: Runtime, account_id: str) -> Response:
     """``workers.tokens.get_valid_token`` behind HTTP: 200, 404, or what ``web_callback.errors``
     says of its error (409 reconnect or ``token_bound``, 503 try later)."""
@@ -168,6 +181,8 @@ def _valid_token(services: Runtime, account_id: str) -> Response:
         token = get_valid_token(account_id, rt=services)
     except AccountNotFound:
         raise Refused(404, "not_found", "no such account") from None
+    finally:
+        _nudge_dispatcher(services)
     expires = token.expires_at.isoformat() if token.expires_at else None
     response = JSONResponse({"access_token": token.access_token, "expires_at": expires})
     response.headers["Cache-Control"] = "no-store"
@@ -205,9 +220,36 @@ async def account_request(request: Request) -> Response:
     return await run_in_threadpool(_platform_request, services, account_id, body)
 
 
+#: ``GET /v1/events``: default and largest page
+EVENTS_PAGE = 100
+EVENTS_PAGE_MAX = 1000
+
+
+def _query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query_params.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Refused(400, "invalid_query", f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def list_events(request: Request) -> Response:
+    """``GET /v1/events?after=<cursor>&limit=<n>``: published events in order, from the outbox
+    (``models.outbox``); ``next`` is the cursor to pass as ``after`` to continue (the same one
+    when nothing newer exists yet), so a module that was down catches up page by page."""
+    from models.outbox import list_events as read_events
+
+    after = _query_int(request, "after", 0, low=0, high=2**63 - 1)
+    limit = _query_int(request, "limit", EVENTS_PAGE, low=1, high=EVENTS_PAGE_MAX)
+    found = await run_in_threadpool(read_events, _services(request).engine, after=after, limit=limit)
+    return JSONResponse({"events": found, "next": found[-1]["cursor"] if found else str(after)})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/platforms", list_platforms, methods=["GET"]),
+        Route("/events", list_events, methods=["GET"]),
         Route("/connect/{platform}", connect, methods=["POST"]),
         Route("/attempts/{attempt_id}", get_attempt, methods=["GET"]),
         Route("/sites/{site_id}/accounts", site_accounts, methods=["GET"]),

@@ -115,10 +115,16 @@ def _publish_queue_depth(services: Runtime) -> None:
     update_queue_depth(services.broker)
 
 
+def _publish_failing_webhooks(services: Runtime) -> None:
+    from workers.events import publish_failing_gauge
+
+    publish_failing_gauge(services)
+
+
 async def metrics(request: Request) -> Response:
     services: Runtime = request.app.state.services
     # best effort: metrics answer regardless; a failed reading is counted, its gauge keeps its last value
-    for reading in (_publish_cooldowns, _publish_queue_depth):
+    for reading in (_publish_cooldowns, _publish_queue_depth, _publish_failing_webhooks):
         if await _check(functools.partial(reading, services)) is not None:
             SCRAPE_ERRORS.inc()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

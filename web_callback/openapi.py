@@ -33,6 +33,8 @@ from web_callback.schemas import (
     ConnectStarted,
     Enqueued,
     ErrorBody,
+    EventList,
+    EventPayload,
     LoginStarted,
     PlatformAnswerView,
     PlatformList,
@@ -123,10 +125,32 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 404, 409, 422, 429, 502, 503),
         body=(PlatformRequestBody,),
     ),
+    Operation(
+        "GET",
+        "/v1/events",
+        "Published events in order, after a cursor (replay for a module that was down)",
+        {200: EventList},
+        errors=(400,),
+        query={
+            "after": {"type": "string", "pattern": "^[0-9]+$", "default": "0"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+    ),
 )
 
 #: webhook event type → the model of its payload; published under ``webhooks`` in the document
-WEBHOOKS: dict[str, type[BaseModel]] = {}
+WEBHOOKS: dict[str, type[BaseModel]] = {
+    name: EventPayload
+    for name in (
+        "account.connected",
+        "account.reconnected",
+        "account.status_changed",
+        "account.needs_reconnect",
+        "account.recovered",
+        "account.disconnected",
+        "attempt.failed",
+    )
+}
 
 
 @functools.cache

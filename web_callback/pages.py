@@ -260,7 +260,45 @@ def _page_context(services: Runtime, site_id: str, query: dict[str, str]) -> dic
         banner = _attempt_banner(services, site_id, query["attempt"])
     elif query.get("notice") and query.get("account"):
         banner = _notice_banner(services, site_id, query["notice"], query["account"])
-    return {"cards": _platform_cards(statuses, accounts), "banner": banner}
+    cards = _platform_cards(statuses, accounts)
+    _attach_events(services, cards)
+    return {"cards": cards, "banner": banner, "failing_webhooks": _failing_webhooks(services)}
+
+
+#: events shown per account card
+CARD_EVENTS = 5
+
+
+def _attach_events(services: Runtime, cards: list[dict[str, Any]]) -> None:
+    """Each account card's last public events, newest first, so an operator sees why it turned red."""
+    from models.outbox import recent_events
+
+    ids = [a["id"] for card in cards for a in card["accounts"]]
+    found = recent_events(services.engine, ids, per_account=CARD_EVENTS)
+    for card in cards:
+        for account in card["accounts"]:
+            account["events"] = [
+                {
+                    "type": e["type"],
+                    "when": _when(e["timestamp"]),
+                    "change": f"{e['data']['status_from']} → {e['data']['status_to']}"
+                    if e["data"]["status_from"]
+                    else "",
+                    "reason": e["data"]["reason"] or "",
+                }
+                for e in found.get(account["id"], [])
+            ]
+
+
+def _failing_webhooks(services: Runtime) -> list[str]:
+    """Webhook endpoints failing for ``WEBHOOK_FAILING_AFTER_SECONDS`` (hosts only, never a path)."""
+    from datetime import timedelta
+    from urllib.parse import urlsplit
+
+    from models.outbox import failing_endpoints
+
+    after = timedelta(seconds=services.settings.webhook_failing_after_seconds)
+    return [urlsplit(e.url).netloc for e in failing_endpoints(services.engine, now=services.clock(), after=after)]
 
 
 # ---- authentication -------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ __all__ = [
     "ConnectStarted",
     "Enqueued",
     "ErrorBody",
+    "EventData",
+    "EventList",
+    "EventPayload",
+    "EventView",
     "LoginStarted",
     "PlatformAnswerView",
     "PlatformList",
@@ -185,6 +189,58 @@ class PlatformAnswerView(BaseModel):
     headers: dict[str, str]
     #: JSON when the platform answered JSON, else its text; null when empty
     body: JsonValue
+
+
+Status = Literal["active", "error", "rate_limited", "expired", "disconnected"]
+EventType = Literal[
+    "account.connected",
+    "account.reconnected",
+    "account.status_changed",
+    "account.needs_reconnect",
+    "account.recovered",
+    "account.disconnected",
+    "attempt.failed",
+]
+
+
+class EventData(BaseModel):
+    """What an event says: ids, statuses, health and codes, never a token (docs/events.schema.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    account_id: str | None
+    site_id: str
+    platform: str
+    attempt_id: str | None = None
+    status_from: Status | None = None
+    status_to: Status | None = None
+    health_score: Annotated[int, Field(ge=0, le=100)] | None = None
+    health_reason: str | None = None
+    error_code: str | None = None
+    reason: str | None = None
+
+
+class EventPayload(BaseModel):
+    """A webhook's body (the Standard Webhooks payload shape)."""
+
+    type: EventType
+    timestamp: datetime
+    data: EventData
+
+
+class EventView(EventPayload):
+    """One event of ``GET /v1/events``: the webhook body plus its id and replay cursor."""
+
+    id: str
+    cursor: str
+
+
+class EventList(BaseModel):
+    """``GET /v1/events``: events after the cursor, in order; ``next`` continues from the last."""
+
+    events: list[EventView]
+    next: str
 
 
 class ErrorBody(BaseModel):

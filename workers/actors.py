@@ -114,3 +114,4 @@ def bluesky_login(attempt_id: str) -> None:
 
 ACTORS: tuple[Callable[..., Any], ...] = (code_received, bluesky_login)
 import workers.lifecycle_actors  # noqa: E402,F401  (declares refresh_account, sync_account, disconnect_account)
+import workers.webhook_actors  # noqa: E402,F401  (declares dispatch_events, deliver_webhook)

@@ -35,6 +35,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import messages, runtime
+from workers.events import EventNudge
 from workers.metrics_middleware import MessageLatency
 from workers.policy_middleware import PolicyMiddleware
 from workers.warmup import WarmUp
@@ -96,7 +97,7 @@ class ExpiredConnectMessages(dramatiq.Middleware):
 
 def _middleware() -> list[dramatiq.Middleware]:
     """Dramatiq's defaults with our limits, plus CurrentMessage (actors read their message id),
-    MessageLatency (``social_accounts_message_latency_seconds``) and ExpiredConnectMessages."""
+    MessageLatency (``social_accounts_message_latency_seconds``), ExpiredConnectMessages and EventNudge."""
     middleware: list[dramatiq.Middleware] = []
     for cls in dramatiq.middleware.default_middleware:
         if cls is TimeLimit:
@@ -114,6 +115,7 @@ def _middleware() -> list[dramatiq.Middleware]:
     middleware.append(MessageLatency())
     middleware.append(WarmUp())
     middleware.append(ExpiredConnectMessages())
+    middleware.append(EventNudge())  # a message that wrote a public event starts the dispatcher
     return middleware
 
 

@@ -119,7 +119,7 @@ def fail_attempt(rt: Runtime, attempt_id: str, code: str, reason: str, *, messag
             return
         if message_id is not None and row.consumed_by not in (None, message_id):
             return
-        attempts.fail_pending(conn, attempt_id, code, message, now)
+        attempts.fail_pending(conn, attempt_id, code, message, now, platform=row.platform, site_id=row.site_id)
     ATTEMPTS.labels(row.platform, "failed").inc()
     log.info(
         "attempt %s failed: %s (%s)",

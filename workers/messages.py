@@ -32,7 +32,12 @@ import dramatiq
 
 __all__ = [
     "ACTOR_QUEUES",
+    "ACCOUNT_EVENT",
     "BLUESKY_LOGIN",
+    "DELIVER_WEBHOOK",
+    "DISPATCH_EVENTS",
+    "QUEUE_EVENTS",
+    "QUEUE_WEBHOOKS",
     "CODE_RECEIVED",
     "CODE_MAX_AGE_MS",
     "DISCONNECT_ACCOUNT",
@@ -58,8 +63,12 @@ QUEUE_CONNECT = "connect"
 QUEUE_REFRESH = "refresh"
 QUEUE_SYNC = "sync"
 QUEUE_MAINTENANCE = "maintenance"
+#: webhook dispatch and delivery (README "Events")
+QUEUE_WEBHOOKS = "webhooks"
+#: public events for other modules on the broker; published here, consumed by them, never by us
+QUEUE_EVENTS = "events"
 #: every queue a worker consumes (README, "For other modules: tokens and messages")
-QUEUES = (QUEUE_CONNECT, QUEUE_REFRESH, QUEUE_SYNC, QUEUE_MAINTENANCE)
+QUEUES = (QUEUE_CONNECT, QUEUE_REFRESH, QUEUE_SYNC, QUEUE_MAINTENANCE, QUEUE_WEBHOOKS)
 
 #: ``code_received(attempt_id, code_enc=None, error=None, error_description=None)``
 CODE_RECEIVED = "code_received"
@@ -72,6 +81,14 @@ SYNC_ACCOUNT = "sync_account"
 #: ``disconnect_account(account_id)``
 DISCONNECT_ACCOUNT = "disconnect_account"
 
+#: ``dispatch_events()``: publish what the outbox holds
+DISPATCH_EVENTS = "dispatch_events"
+#: ``deliver_webhook(delivery_id)``: one event to one endpoint
+DELIVER_WEBHOOK = "deliver_webhook"
+#: public, on queue ``events``: ``account_event(id, cursor, type, timestamp, data)``, the body
+#: of ``GET /v1/events`` items as keyword arguments (README "Events")
+ACCOUNT_EVENT = "account_event"
+
 #: which queue each actor listens on
 ACTOR_QUEUES: dict[str, str] = {
     CODE_RECEIVED: QUEUE_CONNECT,
@@ -79,6 +96,9 @@ ACTOR_QUEUES: dict[str, str] = {
     REFRESH_ACCOUNT: QUEUE_REFRESH,
     SYNC_ACCOUNT: QUEUE_SYNC,
     DISCONNECT_ACCOUNT: QUEUE_MAINTENANCE,
+    DISPATCH_EVENTS: QUEUE_WEBHOOKS,
+    DELIVER_WEBHOOK: QUEUE_WEBHOOKS,
+    ACCOUNT_EVENT: QUEUE_EVENTS,
 }
 
 #: authorization codes live minutes at most; a code_received message older than this is not tried

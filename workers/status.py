@@ -24,15 +24,35 @@ from sqlalchemy.orm import Session
 from models.repository import event_values, record_event
 from models.tables import SocialAccount
 from social_accounts.errors import NeedsReconnect, PlatformError, RateLimited, Transient
-from social_accounts.health import compute_health
+from social_accounts.health import Health, compute_health
 from social_accounts.settings import Settings
 
 __all__ = ["record_failure", "record_success", "set_status", "success_changes"]
 
 
-def set_status(session: Session, row: SocialAccount, status: str, *, reason: str, now: datetime) -> None:
-    """Change the status (with an event when it really changes) and recompute the health score."""
-    if row.status != status:
+def set_status(
+    session: Session,
+    row: SocialAccount,
+    status: str,
+    *,
+    reason: str,
+    now: datetime,
+    error_code: str | None = None,
+) -> None:
+    """Change the status (with an event when it really changes) and recompute the health score.
+
+    The ``status_changed`` event is also the public event (``models.outbox``): it carries the
+    new health and the error code, never more.
+    """
+    previous = row.status
+    row.status = status
+    health = refresh_health(row, now)
+    row.updated_at = now
+    if previous != status:
+        data: dict[str, Any] = {"from": previous, "to": status, "health_score": health.score}
+        data["health_reason"] = health.reason
+        if error_code:
+            data["error_code"] = error_code
         record_event(
             session,
             kind="status_changed",
@@ -40,22 +60,21 @@ def set_status(session: Session, row: SocialAccount, status: str, *, reason: str
             site_id=row.site_id,
             platform=row.platform,
             reason=reason,
-            data={"from": row.status, "to": status},
+            data=data,
             now=now,
         )
-        row.status = status
-    refresh_health(row, now)
-    row.updated_at = now
 
 
-def refresh_health(row: SocialAccount, now: datetime) -> None:
-    row.health_score = compute_health(
+def refresh_health(row: SocialAccount, now: datetime) -> Health:
+    health = compute_health(
         status=row.status,
         token_expires_at=row.token_expires_at,
         last_synced_at=row.last_synced_at,
         last_error_at=row.last_error_at,
         now=now,
-    ).score
+    )
+    row.health_score = health.score
+    return health
 
 
 #: what a success clears, whichever way it is written
@@ -103,7 +122,7 @@ def success_changes(
                 site_id=site_id,
                 platform=platform,
                 reason=reason,
-                data={"from": status, "to": "active"},
+                data={"from": status, "to": "active", "health_score": health.score, "health_reason": health.reason},
                 now=now,
             )
         )
@@ -129,12 +148,12 @@ def record_failure(
             data={"error": error.kind, "code": error.code},
             now=now,
         )
-        set_status(session, row, "expired", reason=reason, now=now)
+        set_status(session, row, "expired", reason=reason, now=now, error_code=_code(error))
         row.health_score = 0
         return row.status
     if isinstance(error, RateLimited):
         row.rate_limited_until = now + timedelta(seconds=error.retry_after)
-        set_status(session, row, "rate_limited", reason=reason, now=now)
+        set_status(session, row, "rate_limited", reason=reason, now=now, error_code=_code(error))
         return row.status
     row.consecutive_failures = (row.consecutive_failures or 0) + 1
     row.first_failure_at = row.first_failure_at or now
@@ -142,8 +161,13 @@ def record_failure(
         now - row.first_failure_at >= timedelta(seconds=settings.error_after_seconds)
     )
     if not isinstance(error, Transient) or persistent:
-        set_status(session, row, "error", reason=reason, now=now)
+        set_status(session, row, "error", reason=reason, now=now, error_code=_code(error))
     else:
         refresh_health(row, now)
         row.updated_at = now
     return row.status
+
+
+def _code(error: PlatformError) -> str:
+    """The error code of a public event: the platform's own code, else the error's class."""
+    return str(error.code)[:64] if error.code else error.kind
