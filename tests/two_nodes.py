@@ -586,7 +586,16 @@ class Drill:
         # A's calls wait on the wire; due refreshes and connects keep coming; then A dies
         self.fake_a.hold()
         self.make_due(due_at_kill)
-        wait_for(lambda: len(self.fake_a.held) >= 3, 30, "node A to have calls in flight")
+
+        def connect_call(request: FakeRequest) -> bool:
+            exchange = request.path == TOKEN_PATH and request.form.get("grant_type") == "authorization_code"
+            return exchange or request.path.startswith("/twitter/2/users/me")
+
+        wait_for(
+            lambda: len(self.fake_a.held) >= 3 and any(connect_call(r) for r in self.fake_a.held),
+            30,
+            "node A to have connects and refreshes in flight",
+        )
         self.fake_a.wait_idle(5)
         time.sleep(PLATFORM_DELAY + 0.5)  # A's last answers are stored before the kill
         held = list(self.fake_a.held)
