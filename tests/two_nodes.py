@@ -770,14 +770,19 @@ def drill(broker: str) -> int:
     try:
         run.setup()
         run.run()
-    except (DrillError, subprocess.CalledProcessError, OSError) as exc:
+    except Exception as exc:  # a failed step is a failed check; the teardown below still runs
         detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else ""
         run.check(False, f"drill stopped: {type(exc).__name__}: {exc} {detail}".strip())
+    except SystemExit:
+        run.check(False, "drill interrupted")
+        raise
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the teardown short
         run.teardown()
-    passed = sum(ok for ok, _ in run.checks)
-    total = max(expected, len(run.checks))
-    print(f"two-nodes: {passed}/{total} checks passed", flush=True)
+        passed = sum(ok for ok, _ in run.checks)
+        total = max(expected, len(run.checks))
+        print(f"two-nodes: {passed}/{total} checks passed", flush=True)
     return 0 if passed == total == expected else 1
 
 
