@@ -76,7 +76,7 @@ PLATFORM_DELAY = 0.2
 #: connects per second during the drill
 CONNECT_RATE = 4.0
 #: accounts connected before the drill, and how many come due before, at and after the kill
-WARM_ACCOUNTS = 24
+WARM_ACCOUNTS = 30
 DUE_BEFORE, DUE_AT_KILL, DUE_AFTER_REJOIN = 6, 8, 6
 
 
@@ -591,11 +591,21 @@ class Drill:
             exchange = request.path == TOKEN_PATH and request.form.get("grant_type") == "authorization_code"
             return exchange or request.path.startswith("/twitter/2/users/me")
 
-        wait_for(
-            lambda: len(self.fake_a.held) >= 3 and any(connect_call(r) for r in self.fake_a.held),
-            30,
-            "node A to have connects and refreshes in flight",
-        )
+        def refresh_call(request: FakeRequest) -> bool:
+            return request.form.get("grant_type") == "refresh_token"
+
+        # both kinds of work in A's hands; one more account due now and then, should B's worker
+        # have fetched every refresh so far
+        reserve = warm[DUE_BEFORE + DUE_AT_KILL + DUE_AFTER_REJOIN :]
+        deadline, added = time.monotonic() + 45, time.monotonic()
+        while not (any(connect_call(r) for r in self.fake_a.held) and any(refresh_call(r) for r in self.fake_a.held)):
+            if time.monotonic() > deadline:
+                raise DrillError("node A never had a connect and a refresh in flight")
+            if reserve and time.monotonic() - added > 2 * SCAN_SECONDS:
+                due_at_kill.append(reserve.pop())
+                self.make_due(due_at_kill[-1:])
+                added = time.monotonic()
+            time.sleep(0.1)
         self.fake_a.wait_idle(5)
         time.sleep(PLATFORM_DELAY + 0.5)  # A's last answers are stored before the kill
         held = list(self.fake_a.held)
@@ -685,11 +695,13 @@ class Drill:
         due = due_before + due_at_kill
         with contextlib.suppress(DrillError):
             wait_for(lambda: all(self.versions(due)[i] > versions[i] for i in due), 120, "every due refresh", every=0.5)
+        with contextlib.suppress(DrillError):  # the watch polls on its own: let it see the same
+            wait_for(lambda: "at" in refreshed_at, 2, "the watch", every=0.05)
         held_refreshes = sum(1 for r in held if r.form.get("grant_type") == "refresh_token")
         from workers.coordination import lock_ttl_seconds
 
         print(
-            f"  the {DUE_AT_KILL} accounts due at the kill were all refreshed "
+            f"  the {len(due_at_kill)} accounts due at the kill were all refreshed "
             f"{refreshed_at.get('at', float('inf')) - killed:.1f}s "
             f"after it ({held_refreshes} refreshes were in flight on A: their accounts' refresh locks, "
             f"{lock_ttl_seconds(HTTP_TIMEOUT):.0f}s, expire first)",
