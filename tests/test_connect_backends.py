@@ -131,7 +131,9 @@ def test_a_fresh_callback_connects_with_a_complete_history(connects: Connects) -
     assert account.status == "active" and account.next_sync_at is not None
     with Session(connects.engine) as session:
         (event,) = session.query(SocialAccountEvent).filter_by(kind="connected").all()
-    assert (event.account_id, event.reason, event.data) == (row.account_ids[0], "connected", {"attempt_id": attempt_id})
+    assert (event.account_id, event.reason) == (row.account_ids[0], "connected")
+    # the audit row is also the account.connected event's outbox row: it carries the new status
+    assert event.data == {"attempt_id": attempt_id, "to": "active", "health_score": 100, "health_reason": "Healthy."}
 
 
 def test_a_reconnect_keeps_the_sync_turn_and_records_reconnected(connects: Connects) -> None:
