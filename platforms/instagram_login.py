@@ -31,7 +31,7 @@ the query string because that is the only documented form; profile reads send th
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -71,19 +71,6 @@ def classify_instagram(response: httpx.Response, platform: str) -> PlatformError
             code=f"{body['error_type']}/{code}" if code is not None else str(body["error_type"]),
         )
     return None
-
-
-def _issued_at(tokens: TokenSet) -> datetime | None:
-    """When this token was issued: the ``issued_at`` stamp of :meth:`InstagramLoginAdapter.long_lived`
-    (the workers stamp the same key when they store a token: ``workers/lifetimes.py``)."""
-    raw = tokens.metadata.get("issued_at")
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _unwrap(body: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +187,7 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
             )
         if tokens.metadata.get("long_lived") is False:
             return self.exchange_long_lived(tokens)
-        issued = _issued_at(tokens)
+        issued = tokens.issued_at
         if issued is not None and now - issued < MIN_REFRESH_AGE:
             wait = (issued + MIN_REFRESH_AGE - now).total_seconds()
             raise NotNow(wait, "Instagram refreshes a token only once it is 24 hours old")

@@ -47,6 +47,19 @@ class TokenSet:
     def replace(self, **changes: Any) -> TokenSet:
         return dataclasses.replace(self, **changes)
 
+    @property
+    def issued_at(self) -> datetime | None:
+        """When this token set was issued (the ``issued_at`` stamp of the connect and every
+        refresh, an aware ISO 8601 time in ``metadata``), if known."""
+        raw = self.metadata.get("issued_at")
+        if not isinstance(raw, str):
+            return None
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+        return moment if moment.tzinfo is not None else None
+
     def merged_with(self, newer: TokenSet) -> TokenSet:
         """``newer`` wins, but an empty refresh token or missing expiry never wipes a stored one.
 

@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from models.outbox import EVENT_TYPES
 from web_callback.schemas import (
     AccountList,
     AccountView,
@@ -139,18 +140,7 @@ OPERATIONS: tuple[Operation, ...] = (
 )
 
 #: webhook event type → the model of its payload; published under ``webhooks`` in the document
-WEBHOOKS: dict[str, type[BaseModel]] = {
-    name: EventPayload
-    for name in (
-        "account.connected",
-        "account.reconnected",
-        "account.status_changed",
-        "account.needs_reconnect",
-        "account.recovered",
-        "account.disconnected",
-        "attempt.failed",
-    )
-}
+WEBHOOKS: dict[str, type[BaseModel]] = dict.fromkeys(EVENT_TYPES, EventPayload)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, SecretStr, ValidationError
 
+from models.outbox import EVENT_TYPES
 from platforms.apipath import MAX_PATH_LENGTH
 from web_callback.state import MAX_RETURN_TO
 
@@ -192,15 +193,7 @@ class PlatformAnswerView(BaseModel):
 
 
 Status = Literal["active", "error", "rate_limited", "expired", "disconnected"]
-EventType = Literal[
-    "account.connected",
-    "account.reconnected",
-    "account.status_changed",
-    "account.needs_reconnect",
-    "account.recovered",
-    "account.disconnected",
-    "attempt.failed",
-]
+EventType = Annotated[str, Field(json_schema_extra={"enum": list(EVENT_TYPES)})]
 
 
 class EventData(BaseModel):

@@ -37,14 +37,7 @@ STILL_VALID_FOR = timedelta(seconds=30)
 
 def issued_at(tokens: TokenSet) -> datetime | None:
     """When this token set was issued (stamped by the connect and every refresh), if known."""
-    raw = tokens.metadata.get("issued_at")
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
+    return tokens.issued_at
 
 
 def lifetime(tokens: TokenSet) -> timedelta | None:
