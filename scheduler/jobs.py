@@ -205,7 +205,13 @@ def reconcile(ctx: JobContext) -> dict[str, int]:
 def events_sweep(ctx: JobContext) -> dict[str, int]:
     """Publish outbox rows no worker's nudge published (a crash right after the commit) and
     re-send deliveries whose message was lost (``workers.events.sweep``)."""
-    return events.sweep(ctx.engine, ctx.broker, urls=ctx.settings.webhook_url_list, clock=ctx.clock)
+    return events.sweep(
+        ctx.engine,
+        ctx.broker,
+        urls=ctx.settings.webhook_url_list,
+        clock=ctx.clock,
+        on_broker=ctx.settings.events_on_broker,
+    )
 
 
 def cleanup(ctx: JobContext) -> int:

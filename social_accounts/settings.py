@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     webhook_failing_after_seconds: int = Field(86400, ge=1)
     #: how often the scheduler publishes outbox rows a crash left behind and re-sends lost deliveries
     events_sweep_seconds: int = Field(10, ge=1)
+    #: also put every event on the broker's queue ``events``; off by default, since a queue that
+    #: no module consumes only grows (Redis keeps every message until it is read)
+    events_on_broker: bool = False
     #: the built-in demo platform (``social-accounts run --demo`` sets it; off everywhere else)
     demo_enabled: bool = False
 

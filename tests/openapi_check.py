@@ -45,6 +45,8 @@ class AnswerCheck:
         self.check(request.method, path, response.status_code, response.headers.get("content-type", ""), response)
 
     def check(self, method: str, path: str, status: int, content_type: str, response: Any) -> None:
+        if status in (404, 405) and content_type.startswith("text/plain"):
+            return  # the router's own answer (no route took the path, e.g. ``/v1/attempts/``), not an operation's
         operation = self.operation(method, path)
         answers = operation["responses"]
         described = answers.get(str(status))

@@ -39,6 +39,7 @@ def hooked(pipeline_factory: Callable[..., Pipeline], receiver: Receiver, monkey
     return pipeline_factory(
         webhook_urls=receiver.url,
         webhook_secrets=SECRET,
+        events_on_broker=True,
         error_after_failures=2,
         error_after_seconds=0,
         http_timeout_seconds=5,

@@ -95,22 +95,25 @@ def signed_headers(keys: Sequence[bytes], msg_id: str, timestamp: int, payload: 
     return headers
 
 
-def _broker_events(broker: dramatiq.Broker, published: Sequence[outbox.Published]) -> None:
-    """Each event on queue ``events`` for modules that share the broker (not under ``run``'s
-    in-process broker: nobody else could read it there)."""
-    if isinstance(broker, StubBroker) or not published:
+def _broker_events(broker: dramatiq.Broker, published: Sequence[outbox.Published], on_broker: bool) -> None:
+    """Each event on queue ``events`` for modules that share the broker, when ``EVENTS_ON_BROKER``
+    says one consumes it (a queue nobody reads would only grow) and never under ``run``'s
+    in-process broker: nobody else could read it there."""
+    if not on_broker or isinstance(broker, StubBroker) or not published:
         return
     calls = [{"id": p.event_id, "cursor": str(p.seq), **p.body} for p in published]
     enqueue_calls(broker, messages.QUEUE_EVENTS, messages.ACCOUNT_EVENT, calls)
 
 
-def dispatch(engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock: Clock) -> int:
+def dispatch(
+    engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock: Clock, on_broker: bool = False
+) -> int:
     """Publish everything in the outbox; returns how many events went out."""
     total = 0
     while True:
         published = outbox.dispatch(engine, urls=urls, now=clock())
         enqueue_deliveries(broker, [d for p in published for d in p.delivery_ids])
-        _broker_events(broker, published)
+        _broker_events(broker, published, on_broker)
         total += len(published)
         if len(published) < outbox.DISPATCH_BATCH:
             return total
@@ -122,9 +125,11 @@ def enqueue_deliveries(broker: dramatiq.Broker, delivery_ids: Sequence[str]) -> 
     return enqueue_calls(broker, messages.QUEUE_WEBHOOKS, messages.DELIVER_WEBHOOK, calls) if calls else 0
 
 
-def sweep(engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock: Clock) -> dict[str, int]:
+def sweep(
+    engine: Engine, broker: dramatiq.Broker, *, urls: Sequence[str], clock: Clock, on_broker: bool = False
+) -> dict[str, int]:
     """The scheduler's sweep: publish what a crash left in the outbox, re-send lost deliveries."""
-    published = dispatch(engine, broker, urls=urls, clock=clock)
+    published = dispatch(engine, broker, urls=urls, clock=clock, on_broker=on_broker)
     lost = outbox.lost_deliveries(engine, now=clock())
     enqueue_deliveries(broker, lost)
     return {"published": published, "resent": len(lost)}

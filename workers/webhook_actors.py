@@ -51,7 +51,13 @@ def record_delivery_decision(message: MessageProxy, decision: retrying.Decision)
 def dispatch_events() -> None:
     """Publish what the outbox holds (cursor, deliveries, broker events)."""
     rt = runtime.current()
-    events.dispatch(rt.engine, dramatiq.get_broker(), urls=rt.settings.webhook_url_list, clock=rt.clock)
+    events.dispatch(
+        rt.engine,
+        dramatiq.get_broker(),
+        urls=rt.settings.webhook_url_list,
+        clock=rt.clock,
+        on_broker=rt.settings.events_on_broker,
+    )
 
 
 @dramatiq.actor(
