@@ -30,6 +30,8 @@ class Coordination(Protocol):
     def cooldowns_later(self, platforms: Sequence[str], account_id: str | None) -> Callable[[], dict[str, float]]: ...
     def set_cooldown(self, platform: str, seconds: float, *, account_id: str | None, reason: str) -> None: ...
     def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float: ...
+    def claim_flag(self, name: str, seconds: float) -> bool: ...
+    def clear_flag(self, name: str) -> None: ...
 
 
 class RedisCoordination:
@@ -66,6 +68,14 @@ class RedisCoordination:
     def take_budget(self, name: str, *, limit: int, window_seconds: float) -> float:
         return cooldowns.take_budget(self.client, self.namespace, name, limit=limit, window_seconds=window_seconds)
 
+    def claim_flag(self, name: str, seconds: float) -> bool:
+        """Raise the flag ``name`` for ``seconds`` unless it is up: True for the one who raised it."""
+        key = f"{self.namespace}:flag:{name}"
+        return bool(self.client.set(key, b"1", nx=True, px=max(1, int(seconds * 1000))))
+
+    def clear_flag(self, name: str) -> None:
+        self.client.delete(f"{self.namespace}:flag:{name}")
+
 
 class LocalCoordination:
     """The same guarantees inside one process (the embedded ``run``)."""
@@ -75,6 +85,7 @@ class LocalCoordination:
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._cooldowns: dict[tuple[str, str | None], float] = {}
         self._budgets: dict[str, deque[float]] = defaultdict(deque)
+        self._flags: dict[str, float] = {}
 
     @contextmanager
     def _lock(self, account_id: str, wait_seconds: float) -> Iterator[locks.Hold]:
@@ -116,6 +127,18 @@ class LocalCoordination:
                 used.append(now)
                 return 0.0
             return used[0] + window_seconds - now
+
+    def claim_flag(self, name: str, seconds: float) -> bool:
+        now = time.monotonic()
+        with self._mutex:
+            if self._flags.get(name, 0.0) > now:
+                return False
+            self._flags[name] = now + seconds
+            return True
+
+    def clear_flag(self, name: str) -> None:
+        with self._mutex:
+            self._flags.pop(name, None)
 
 
 _local = LocalCoordination()

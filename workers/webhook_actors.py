@@ -16,7 +16,7 @@ from dramatiq.broker import MessageProxy
 
 from models import outbox
 from social_accounts.errors import SocialAccountsError
-from workers import events, messages, retrying, runtime
+from workers import coordination, events, messages, retrying, runtime
 from workers.broker import actor_broker
 
 __all__ = ["deliver_webhook", "dispatch_events", "record_delivery_decision"]
@@ -51,6 +51,7 @@ def record_delivery_decision(message: MessageProxy, decision: retrying.Decision)
 def dispatch_events() -> None:
     """Publish what the outbox holds (cursor, deliveries, broker events)."""
     rt = runtime.current()
+    coordination.for_runtime(rt).clear_flag(events.NUDGE_FLAG)  # before the read: later events nudge again
     events.dispatch(
         rt.engine,
         dramatiq.get_broker(),
