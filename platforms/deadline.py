@@ -8,10 +8,9 @@ wraps ``httpx.HTTPTransport`` and ends every exchange within :func:`exchange_sec
 the worst case of its phases (every connect attempt timing out, the write, the read):
 
 * the body is read through a stream that checks the deadline before and after every chunk;
-* on ``https`` (every platform endpoint; ``platforms.netguard`` refuses plain ``http`` outside
-  development) each read from the TLS socket waits at most until the deadline, headers included,
-  through the SSL context's ``sslsocket_class`` (https://docs.python.org/3/library/ssl.html#ssl.SSLContext.sslsocket_class).
-  On plain ``http`` the headers are bounded per read only.
+* the status line and headers are bounded per read only (httpx's read timeout): httpx offers no
+  public hook into the reads before the response exists, and this module does not reach into
+  the socket itself. A server trickling its *headers* can still outlast the deadline.
 
 It also connects to the address ``platforms.netguard`` checked, when the request names one
 (:func:`pinned_request`), so a name cannot resolve to one address for the check and another for
@@ -29,7 +28,6 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
 
 import httpx
 
@@ -57,30 +55,6 @@ class _Deadline:
 
     def remaining(self) -> float:
         return self.at - self.clock()
-
-
-#: the deadline of the exchange this thread is reading (the sync client reads in the caller's thread)
-_current: ContextVar[_Deadline | None] = ContextVar("platform_call_deadline", default=None)
-
-
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """A TLS socket whose reads wait no longer than the current exchange's deadline (httpcore reads
-    a TLS connection with ``recv``, setting the read timeout before each)."""
-
-    def _bound(self) -> None:
-        deadline = _current.get()
-        if deadline is None:
-            return
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise TimeoutError("the answer did not arrive within the exchange's deadline")
-        timeout = self.gettimeout()
-        if timeout is None or remaining < timeout:
-            self.settimeout(remaining)
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self._bound()
-        return super().recv(buflen, flags)
 
 
 def connect_backoff_seconds(retries: int) -> float:
@@ -116,11 +90,7 @@ class _DeadlineStream(httpx.SyncByteStream):
         chunks = iter(self._inner)
         while True:
             self._check()
-            token = _current.set(self._deadline)
-            try:
-                chunk = next(chunks, None)
-            finally:
-                _current.reset(token)
+            chunk = next(chunks, None)
             if chunk is None:
                 return
             self._check()
@@ -163,8 +133,7 @@ class DeadlineTransport(httpx.BaseTransport):
 
     Parameters:
       retries(int): connection attempts repeated after a failure to connect (nothing sent).
-      verify(ssl.SSLContext): for ``https`` (default: httpx's, on certifi's bundle); its
-        ``sslsocket_class`` is set to the deadline-bound socket.
+      verify(ssl.SSLContext): for ``https`` (default: httpx's, on certifi's bundle).
       clock: monotonic seconds (tests drive the deadline with their own).
     """
 
@@ -172,7 +141,6 @@ class DeadlineTransport(httpx.BaseTransport):
         self, *, retries: int = 2, verify: ssl.SSLContext | None = None, clock: Clock = time.monotonic
     ) -> None:
         context = verify if verify is not None else httpx.create_ssl_context()
-        context.sslsocket_class = _DeadlineSSLSocket
         self.retries = retries
         self._clock = clock
         self._inner = httpx.HTTPTransport(verify=context, retries=retries, limits=LIMITS)
@@ -183,11 +151,7 @@ class DeadlineTransport(httpx.BaseTransport):
         if limit is None:
             return self._inner.handle_request(request)
         deadline = _Deadline(self._clock() + limit, self._clock)
-        token = _current.set(deadline)
-        try:
-            response = self._inner.handle_request(request)
-        finally:
-            _current.reset(token)
+        response = self._inner.handle_request(request)
         if isinstance(response.stream, httpx.SyncByteStream):  # always, from HTTPTransport
             response.stream = _DeadlineStream(response.stream, deadline, request)
         return response
