@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from platforms.http import as_int, json_body, scrub, send
+from platforms.http import as_int, json_body, scrub
 from platforms.meta import MetaOAuth2Adapter, classify_meta, nonempty_str
 from social_accounts.errors import NeedsReconnect, NotNow, Permanent, PlatformError
 from social_accounts.values import AccountProfile, Stats, TokenSet
@@ -142,19 +142,6 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
             tokens = tokens.replace(metadata={**tokens.metadata, "ig_scoped_user_id": str(user_id)})
         return self.long_lived_or_later(tokens)
 
-    def _token_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        response = send(
-            self.http,
-            "GET",
-            self.api(path),
-            platform=self.platform,
-            classify=self.classify,
-            params=params,
-            headers={"Accept": "application/json"},
-            timeout=self.timeout(),
-        )
-        return self.token_body(response)
-
     def long_lived(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
         """The 60-day token of an exchange or refresh answer, stamped with when it was issued
         (the 24-hour rule of :meth:`refresh` reads it)."""
@@ -163,7 +150,7 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """``ig_exchange_token``: the short-lived token of the code exchange → a 60-day one."""
-        body = self._token_get(
+        body = self.token_get(
             "access_token",
             {
                 "grant_type": "ig_exchange_token",
@@ -191,7 +178,7 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
         if issued is not None and now - issued < MIN_REFRESH_AGE:
             wait = (issued + MIN_REFRESH_AGE - now).total_seconds()
             raise NotNow(wait, "Instagram refreshes a token only once it is 24 hours old")
-        body = self._token_get(
+        body = self.token_get(
             "refresh_access_token", {"grant_type": "ig_refresh_token", "access_token": tokens.access_token}
         )
         return self.long_lived(tokens, body)

@@ -291,6 +291,21 @@ class MetaOAuth2Adapter(OAuth2Adapter):
         error = meta_error(response)
         return response.status_code == 401 or (error is not None and error.code in RECONNECT_CODES)
 
+    def token_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """A token ``GET`` on the adapter's API host: the long-lived exchange and refresh of Threads
+        and Instagram Login, answered (and refused) like any Graph call."""
+        response = send(
+            self.http,
+            "GET",
+            self.api(path),
+            platform=self.platform,
+            classify=self.classify,
+            params=params,
+            headers={"Accept": "application/json"},
+            timeout=self.timeout(),
+        )
+        return self.token_body(response)
+
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """The platform's exchange of a (short- or long-lived) token for a fresh long-lived one."""
         raise NotImplementedError

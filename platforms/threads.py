@@ -25,7 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from platforms.http import Classifier, as_int, send
+from platforms.http import Classifier, as_int
 from platforms.meta import MetaOAuth2Adapter, is_permission_error, nonempty_str
 from social_accounts.errors import NeedsReconnect, Permanent, PlatformError
 from social_accounts.values import AccountProfile, Stats, TokenSet
@@ -73,22 +73,9 @@ class ThreadsAdapter(MetaOAuth2Adapter):
             form, classify=classify, url=url or self.endpoint("token_url", self.api("oauth/access_token"))
         )
 
-    def _token_get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        response = send(
-            self.http,
-            "GET",
-            self.api(path),
-            platform=self.platform,
-            classify=self.classify,
-            params=params,
-            headers={"Accept": "application/json"},
-            timeout=self.timeout(),
-        )
-        return self.token_body(response)
-
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """``th_exchange_token``: the short-lived token of the code exchange → a 60-day one."""
-        body = self._token_get(
+        body = self.token_get(
             "access_token",
             {
                 "grant_type": "th_exchange_token",
@@ -106,7 +93,7 @@ class ThreadsAdapter(MetaOAuth2Adapter):
             )
         if tokens.metadata.get("long_lived") is False:
             return self.exchange_long_lived(tokens)
-        body = self._token_get(
+        body = self.token_get(
             "refresh_access_token", {"grant_type": "th_refresh_token", "access_token": tokens.access_token}
         )
         return self.long_lived(tokens, body)
