@@ -160,14 +160,9 @@ _disconnect = _action("disconnect")
 def _nudge_dispatcher(services: Runtime) -> None:
     """A refresh made here that changed the account's status wrote a public event: publish it now
     rather than at the scheduler's next sweep (``workers.events``)."""
-    from models.outbox import take_written
-    from workers import messages
+    from workers.events import nudge_if_written
 
-    if take_written():
-        try:
-            services.broker.enqueue(messages.build_message(messages.DISPATCH_EVENTS))
-        except Exception:  # the sweep publishes it all the same
-            return
+    nudge_if_written(services, services.broker)
 
 
 def _valid_token(services: Runtime, account_id: str) -> Response:

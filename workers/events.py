@@ -211,6 +211,19 @@ NUDGE_FLAG = "dispatch-events"
 NUDGE_FLAG_SECONDS = 2.0
 
 
+def nudge_if_written(rt: Runtime, broker: dramatiq.Broker) -> None:
+    """When this thread's work wrote a public event, make sure a ``dispatch_events`` is on its way
+    (one serves every event written until it starts); a failure leaves it to the sweep."""
+    if not outbox.take_written():
+        return
+    try:
+        if not coordination.for_runtime(rt).claim_flag(NUDGE_FLAG, NUDGE_FLAG_SECONDS):
+            return  # a dispatch is already on its way and will read this event too
+        broker.enqueue(messages.build_message(messages.DISPATCH_EVENTS))
+    except Exception as exc:  # the sweep publishes it all the same
+        log.warning("could not nudge the event dispatcher: %s", type(exc).__name__)
+
+
 class EventNudge(dramatiq.Middleware):
     """After a message whose work wrote a public event, enqueue ``dispatch_events``: the event
     goes out at once instead of at the next sweep. The message runs after the work committed.
@@ -231,11 +244,4 @@ class EventNudge(dramatiq.Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        if not outbox.take_written():
-            return
-        try:
-            if not coordination.for_runtime(runtime.current()).claim_flag(NUDGE_FLAG, NUDGE_FLAG_SECONDS):
-                return  # a dispatch is already on its way and will read this event too
-            broker.enqueue(messages.build_message(messages.DISPATCH_EVENTS))
-        except Exception as exc:  # the sweep publishes it all the same
-            log.warning("could not nudge the event dispatcher: %s", type(exc).__name__)
+        nudge_if_written(runtime.current(), broker)
