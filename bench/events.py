@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,23 @@ def _wait(client: httpx.Client, base: str, n: int, proc: Any, timeout: float) ->
     raise BenchError(f"only {_count(client, base)['count']:.0f} of {n} arrived within {timeout:.0f}s")
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=600.0)
-    args = parser.parse_args()
+@dataclass
+class EventsResult:
+    """Events per second, ours and the bare worker's POSTs per second, and the checks."""
+
+    events: int
+    ours_rate: float
+    bare_rate: float
+    rows: list[Row]
+
+
+def measure(events: int = 10_000, processes: int = 2, threads: int = 8, timeout: float = 600.0) -> EventsResult:
+    """Ours, then the bare worker, over ``events`` status changes (see the module docstring).
+
+    Raises:
+      BenchError: a run did not end with exactly ``events`` POSTs counted, or a delivery row of
+        ours is not ``delivered``.
+    """
     key = os.urandom(32)
     secret = "whsec_" + base64.b64encode(key).decode()
     port = free_port()
@@ -127,7 +138,7 @@ def run() -> None:
     ):
         wait_for_port(port, receiver)
         # ---- ours ----
-        _seed(db_url, args.events)
+        _seed(db_url, events)
         env = {
             **bench_secrets(),
             "DATABASE_URL": db_url,
@@ -139,8 +150,8 @@ def run() -> None:
             "LOG_LEVEL": "WARNING",
             "WORKER_METRICS_PORT": "0",
         }
-        with process(worker_command(args.processes, args.threads), env, logs / "ours.log") as workers:
-            wait_for_workers(namespace, args.processes, workers, logs / "ours.log")
+        with process(worker_command(processes, threads), env, logs / "ours.log") as workers:
+            wait_for_workers(namespace, processes, workers, logs / "ours.log")
             from social_accounts.settings import Settings
             from workers import messages
             from workers.broker import build_broker
@@ -150,10 +161,10 @@ def run() -> None:
             client.delete(f"{base}/count")
             started = time.time()
             enqueue_calls(broker, messages.QUEUE_WEBHOOKS, messages.DISPATCH_EVENTS, [{}])
-            ours = _wait(client, base, args.events, workers, args.timeout) - started
+            ours = _wait(client, base, events, workers, timeout) - started
         delivered = _delivered(db_url)
-        if delivered != args.events:
-            raise BenchError(f"{delivered} of {args.events} delivery rows are delivered")
+        if delivered != events:
+            raise BenchError(f"{delivered} of {events} delivery rows are delivered")
         # ---- bare ----
         bare_ns = namespace + "-bare"
         bare_env = {
@@ -164,36 +175,40 @@ def run() -> None:
             "dramatiq_worker_timeout": "200",  # ours' idle poll (service.cli.IDLE_POLL_MS): both start alike
         }
         bare_cmd = [str(VENV_BIN / "dramatiq"), "bare_webhooks", "--path", str(BENCH_DIR)]
-        bare_cmd += [
-            "--processes",
-            str(args.processes),
-            "--threads",
-            str(args.threads),
-            "--worker-shutdown-timeout",
-            "5000",
-        ]
+        bare_cmd += ["--processes", str(processes), "--threads", str(threads), "--worker-shutdown-timeout", "5000"]
         with process(bare_cmd, bare_env, logs / "bare.log") as bare:
-            wait_for_workers(bare_ns, args.processes, bare, logs / "bare.log")
+            wait_for_workers(bare_ns, processes, bare, logs / "bare.log")
             bare_broker = build_broker(Settings(_env_file=None, broker_url=REDIS_URL, redis_namespace=bare_ns))  # type: ignore[call-arg]
             body = {
                 "type": "account.status_changed",
                 "timestamp": datetime.now(UTC).isoformat(),
                 "data": {"status_to": "error"},
             }
-            calls = [{"event_id": str(uuid.uuid4()), "body": body} for _ in range(args.events)]
+            calls = [{"event_id": str(uuid.uuid4()), "body": body} for _ in range(events)]
             client.delete(f"{base}/count")
             started = time.time()
             enqueue_calls(bare_broker, "bare_webhooks", "bare_webhook", calls)
-            reference = _wait(client, base, args.events, bare, args.timeout) - started
-    ours_rate, bare_rate = args.events / ours, args.events / reference
+            reference = _wait(client, base, events, bare, timeout) - started
+    ours_rate, bare_rate = events / ours, events / reference
     ratio = ours_rate / bare_rate
+    rows = [
+        Row("ours (events/s)", f"{ours_rate:,.0f}"),
+        Row("bare Dramatiq worker (POSTs/s)", f"{bare_rate:,.0f}"),
+        Row("ours / bare", f"{ratio:.2f}", f">= {GOAL}", ratio >= GOAL),
+    ]
+    return EventsResult(events, ours_rate, bare_rate, rows)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+    result = measure(args.events, args.processes, args.threads, args.timeout)
     print_table(
-        f"Webhook delivery of {args.events} events ({args.processes} processes x {args.threads} threads)",
-        [
-            Row("ours (events/s)", f"{ours_rate:,.0f}"),
-            Row("bare Dramatiq worker (POSTs/s)", f"{bare_rate:,.0f}"),
-            Row("ours / bare", f"{ratio:.2f}", f">= {GOAL}", ratio >= GOAL),
-        ],
+        f"Webhook delivery of {args.events} events ({args.processes} processes x {args.threads} threads)", result.rows
     )
 
 

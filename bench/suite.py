@@ -14,10 +14,12 @@ shows up as a missed check instead of lowering the ideal.
 Parts (``--parts`` picks some): ``callback`` (``bench/callback.py``), ``refresh``
 (``bench/refresh.py``), ``connect`` (``bench/pipeline.py``), ``latency`` (``bench/latency.py``:
 connect latency idle and at 50/s, the token API at 200/s, worker memory), ``latency-rabbitmq``
-(the connect latencies with web and workers on RabbitMQ) and ``tick``
-(``bench/scheduler_tick.py``). Every part makes its own database (``sa_bench_<hex>``), Redis
-namespace (``sa-bench-<hex>``) and RabbitMQ virtual host, and every server listens on a free
-port, so two runs at once do not clobber each other (give the second one its own ``--out``).
+(the connect latencies with web and workers on RabbitMQ), ``tick``
+(``bench/scheduler_tick.py``) and ``events`` (``bench/events.py``: webhook deliveries of 10,000
+status changes beside a bare Dramatiq worker making the same signed POSTs). Every part makes its
+own database (``sa_bench_<hex>``), Redis namespace (``sa-bench-<hex>``) and RabbitMQ virtual
+host, and every server listens on a free port, so two runs at once do not clobber each other
+(give the second one its own ``--out``).
 
 Run: ``.venv/bin/python bench/suite.py [--quick] [--parts callback,refresh,...] [--out FILE]``
 """
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bare_reference  # noqa: E402
 import callback  # noqa: E402
+import events  # noqa: E402
 import latency  # noqa: E402
 import pipeline  # noqa: E402
 import refresh  # noqa: E402
@@ -98,10 +101,11 @@ class Plan:
     tick_due: int
     ticks: int
     latency: latency.Sizes
+    events: int
 
 
-FULL = Plan(10, 2, 10_000, 2_000, 1_000_000, 10_000, 20, latency.Sizes.full())
-QUICK = Plan(2, 1, 800, 300, 100_000, 10_000, 5, latency.Sizes.quick())
+FULL = Plan(10, 2, 10_000, 2_000, 1_000_000, 10_000, 20, latency.Sizes.full(), 10_000)
+QUICK = Plan(2, 1, 800, 300, 100_000, 10_000, 5, latency.Sizes.quick(), 1_000)
 
 
 def part_callback(plan: Plan) -> list[Goal]:
@@ -204,6 +208,12 @@ def part_tick(plan: Plan) -> list[Goal]:
     ]  # fmt: skip
 
 
+def part_events(plan: Plan) -> list[Goal]:
+    r = events.measure(plan.events)
+    print_table(f"events: webhook delivery of {r.events:,} status changes, ours then the bare Dramatiq worker", r.rows)
+    return [at_least("webhook deliveries vs bare Dramatiq worker POSTs (events/s)", r.ours_rate, r.bare_rate, 0.75)]
+
+
 PARTS: dict[str, Callable[[Plan], list[Goal]]] = {
     "callback": part_callback,
     "refresh": part_refresh,
@@ -211,6 +221,7 @@ PARTS: dict[str, Callable[[Plan], list[Goal]]] = {
     "latency": part_latency,
     "latency-rabbitmq": part_latency_rabbitmq,
     "tick": part_tick,
+    "events": part_events,
 }
 
 
