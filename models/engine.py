@@ -72,6 +72,7 @@ def make_engine(
     max_overflow: int = 10,
     echo: bool = False,
     ping_after_idle: float | None = None,
+    prepare_threshold: int | None = 5,
 ) -> Engine:
     """An engine configured for this service.
 
@@ -81,6 +82,9 @@ def make_engine(
       max_overflow(int): extra connections allowed under bursts.
       ping_after_idle(float): PostgreSQL only; ping a pooled connection on checkout only when it
         sat unused this many seconds, instead of on every checkout (``pool_pre_ping``).
+      prepare_threshold(int | None): PostgreSQL only; psycopg's ``prepare_threshold``
+        (``DATABASE_PREPARE_THRESHOLD``): ``None`` never prepares on the server, as PgBouncer in
+        transaction mode needs before 1.21 (https://www.psycopg.org/psycopg3/docs/advanced/prepare.html).
     """
     parsed = normalize_url(url)
     try:
@@ -92,7 +96,11 @@ def make_engine(
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_recycle=1800,
-            connect_args={"options": "-c timezone=utc", "connect_timeout": PG_CONNECT_TIMEOUT},
+            connect_args={
+                "options": "-c timezone=utc",
+                "connect_timeout": PG_CONNECT_TIMEOUT,
+                "prepare_threshold": prepare_threshold,
+            },
             echo=echo,
         )
     except (ArgumentError, NoSuchModuleError) as exc:

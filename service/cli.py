@@ -114,7 +114,9 @@ def _engine(settings: Settings) -> Engine:
     """An engine on DATABASE_URL that has answered once (ConfigError line otherwise)."""
     from models.engine import check_database, make_engine
 
-    engine = make_engine(settings.database_url, pool_size=2, max_overflow=0)
+    engine = make_engine(
+        settings.database_url, pool_size=2, max_overflow=0, prepare_threshold=settings.database_prepare_threshold
+    )
     try:
         check_database(engine)
     except BaseException:

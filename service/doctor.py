@@ -97,7 +97,9 @@ def check_database(settings: Settings, out: list[Check]) -> Engine | None:
         if missing:  # connecting would create an empty file: say what is wrong instead
             out.append(Check("database", "fail", f"{missing} does not exist: run `social-accounts migrate`"))
             return None
-        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        engine = make_engine(
+            settings.database_url, pool_size=1, max_overflow=0, prepare_threshold=settings.database_prepare_threshold
+        )
         ping(engine)
         current, head = current_revision(engine), head_revision()
         where = safe_url(settings.database_url)

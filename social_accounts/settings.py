@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=(LOCAL_SECRETS_FILE, ".env"), extra="ignore", case_sensitive=False)
 
     database_url: str = "sqlite:///social_accounts.db"
+    #: PostgreSQL: executions of a statement on one connection before psycopg prepares it on the
+    #: server (psycopg's default, 5); 0 prepares at once, ``off`` never (PgBouncer in transaction
+    #: mode older than 1.21, or without ``max_prepared_statements``)
+    database_prepare_threshold: int | None = Field(5, ge=0)
     broker_url: str | None = None  # None: redis://127.0.0.1:6379/0, or memory:// under `run`
     #: Redis for locks, cooldowns and the scheduler leader; defaults to BROKER_URL when that is Redis
     redis_url: str | None = None
@@ -203,6 +207,14 @@ class Settings(BaseSettings):
     threads_token_url: str | None = None
     threads_api_url: str | None = None
     threads_revoke_url: str | None = None
+
+    @field_validator("database_prepare_threshold", mode="before")
+    @classmethod
+    def _prepare_off(cls, value: object) -> object:
+        """``off`` (or ``none``, or empty) turns server-side prepared statements off (``None``)."""
+        if isinstance(value, str) and value.strip().lower() in {"off", "none", ""}:
+            return None
+        return value
 
     @field_validator("http_timeout_seconds")
     @classmethod

@@ -326,3 +326,42 @@ def test_a_failed_attempt_keeps_no_secret_either(any_engine: Engine, ring: KeyRi
     assert _secrets(any_engine, attempt_id) == dict.fromkeys(attempts.SECRET_COLUMNS)
     snapshot = attempts.read_attempt(any_engine, attempt_id)
     assert snapshot is not None and snapshot.status == "failed"
+
+
+# ---- DATABASE_PREPARE_THRESHOLD (PgBouncer in transaction mode) -------------------------------
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("raw", "expected"), [("off", None), ("None", None), ("", None), ("0", 0), ("12", 12)])
+def test_the_prepare_threshold_setting_reads_off_and_numbers(raw: str, expected: int | None) -> None:
+    from social_accounts.settings import Settings
+
+    settings = Settings(_env_file=None, database_prepare_threshold=raw)  # type: ignore[call-arg]
+    assert settings.database_prepare_threshold == expected
+
+
+@pytest.mark.unit
+def test_a_negative_prepare_threshold_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from social_accounts.settings import Settings
+
+    with pytest.raises(ValidationError, match="database_prepare_threshold"):
+        Settings(_env_file=None, database_prepare_threshold="-1")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("threshold", "prepared"), [(None, 0), (2, 1)])
+def test_the_prepare_threshold_reaches_psycopg(pg_url: str, threshold: int | None, prepared: int) -> None:
+    """With ``off`` the server never holds a prepared statement (what PgBouncer < 1.21 needs in
+    transaction mode), however often a statement runs; with a threshold it does once passed."""
+    engine = make_engine(pg_url, prepare_threshold=threshold)
+    probe = sa.text("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql")
+    statement = sa.text("SELECT :x + 1")
+    try:
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection.prepare_threshold == threshold  # type: ignore[union-attr]
+            for i in range(6):
+                assert conn.execute(statement, {"x": i}).scalar_one() == i + 1
+            assert conn.execute(probe).scalar_one() == prepared
+    finally:
+        engine.dispose()

@@ -73,7 +73,11 @@ class Runtime:
             if self._engine is None:
                 from models.engine import make_engine
 
-                self._engine = make_engine(self.settings.database_url, ping_after_idle=PING_AFTER_IDLE_SECONDS)
+                self._engine = make_engine(
+                    self.settings.database_url,
+                    ping_after_idle=PING_AFTER_IDLE_SECONDS,
+                    prepare_threshold=self.settings.database_prepare_threshold,
+                )
             return self._engine
 
     @property
