@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,15 +63,32 @@ class JobContext:
 
 
 def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, actor_name: str, extra: dict[str, str]) -> int:
-    sent = 0
+    """Claim due accounts ``CLAIM_BATCH`` at a time and enqueue one message each; returns the count sent.
+
+    The next batch is claimed in a thread of the tick's own while this one is encoded and written:
+    a claim mostly waits on PostgreSQL (psycopg releases the GIL), an enqueue is Python work, so a
+    tick costs about its claims plus the last batch's enqueue rather than the sum of both. One
+    claim at most runs ahead, each with its own ``now``, and never past ``MAX_PER_TICK``. Every
+    batch claimed is enqueued, unless an enqueue fails: then the claim in flight is waited for and
+    the error propagates to the job runner; the accounts of that batch and of the one claimed
+    ahead keep their lease and come due again when it runs out, as after a crash. The thread ends
+    with the tick (the executor's ``with`` joins it, error or not).
+    """
     queue = ACTOR_QUEUES[actor_name]
-    while sent < MAX_PER_TICK:
+
+    def claim() -> list[str]:
         now = ctx.clock()
-        ids = claim_due(ctx.engine, column, now=now, lease_until=now + lease, batch=CLAIM_BATCH)
-        if ids:
-            sent += enqueue_calls(ctx.broker, queue, actor_name, [{"account_id": i, **extra} for i in ids])
-        if len(ids) < CLAIM_BATCH:
-            break
+        return claim_due(ctx.engine, column, now=now, lease_until=now + lease, batch=CLAIM_BATCH)
+
+    sent = claimed = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scheduler-claim") as claims:
+        ahead: Future[list[str]] | None = claims.submit(claim)
+        while ahead is not None:
+            ids = ahead.result()  # a failed claim raises here
+            claimed += len(ids)
+            ahead = claims.submit(claim) if len(ids) == CLAIM_BATCH and claimed < MAX_PER_TICK else None
+            if ids:
+                sent += enqueue_calls(ctx.broker, queue, actor_name, [{"account_id": i, **extra} for i in ids])
     return sent
 
 
