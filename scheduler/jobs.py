@@ -1,6 +1,7 @@
 """The periodic jobs. Each one is short, emits messages, and is safe to run twice.
 
-* ``refresh_ahead``: claim due accounts (lease) and enqueue one ``refresh_account`` each.
+* ``refresh_ahead``: claim due accounts (lease) and enqueue one ``refresh_account`` each, the
+  next batch claimed while this one is enqueued (``_claim_and_emit``).
 * ``sync_due``: the same for stats sync; each account's next sync is spread with jitter.
 * ``recompute_health``: one set-wise UPDATE, only rows whose score changes are written.
 * ``reconcile``: attempts stuck in ``pending`` (a lost message, a Redis restart) end as
@@ -68,11 +69,13 @@ def _claim_and_emit(ctx: JobContext, column: str, lease: timedelta, actor_name: 
     The next batch is claimed in a thread of the tick's own while this one is encoded and written:
     a claim mostly waits on PostgreSQL (psycopg releases the GIL), an enqueue is Python work, so a
     tick costs about its claims plus the last batch's enqueue rather than the sum of both. One
-    claim at most runs ahead, each with its own ``now``, and never past ``MAX_PER_TICK``. Every
-    batch claimed is enqueued, unless an enqueue fails: then the claim in flight is waited for and
-    the error propagates to the job runner; the accounts of that batch and of the one claimed
-    ahead keep their lease and come due again when it runs out, as after a crash. The thread ends
-    with the tick (the executor's ``with`` joins it, error or not).
+    claim at most runs ahead, each with its own ``now``, and never past ``MAX_PER_TICK``.
+
+    Failures: a claim that fails raises here once the batch before it is enqueued (nothing of its
+    own was claimed: it rolled back). An enqueue that fails raises after the claim in flight has
+    ended; that claim's batch is not sent, and like the batch that failed it keeps its lease and
+    comes due again when the lease runs out, as after a crash. Either way the error reaches the
+    job runner and the thread ends with the tick (the executor's ``with`` joins it).
     """
     queue = ACTOR_QUEUES[actor_name]
 
