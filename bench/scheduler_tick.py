@@ -5,7 +5,9 @@ What it answers: with 1,000,000 accounts in PostgreSQL of which 10,000 are due, 
 Redis broker (goal: under 1 s at p95, and at most 2x the bare claim), does the claim walk the
 partial index ``ix_social_accounts_next_refresh_active``, and does the scheduler's memory stay
 flat. The reference, same run: the claim alone (``scheduler.claims.claim_due``, the ``UPDATE …
-RETURNING`` in batches, committed), no message built or sent. A fresh database (``sa_bench_<hex>``)
+RETURNING`` in batches, committed), no message built or sent; the tick claims its next batch
+while it enqueues the one it has (``scheduler.jobs._claim_and_emit``), so what it adds to the
+bare claim is mostly its last batch's enqueue. A fresh database (``sa_bench_<hex>``)
 is filled with ``generate_series`` (seconds, not minutes) and dropped at the end; Redis keys go
 under a namespace of their own (``bench/common.py``).
 

@@ -8,6 +8,7 @@ what workers read.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -298,6 +299,119 @@ def test_refresh_ahead_loops_over_batches_and_stops_at_the_tick_limit(
     assert jobs.refresh_ahead(ctx) == 0
     ids = [m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")]
     assert sorted(ids) == sorted(due)
+
+
+def claim_threads() -> list[threading.Thread]:
+    """The tick's claim threads still alive (``_claim_and_emit`` names them)."""
+    return [t for t in threading.enumerate() if t.name.startswith("scheduler-claim")]
+
+
+def test_refresh_ahead_claims_the_next_batch_while_this_one_is_enqueued(
+    ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch's enqueue waits for the second claim to have returned: a tick that claimed
+    and enqueued in turn would wait here until the timeout and fail."""
+    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
+    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    real_claim, real_enqueue = jobs.claim_due, jobs.enqueue_calls
+    claimed: list[int] = []
+    second_claimed = threading.Event()
+
+    def claim(*args: Any, **kwargs: Any) -> list[str]:
+        ids = real_claim(*args, **kwargs)
+        claimed.append(len(ids))
+        if len(claimed) == 2:
+            second_claimed.set()
+        return ids
+
+    def enqueue(*args: Any) -> int:
+        if not second_claimed.is_set():
+            assert second_claimed.wait(10), "the next batch was not claimed during this enqueue"
+        return real_enqueue(*args)
+
+    monkeypatch.setattr(jobs, "claim_due", claim)
+    monkeypatch.setattr(jobs, "enqueue_calls", enqueue)
+    assert jobs.refresh_ahead(ctx) == 5
+    assert claimed == [2, 2, 1]
+    ids = [m["kwargs"]["account_id"] for m in queued(rclient, ctx.settings.redis_namespace, "refresh")]
+    assert sorted(ids) == sorted(due)
+    assert not claim_threads()
+
+
+@pytest.mark.timeout(60)
+def test_an_enqueue_failing_mid_tick_propagates_and_the_lease_brings_every_claimed_account_back(
+    ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = ctx.settings.redis_namespace
+    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
+    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    real_enqueue = jobs.enqueue_calls
+    enqueues = 0
+
+    def enqueue(*args: Any) -> int:
+        nonlocal enqueues
+        enqueues += 1
+        if enqueues == 2:  # the second batch: Redis goes away
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return real_enqueue(*args)
+
+    monkeypatch.setattr(jobs, "enqueue_calls", enqueue)
+    with pytest.raises(redis.ConnectionError):
+        jobs.refresh_ahead(ctx)
+    assert not claim_threads()  # the claim running ahead was waited for
+    sent = [m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")]
+    assert len(sent) == 2  # the first batch only
+    # every account is leased: the batch that failed and the one claimed ahead meanwhile ...
+    lease_until = NOW + timedelta(seconds=ctx.settings.refresh_lease_seconds)
+    assert {column_of(engine, a, "next_refresh_at") for a in due} == {lease_until}
+    monkeypatch.setattr(jobs, "enqueue_calls", real_enqueue)
+    assert jobs.refresh_ahead(ctx) == 0  # ... so nothing is sent twice before the lease runs out,
+    after = dataclasses.replace(ctx, clock=lambda: lease_until + timedelta(seconds=1))
+    assert jobs.refresh_ahead(after) == 5  # ... and then every one is due again: none was lost
+    again = [m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")][2:]
+    assert sorted(again) == sorted(due)
+    assert set(due) - set(sent) <= set(again)
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_failing_mid_tick_propagates_after_the_batch_already_claimed_is_sent(
+    ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = ctx.settings.redis_namespace
+    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
+    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    real_claim = jobs.claim_due
+    claims = 0
+
+    def claim(*args: Any, **kwargs: Any) -> list[str]:
+        nonlocal claims
+        claims += 1
+        if claims == 2:  # the claim running ahead: the database goes away
+            raise sa.exc.OperationalError("UPDATE social_accounts", {}, Exception("server closed the connection"))
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "claim_due", claim)
+    with pytest.raises(sa.exc.OperationalError):
+        jobs.refresh_ahead(ctx)
+    assert not claim_threads()
+    sent = [m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")]
+    assert len(sent) == 2  # the batch claimed before the failure was still enqueued
+    monkeypatch.setattr(jobs, "claim_due", real_claim)
+    assert jobs.refresh_ahead(ctx) == 3  # the rest were never claimed: due at once, next tick
+    ids = [m["kwargs"]["account_id"] for m in queued(rclient, ns, "refresh")]
+    assert sorted(ids) == sorted(due)
+
+
+@pytest.mark.timeout(60)
+def test_a_tick_without_its_database_raises_and_sends_nothing(ctx: jobs.JobContext, rclient: redis.Redis) -> None:
+    dead = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")  # nothing listens on port 1
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            jobs.refresh_ahead(dataclasses.replace(ctx, engine=dead))
+    finally:
+        dead.dispose()
+    assert not claim_threads()
+    assert queued(rclient, ctx.settings.redis_namespace, "refresh") == []
 
 
 def test_sync_due_spreads_the_next_turn_and_sends_account_id_only(
