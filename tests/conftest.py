@@ -40,10 +40,19 @@ from tests.support import (
     root_logging_kept,
     unavailable,
 )
+from workers.encoding import install_encoder
 
 #: fixture modules shared through this conftest: the real pipeline (``pipeline``,
 #: ``pipeline_factory``) and the account lifecycle on it (``life``, ``api``)
 pytest_plugins = ["tests.pipeline_support", "tests.lifecycle_support", "tests.webhook_receiver"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def message_encoder() -> None:
+    """Messages encoded as every process encodes them (``workers.encoding``), whichever broker a
+    test builds; a process gets it from ``workers.broker.build_broker``."""
+    install_encoder()
+
 
 # ---- the unit tier ---------------------------------------------------------------------------
 

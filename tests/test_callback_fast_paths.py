@@ -9,8 +9,10 @@ The references are the code they replaced: Starlette's ``QueryParams``, its ``Re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -244,6 +246,26 @@ def test_the_encoded_call_is_the_message_publish_builds(fields: dict[str, Any]) 
     message = dramatiq.Message.decode(item.payload)  # what a worker does with it
     assert message.kwargs == code_received_kwargs(**fields)
     assert uuid.UUID(message.message_id).version == 4 and uuid.UUID(item.redis_id).version == 4
+
+
+def test_encode_call_writes_the_bytes_dramatiqs_message_encodes() -> None:
+    """``encode_call`` writes ``Message.asdict()``'s fields itself: a Dramatiq upgrade that adds,
+    drops or reorders a field fails here."""
+    kwargs = code_received_kwargs(attempt_id="att-1", code_enc="v1:k1:abc")
+    item = encode_call("code_received", kwargs)
+    data = json.loads(item.payload)
+    assert list(data) == [field.name for field in dataclasses.fields(dramatiq.Message)]
+    message = dramatiq.Message(
+        queue_name="connect",
+        actor_name="code_received",
+        args=(),
+        kwargs=kwargs,
+        options={"redis_message_id": item.redis_id},
+        message_id=item.redis_id,
+        message_timestamp=data["message_timestamp"],
+    )
+    assert item.payload == message.encode()
+    assert abs(data["message_timestamp"] - time.time() * 1000) < 60_000
 
 
 def test_encode_call_refuses_an_actor_this_service_does_not_know() -> None:

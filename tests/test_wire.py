@@ -120,3 +120,39 @@ def test_a_message_sent_through_the_broker_runs_and_is_acked(redis_url: str) -> 
         worker.stop()
         broker.close()
     assert ran == ["t1"]
+
+
+def test_a_retry_of_a_fresh_call_gets_its_own_redis_id_and_survives_the_first_ack(redis_url: str) -> None:
+    """``encode_call`` uses a new message's id as its first Redis id; a retry (Dramatiq re-enqueues
+    the same ``message_id`` while the first delivery is still unacked) must get its own, or acking
+    the first delivery would delete the retry's payload."""
+    namespace = f"sa-wire-{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        bulk.enqueue_calls(broker, "sync", wire.SYNC_ACCOUNT, [{"account_id": "acc-1"}])
+        consumer = broker.consume("sync", prefetch=1, timeout=1000)
+        first = next(consumer)
+        assert first.options["redis_message_id"] == first.message_id
+        again = dramatiq.Message(
+            queue_name=first.queue_name,
+            actor_name=first.actor_name,
+            args=first.args,
+            kwargs=first.kwargs,
+            options={},
+            message_id=first.message_id,
+            message_timestamp=first.message_timestamp,
+        )
+        retry = broker.enqueue(again)  # what Dramatiq's Retries does
+        assert retry.options["redis_message_id"] != first.message_id
+        consumer.ack(first)
+        consumer.close()
+        seen = consume_all(broker, ("sync",))
+        assert [(m.message_id, m.options["redis_message_id"]) for m in seen["sync"]] == [
+            (first.message_id, retry.options["redis_message_id"])
+        ]
+    finally:
+        broker.close()
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
+        client.close()

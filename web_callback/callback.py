@@ -50,6 +50,8 @@ from workers.messages import CODE_RECEIVED
 from workers.publish import code_received_kwargs, enqueue_code_received
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from starlette.types import Receive, Scope, Send
 
     from social_accounts.settings import Settings
@@ -253,9 +255,10 @@ async def close_batchers(app: Any) -> None:
         await batcher.aclose()
 
 
-async def _enqueue(app: Any, services: Runtime, state: SignedState, params: dict[str, str]) -> None:
-    """Hand the message to the broker without blocking the loop (batched on Redis). The code is
-    encrypted first (AES-GCM: microseconds, fine on the loop)."""
+def _enqueue(app: Any, services: Runtime, state: SignedState, params: dict[str, str]) -> Awaitable[Any]:
+    """Hand the message to the broker without blocking the loop (batched on Redis); await the
+    result. The code is encrypted first (AES-GCM: microseconds, fine on the loop). Not a coroutine
+    itself: on Redis the callback awaits the batcher's future directly."""
     error = params.get("error")
     code = params.get("code") if error is None else None
     fields: dict[str, Any] = {
@@ -268,9 +271,8 @@ async def _enqueue(app: Any, services: Runtime, state: SignedState, params: dict
     }
     broker = services.broker
     if isinstance(broker, RedisBroker):
-        await _batcher(app, services, broker).enqueue_call(CODE_RECEIVED, code_received_kwargs(**fields))
-    else:
-        await anyio.to_thread.run_sync(functools.partial(enqueue_code_received, broker, **fields))
+        return _batcher(app, services, broker).enqueue_call(CODE_RECEIVED, code_received_kwargs(**fields))
+    return anyio.to_thread.run_sync(functools.partial(enqueue_code_received, broker, **fields))
 
 
 class OAuthCallback:

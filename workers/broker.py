@@ -35,6 +35,7 @@ from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
 from social_accounts.errors import ConfigError
 from social_accounts.settings import Settings
 from workers import messages, runtime
+from workers.encoding import install_encoder
 from workers.events import EventNudge
 from workers.metrics_middleware import MessageLatency
 from workers.policy_middleware import PolicyMiddleware
@@ -122,11 +123,16 @@ def _middleware() -> list[dramatiq.Middleware]:
 def build_broker(settings: Settings) -> dramatiq.Broker:
     """A broker for ``settings.effective_broker_url``: ``redis://``, ``amqp://`` or ``memory://``.
 
+    Building the process's broker also installs the process's message encoder
+    (``workers.encoding.install_encoder``: Dramatiq's encoder is global, and every entry point
+    builds its broker here, through ``workers.runtime.Runtime.broker``).
+
     Raises:
       ConfigError: for any other scheme (the URL itself is never echoed: it may hold a password).
     """
     url = settings.effective_broker_url
     scheme = url.split(":", 1)[0].lower()
+    install_encoder()
     if scheme in {"redis", "rediss", "unix"}:
         return RedisBroker(
             url=url,

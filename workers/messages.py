@@ -5,9 +5,10 @@ other modules and the actors agree without importing one another. Messages carry
 never a token, a password or an unencrypted authorization code (the code rides as ``code_enc``,
 encrypted with the KeyRing under table ``message``, column ``code``, row id = the attempt id).
 
-A payload is always ``dramatiq.Message.encode()``. On Redis a message is the two keys Dramatiq's
-own ``RedisBroker.enqueue`` writes, which is also the raw format a non-Python producer may write
-(docs/publishing.md; namespace = ``REDIS_NAMESPACE``)::
+A payload is always what ``dramatiq.Message.encode()`` writes: JSON, through the process's encoder
+(``workers.encoding``: orjson, the same JSON values as Dramatiq's stock ``JSONEncoder``). On
+Redis a message is the two keys Dramatiq's own ``RedisBroker.enqueue`` writes, which is also the
+raw format a non-Python producer may write (docs/publishing.md; namespace = ``REDIS_NAMESPACE``)::
 
     HSET <ns>:<queue>.msgs <redis_message_id> <payload>
     RPUSH <ns>:<queue> <redis_message_id>
@@ -24,6 +25,7 @@ per queue, run atomically, so no id is ever pushed without its payload.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -141,21 +143,37 @@ def encode_for_redis(message: dramatiq.Message[Any]) -> Encoded:
 
 
 def encode_call(actor_name: str, kwargs: dict[str, Any], *, queue_name: str | None = None) -> Encoded:
-    """What ``encode_for_redis(build_message(actor_name, **kwargs))`` gives, built as ONE
-    ``Message`` with its Redis id already in its options (no copy: this runs once per callback).
+    """What ``encode_for_redis(build_message(actor_name, **kwargs))`` gives, for a new message.
+
+    This runs once per callback, on the web's event loop, so it writes the fields
+    ``dramatiq.Message.asdict()`` would give (same names, same order) straight to Dramatiq's
+    encoder (``dramatiq.get_encoder()``): the bytes ``Message(...).encode()`` writes, without
+    building the frozen dataclass and its copy (``tests/test_callback_fast_paths.py`` holds it to
+    Dramatiq's own, field list included).
+
+    One UUID serves as both the new message's ``message_id`` and its first ``redis_message_id``.
+    ``RedisBroker.enqueue`` draws a separate Redis id because a message is enqueued again under
+    the same ``message_id`` (a retry, a delayed message moved to its queue), and each enqueue needs
+    its own hash field; those enqueues go through Dramatiq and draw fresh UUID4s. A new message's
+    first enqueue is the only one that uses its ``message_id`` as a Redis id, so the id is as
+    unique as any UUID4 Dramatiq draws. ``encode_for_redis`` takes messages that may have been
+    enqueued before and always draws a new id.
 
     ``queue_name`` defaults to the actor's (``ACTOR_QUEUES``); raises ``KeyError`` for an actor
     name this service does not know.
     """
-    redis_id = new_id()
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=queue_name or ACTOR_QUEUES[actor_name],
-        actor_name=actor_name,
-        args=(),
-        kwargs=kwargs,
-        options={"redis_message_id": redis_id},
-    )
-    return Encoded(message.queue_name, redis_id, message.encode())
+    message_id = new_id()
+    queue = queue_name or ACTOR_QUEUES[actor_name]
+    fields = {
+        "queue_name": queue,
+        "actor_name": actor_name,
+        "args": (),
+        "kwargs": kwargs,
+        "options": {"redis_message_id": message_id},
+        "message_id": message_id,
+        "message_timestamp": int(time.time() * 1000),  # Dramatiq's default, epoch ms
+    }
+    return Encoded(queue, message_id, dramatiq.get_encoder().encode(fields))
 
 
 def redis_keys(namespace: str, queue_name: str) -> tuple[str, str]:

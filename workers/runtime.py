@@ -117,7 +117,8 @@ class Runtime:
 
     @property
     def broker(self) -> dramatiq.Broker:
-        """The broker for ``BROKER_URL`` (``workers.broker.build_broker``); built, not installed.
+        """The broker for ``BROKER_URL`` (``workers.broker.build_broker``, which also installs the
+        process's message encoder, ``workers.encoding``); built, not installed.
 
         Sending needs only this. Consuming needs it installed as well (:meth:`install_broker`),
         which the worker, the scheduler and ``run`` do; the web app only sends.

@@ -1,0 +1,74 @@
+"""The process's Dramatiq encoder: the same JSON as Dramatiq's ``JSONEncoder``, written by orjson.
+
+Why: every message is encoded once by its sender (the callback encodes one per request, on the
+event loop that also serves HTTP; the scheduler thousands per tick) and decoded once by a
+worker. ``json.dumps`` through ``dramatiq.JSONEncoder`` costs several microseconds a message;
+orjson (https://github.com/ijl/orjson) a fraction of one. The wire stays JSON (README "For other
+modules: tokens and messages", docs/publishing.md), so producers and consumers on Dramatiq's stock
+encoder and this one read each other's messages.
+
+Dramatiq's encoder is process-global (``dramatiq.set_encoder``, its documented extension point:
+https://dramatiq.io/reference.html#dramatiq.set_encoder). Nothing installs it on import: :func:`install_encoder` is
+called by whatever builds the process's broker (``workers.broker.build_broker``, which every
+entry point reaches through ``workers.runtime.Runtime``).
+
+What it writes and reads, compared with the stock encoder (``tests/test_encoding.py``):
+
+* encoding: the same JSON value for everything the stock encoder takes. What orjson refuses
+  (integers beyond 64 bits, strings with lone surrogates, non-string keys it cannot convert,
+  datetimes, dataclasses) goes to the stock encoder, so it is written, or refused with the same
+  ``TypeError``, as before. Two differences: NaN and the infinities, which JSON does not have,
+  are written ``null`` (the stock encoder writes the non-JSON ``NaN``/``Infinity``); UUIDs and
+  enums are written as their string/value (the stock encoder refuses them). Non-ASCII text is
+  written as UTF-8 rather than ``\\u`` escapes: the same JSON string.
+* decoding: the same dict as the stock decoder for any bytes it reads, and ``DecodeError`` for
+  any it refuses. orjson would read an integer beyond 64 bits as a float, so a payload with a run
+  of 19 digits or more goes to the stock decoder, as does anything orjson refuses (``NaN``,
+  lone surrogate escapes).
+"""
+
+from __future__ import annotations
+
+import re
+
+import dramatiq
+import orjson
+from dramatiq.encoder import Encoder, JSONEncoder, MessageData
+
+__all__ = ["FastJSONEncoder", "install_encoder"]
+
+#: orjson's own conversions that would change what the stock encoder does are passed back to us
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+#: digits enough to overflow 64 bits (-9223372036854775809 has 19): orjson would return a float
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
+class FastJSONEncoder(Encoder):
+    """Dramatiq's JSON wire format through orjson, the stock ``JSONEncoder`` for what orjson refuses."""
+
+    def __init__(self) -> None:
+        self._stock = JSONEncoder()
+
+    def encode(self, data: MessageData) -> bytes:
+        try:
+            return orjson.dumps(data, option=_OPTIONS)
+        except TypeError:
+            return self._stock.encode(data)  # same output or the same TypeError as before
+
+    def decode(self, data: bytes) -> MessageData:
+        if _LONG_NUMBER.search(data) is None:
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass
+        return self._stock.decode(data)  # its value, or its DecodeError
+
+
+def install_encoder() -> Encoder:
+    """Make :class:`FastJSONEncoder` Dramatiq's encoder for this process (idempotent)."""
+    current = dramatiq.get_encoder()
+    if isinstance(current, FastJSONEncoder):
+        return current
+    encoder = FastJSONEncoder()
+    dramatiq.set_encoder(encoder)
+    return encoder
