@@ -52,7 +52,7 @@ from social_accounts.values import TokenSet
 from workers import runtime
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
-from workers.ratelimits import wait_before_call
+from workers.ratelimits import cool_down, wait_before_call
 from workers.refresh import INACTIVE, refresh_now
 from workers.runtime import Runtime
 from workers.status import record_failure
@@ -285,14 +285,7 @@ def _heed_rate_signals(rt: Runtime, adapter: PlatformAdapter, account: LoadedAcc
     if response.is_success:
         adapter.report_rate_hint(response, account.id)
         return
-    error = adapter.read_failure(response)
-    if isinstance(error, RateLimited):
-        for_runtime(rt).set_cooldown(
-            account.platform,
-            error.retry_after,
-            account_id=None if error.scope == "app" else account.id,
-            reason="rate_limited",
-        )
+    cool_down(for_runtime(rt), adapter.read_failure(response), platform=account.platform, account_id=account.id)
 
 
 def _record(rt: Runtime, account_id: str, error: PlatformError) -> None:

@@ -13,6 +13,8 @@ Three pieces, all on the shared cooldowns of :mod:`workers.coordination`:
   account). Zero means go; anything else means defer the message without spending a retry.
   :func:`login_budget_wait` is the Bluesky ``createSession`` budget (30 per 5 minutes per
   identifier), taken only by the connect path's login.
+
+And the reactive half: :func:`cool_down` turns a ``RateLimited`` answer into the same cooldowns.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 
 from platforms.base import PlatformAdapter, RateSignalSink
 from platforms.http import observe_success
+from social_accounts.errors import PlatformError, RateLimited
 from workers.coordination import Coordination, for_runtime
 from workers.runtime import Runtime
 
@@ -32,6 +35,7 @@ __all__ = [
     "BLUESKY_LOGIN_BUDGET",
     "CALL_BUDGETS",
     "Budget",
+    "cool_down",
     "login_budget_wait",
     "sink_for",
     "wait_before_call",
@@ -63,6 +67,14 @@ def sink_for(rt: Runtime) -> RateSignalSink:
         )
 
     return sink
+
+
+def cool_down(coordination: Coordination, error: PlatformError | None, *, platform: str, account_id: str) -> None:
+    """A ``RateLimited`` answer becomes the shared cooldown every worker honours: the whole app's
+    when the platform limits the app, else this account's. Any other error changes nothing."""
+    if isinstance(error, RateLimited):
+        scope = None if error.scope == "app" else account_id
+        coordination.set_cooldown(platform, error.retry_after, account_id=scope, reason="rate_limited")
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from models.repository import (
     save_refreshed_tokens,
 )
 from models.repository import event_values as event
-from social_accounts.errors import NotNow, PlatformError, RateLimited
+from social_accounts.errors import NotNow, PlatformError
 from social_accounts.metrics import PLATFORM_ERRORS, REFRESHES
 from social_accounts.values import TokenSet
 from workers import retrying
@@ -57,6 +57,7 @@ from workers.adapters import adapter_for
 from workers.coordination import Coordination, for_runtime
 from workers.lifetimes import is_due, issued_since, lead_time, next_refresh_at
 from workers.locks import Hold
+from workers.ratelimits import cool_down
 from workers.runtime import Runtime
 from workers.status import record_failure, success_changes
 
@@ -269,13 +270,7 @@ def _refresh_locked(rt: Runtime, account: AccountSnapshot, *, reason: str) -> Re
     except PlatformError as error:
         PLATFORM_ERRORS.labels(account.platform, error.kind).inc()
         REFRESHES.labels(account.platform, error.kind).inc()
-        if isinstance(error, RateLimited):
-            for_runtime(rt).set_cooldown(
-                account.platform,
-                error.retry_after,
-                account_id=None if error.scope == "app" else account.id,
-                reason="rate_limited",
-            )
+        cool_down(for_runtime(rt), error, platform=account.platform, account_id=account.id)
         status = _record_failure(rt, account, error)
         log.warning(
             "refresh failed",

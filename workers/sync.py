@@ -12,13 +12,13 @@ import logging
 from sqlalchemy.orm import Session
 
 from models.repository import load_account, record_event
-from social_accounts.errors import AccessTokenExpired, NeedsReconnect, NotNow, PlatformError, RateLimited
+from social_accounts.errors import AccessTokenExpired, NeedsReconnect, NotNow, PlatformError
 from social_accounts.metrics import PLATFORM_ERRORS
 from social_accounts.values import Stats, TokenSet
 from workers import retrying
 from workers.adapters import adapter_for
 from workers.coordination import for_runtime
-from workers.ratelimits import wait_before_call
+from workers.ratelimits import cool_down, wait_before_call
 from workers.refresh import INACTIVE, refresh_now
 from workers.runtime import Runtime
 from workers.status import record_failure, record_success
@@ -61,13 +61,7 @@ def sync_now(rt: Runtime, account_id: str) -> str:
             stats = _retry_after_refresh(rt, account_id, account.platform_account_id)
     except PlatformError as error:
         PLATFORM_ERRORS.labels(account.platform, error.kind).inc()
-        if isinstance(error, RateLimited):
-            coordination.set_cooldown(
-                account.platform,
-                error.retry_after,
-                account_id=None if error.scope == "app" else account.id,
-                reason="rate_limited",
-            )
+        cool_down(coordination, error, platform=account.platform, account_id=account.id)
         if isinstance(error, AccessTokenExpired):  # refused twice: the grant is gone
             error = NeedsReconnect("the platform refused a freshly refreshed token", platform=error.platform)
         _fail(rt, account_id, error)
