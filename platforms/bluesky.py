@@ -307,25 +307,22 @@ class BlueskyAdapter(PlatformAdapter):
                 timeout=timeout,
                 **kwargs,
             )
-            body = json_body(response)
-            if not isinstance(body, dict):
-                raise Permanent(f"{nsid} answered without a JSON object", platform=self.platform)
-            return body
-        if isinstance(token, TokenSet):
-            token = token.access_token
-        if token:
-            headers.update(bearer(token))
-        response = guarded_send(
-            self.http,
-            method,
-            url,
-            guard=self.guard,
-            platform=self.platform,
-            classify=lambda r: self.classify(r, context),
-            headers=headers,
-            timeout=timeout,
-            **kwargs,
-        )
+        else:
+            if isinstance(token, TokenSet):
+                token = token.access_token
+            if token:
+                headers.update(bearer(token))
+            response = guarded_send(
+                self.http,
+                method,
+                url,
+                guard=self.guard,
+                platform=self.platform,
+                classify=lambda r: self.classify(r, context),
+                headers=headers,
+                timeout=timeout,
+                **kwargs,
+            )
         body = json_body(response)
         if not isinstance(body, dict):
             raise Permanent(f"{nsid} answered without a JSON object", platform=self.platform)
