@@ -22,25 +22,22 @@ What it writes and reads, compared with the stock encoder (``tests/test_encoding
   enums are written as their string/value (the stock encoder refuses them). Non-ASCII text is
   written as UTF-8 rather than ``\\u`` escapes: the same JSON string.
 * decoding: the same dict as the stock decoder for any bytes it reads, and ``DecodeError`` for
-  any it refuses. orjson would read an integer beyond 64 bits as a float, so a payload with a run
-  of 19 digits or more goes to the stock decoder, as does anything orjson refuses (``NaN``,
-  lone surrogate escapes).
+  any it refuses (``social_accounts.fastjson``: what orjson would read differently, an integer
+  beyond 64 bits, or refuses, ``NaN`` and lone surrogate escapes, goes to the stock decoder).
 """
 
 from __future__ import annotations
-
-import re
 
 import dramatiq
 import orjson
 from dramatiq.encoder import Encoder, JSONEncoder, MessageData
 
+from social_accounts import fastjson
+
 __all__ = ["FastJSONEncoder", "install_encoder"]
 
 #: orjson's own conversions that would change what the stock encoder does are passed back to us
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-#: digits enough to overflow 64 bits (-9223372036854775809 has 19): orjson would return a float
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 class FastJSONEncoder(Encoder):
@@ -56,12 +53,7 @@ class FastJSONEncoder(Encoder):
             return self._stock.encode(data)  # same output or the same TypeError as before
 
     def decode(self, data: bytes) -> MessageData:
-        if _LONG_NUMBER.search(data) is None:
-            try:
-                return orjson.loads(data)
-            except orjson.JSONDecodeError:
-                pass
-        return self._stock.decode(data)  # its value, or its DecodeError
+        return fastjson.loads(data, self._stock.decode)  # the stock value, or its DecodeError
 
 
 def install_encoder() -> Encoder:
