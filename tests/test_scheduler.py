@@ -14,7 +14,7 @@ import json
 import random
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -306,13 +306,32 @@ def claim_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("scheduler-claim")]
 
 
+def five_due_in_batches_of_two(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Five due accounts, claimed two at a time: a tick of three claims (2, 2, 1)."""
+    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    return add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
+
+
+def failing_on_call(n: int, real: Callable[..., Any], error: BaseException) -> Callable[..., Any]:
+    """``real``, except that its ``n``-th call raises ``error``."""
+    calls = 0
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise error
+        return real(*args, **kwargs)
+
+    return call
+
+
 def test_refresh_ahead_claims_the_next_batch_while_this_one_is_enqueued(
     ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first batch's enqueue waits for the second claim to have returned: a tick that claimed
     and enqueued in turn would wait here until the timeout and fail."""
-    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
-    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    due = five_due_in_batches_of_two(engine, monkeypatch)
     real_claim, real_enqueue = jobs.claim_due, jobs.enqueue_calls
     claimed: list[int] = []
     second_claimed = threading.Event()
@@ -343,19 +362,11 @@ def test_an_enqueue_failing_mid_tick_propagates_and_the_lease_brings_every_claim
     ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ns = ctx.settings.redis_namespace
-    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
-    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    due = five_due_in_batches_of_two(engine, monkeypatch)
     real_enqueue = jobs.enqueue_calls
-    enqueues = 0
-
-    def enqueue(*args: Any) -> int:
-        nonlocal enqueues
-        enqueues += 1
-        if enqueues == 2:  # the second batch: Redis goes away
-            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return real_enqueue(*args)
-
-    monkeypatch.setattr(jobs, "enqueue_calls", enqueue)
+    refused = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    # the second batch: Redis goes away
+    monkeypatch.setattr(jobs, "enqueue_calls", failing_on_call(2, real_enqueue, refused))
     with pytest.raises(redis.ConnectionError):
         jobs.refresh_ahead(ctx)
     assert not claim_threads()  # the claim running ahead was waited for
@@ -378,19 +389,11 @@ def test_a_claim_failing_mid_tick_propagates_after_the_batch_already_claimed_is_
     ctx: jobs.JobContext, engine: Engine, rclient: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ns = ctx.settings.redis_namespace
-    due = add_accounts(engine, [account_row(next_refresh_at=NOW - timedelta(seconds=i)) for i in range(5)])
-    monkeypatch.setattr(jobs, "CLAIM_BATCH", 2)
+    due = five_due_in_batches_of_two(engine, monkeypatch)
     real_claim = jobs.claim_due
-    claims = 0
-
-    def claim(*args: Any, **kwargs: Any) -> list[str]:
-        nonlocal claims
-        claims += 1
-        if claims == 2:  # the claim running ahead: the database goes away
-            raise sa.exc.OperationalError("UPDATE social_accounts", {}, Exception("server closed the connection"))
-        return real_claim(*args, **kwargs)
-
-    monkeypatch.setattr(jobs, "claim_due", claim)
+    closed = sa.exc.OperationalError("UPDATE social_accounts", {}, Exception("server closed the connection"))
+    # the claim running ahead: the database goes away
+    monkeypatch.setattr(jobs, "claim_due", failing_on_call(2, real_claim, closed))
     with pytest.raises(sa.exc.OperationalError):
         jobs.refresh_ahead(ctx)
     assert not claim_threads()
