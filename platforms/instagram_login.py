@@ -150,15 +150,7 @@ class InstagramLoginAdapter(MetaOAuth2Adapter):
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """``ig_exchange_token``: the short-lived token of the code exchange → a 60-day one."""
-        body = self.token_get(
-            "access_token",
-            {
-                "grant_type": "ig_exchange_token",
-                "client_secret": self.client_secret,
-                "access_token": tokens.access_token,
-            },
-        )
-        return self.long_lived(tokens, body)
+        return self.exchange_by_get(tokens, "ig_exchange_token")
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         """``ig_refresh_token`` on a long-lived token at least a day old and not expired.

@@ -310,6 +310,12 @@ class MetaOAuth2Adapter(OAuth2Adapter):
         """The platform's exchange of a (short- or long-lived) token for a fresh long-lived one."""
         raise NotImplementedError
 
+    def exchange_by_get(self, tokens: TokenSet, grant_type: str) -> TokenSet:
+        """``GET access_token?grant_type=<grant_type>`` with the app secret: the exchange of
+        Threads (``th_exchange_token``) and Instagram Login (``ig_exchange_token``)."""
+        params = {"grant_type": grant_type, "client_secret": self.client_secret, "access_token": tokens.access_token}
+        return self.long_lived(tokens, self.token_get("access_token", params))
+
     def long_lived(self, tokens: TokenSet, body: dict[str, Any]) -> TokenSet:
         """The long-lived token set of an exchange answer; the server's ``expires_in`` wins and,
         when it sends none, the platform's documented lifetime is assumed (``default_lifetime``,

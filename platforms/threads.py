@@ -75,15 +75,7 @@ class ThreadsAdapter(MetaOAuth2Adapter):
 
     def exchange_long_lived(self, tokens: TokenSet) -> TokenSet:
         """``th_exchange_token``: the short-lived token of the code exchange → a 60-day one."""
-        body = self.token_get(
-            "access_token",
-            {
-                "grant_type": "th_exchange_token",
-                "client_secret": self.client_secret,
-                "access_token": tokens.access_token,
-            },
-        )
-        return self.long_lived(tokens, body)
+        return self.exchange_by_get(tokens, "th_exchange_token")
 
     def refresh(self, tokens: TokenSet) -> TokenSet:
         """``th_refresh_token`` on the long-lived token (``th_exchange_token`` if it never became one)."""
